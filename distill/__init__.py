@@ -1,0 +1,34 @@
+"""distill-diffusion: the training side (methods, data, metrics, FLOPs, export, CLI).
+
+Top-level names load lazily so ``import distill.schedule`` and ``import distill.sampling`` stay free of
+lightning; importing a method pulls in the trainer.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["DiffusionTraining", "DigitsDataModule", "DistillationModule", "NoiseSchedule", "Prediction"]
+
+if TYPE_CHECKING:
+    from distill.data import DigitsDataModule
+    from distill.methods.base import DistillationModule
+    from distill.methods.training import DiffusionTraining
+    from distill.parameterization import Prediction
+    from distill.schedule import NoiseSchedule
+
+_LAZY = {
+    "DiffusionTraining": "distill.methods.training",
+    "DistillationModule": "distill.methods.base",
+    "DigitsDataModule": "distill.data",
+    "NoiseSchedule": "distill.schedule",
+    "Prediction": "distill.parameterization",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'distill' has no attribute {name!r}")

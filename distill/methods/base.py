@@ -1,0 +1,127 @@
+"""The base of every distillation method: a frozen teacher, a trained student, an optional EMA copy.
+
+The contract it keeps (DESIGN.md): the teacher is frozen at construction, never in the optimizer, never
+synchronised by DDP and never written to checkpoints; everything student-sized that the method owns (student,
+EMA, projections, target networks) is saved, and loading checks that the only missing keys are the teacher's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from distill.ema import EMA
+from distill.methods.common import configure
+from teachers.teacher import DiffusionTeacher
+
+TEACHER_PREFIX = "teacher."
+
+
+class DistillationModule(L.LightningModule):
+    """Teacher + student + optional EMA; subclasses implement :meth:`training_losses`.
+
+    Args:
+        teacher: the frozen teacher (``teachers.DiffusionTeacher``).
+        student: the network to train; called like the teacher's network (diffusers signature).
+        optimizer: optimizer factory over :meth:`trainable_parameters`.
+        lr_scheduler: optional LR scheduler factory, stepped every optimizer step.
+        ema_decay: decay of the student's EMA copy (None: no EMA).
+    """
+
+    def __init__(
+        self,
+        teacher: DiffusionTeacher,
+        student: nn.Module,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        ema_decay: float | None = 0.999,
+    ) -> None:
+        super().__init__()
+        if not isinstance(teacher, DiffusionTeacher):
+            raise TypeError(
+                f"teacher must be a teachers.DiffusionTeacher (e.g. DiffusionTeacher.from_pretrained(path)), "
+                f"got {type(teacher).__name__}"
+            )
+        if student is teacher.unet:
+            raise ValueError("student must be a separate network, not the teacher's own (copy it first)")
+        self.teacher = teacher
+        self.student = student
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.ema = EMA(student, decay=ema_decay) if ema_decay is not None else None
+        self.register_buffer("alphas_cumprod", teacher.schedule.alphas_cumprod.float(), persistent=False)
+        ignore = [TEACHER_PREFIX + k for k in teacher.state_dict()]
+        if self.ema is not None:
+            ignore += [f"ema.{k}" for k in self.ema.state_dict()]
+        self._ddp_params_and_buffers_to_ignore = ignore
+
+    # -- what subclasses provide --------------------------------------------------------------------------
+    def training_losses(self, batch: Any) -> dict[str, torch.Tensor]:
+        """Loss terms of one batch; the key ``loss`` is the total that is optimised."""
+        raise NotImplementedError
+
+    def extra_trainable_modules(self) -> list[nn.Module]:
+        """Method-owned trainable modules besides the student (e.g. KD projections)."""
+        return []
+
+    # -- training -----------------------------------------------------------------------------------------
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        yield from self.student.parameters()
+        for module in self.extra_trainable_modules():
+            yield from module.parameters()
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        losses = self.training_losses(batch)
+        for name, value in losses.items():
+            self.log(f"train/{name}", value.detach(), prog_bar=name == "loss")
+        return losses["loss"]
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.student)
+
+    def configure_optimizers(self):
+        return configure(self.trainable_parameters(), self.optimizer, self.lr_scheduler)
+
+    def eval_student(self) -> nn.Module:
+        """The weights to evaluate: the EMA copy when there is one."""
+        return self.ema.module if self.ema is not None else self.student
+
+    # -- checkpoints: never the frozen teacher --------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
+            del state[key]
+        checkpoint["teacher_source"] = self.teacher.source
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Check the checkpoint holds exactly the non-teacher state, then fill in the live teacher's tensors.
+
+        Filling in (instead of ``strict=False``) keeps Lightning's strict load, so any other missing or
+        unexpected key still fails, naming the keys.
+        """
+        state = checkpoint["state_dict"]
+        expected = set(self.state_dict())
+        teacher_keys = {k for k in expected if k.startswith(TEACHER_PREFIX)}
+        missing = sorted(expected - teacher_keys - set(state))
+        unexpected = sorted(set(state) - expected)
+        stray_teacher = sorted(k for k in state if k.startswith(TEACHER_PREFIX))
+        if missing or unexpected or stray_teacher:
+            raise RuntimeError(
+                "checkpoint does not match this method: "
+                f"missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+                f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}"
+                + (
+                    f", teacher tensors that should never be saved {stray_teacher[:4]}"
+                    if stray_teacher
+                    else ""
+                )
+                + ". Was it written by the same config (student architecture, method)?"
+            )
+        for key, value in self.teacher.state_dict(prefix=TEACHER_PREFIX, keep_vars=False).items():
+            state[key] = value

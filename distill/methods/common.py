@@ -1,0 +1,77 @@
+"""Pieces every method shares: conditioning checks, label dropout, optimizers, sample grids."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from teachers.network import num_class_embeds
+
+
+def null_class_of(net: nn.Module, num_classes: int | None, *, argument: str) -> int | None:
+    """Check a class-conditional network has ``num_classes`` real classes plus a null class; return the null."""
+    n_embeds = num_class_embeds(net)
+    if num_classes is None:
+        return None if n_embeds is None else n_embeds - 1
+    if n_embeds is None:
+        raise ValueError(
+            f"{argument} has no class embeddings but num_classes={num_classes}: set num_class_embeds="
+            f"{num_classes + 1} on the network (classes + the null class for guidance) or num_classes=null"
+        )
+    if n_embeds != num_classes + 1:
+        raise ValueError(
+            f"{argument} has num_class_embeds={n_embeds}, expected num_classes + 1 = {num_classes + 1} "
+            f"(the last embedding is the null class used for classifier-free guidance)"
+        )
+    return num_classes
+
+
+def drop_labels(
+    labels: torch.Tensor, *, null_class: int, prob: float, generator: torch.Generator | None = None
+):
+    """Replace each label by ``null_class`` with probability ``prob`` (classifier-free guidance training)."""
+    if prob <= 0:
+        return labels
+    keep = torch.rand(labels.shape, device=labels.device, generator=generator) >= prob
+    return torch.where(keep, labels, torch.full_like(labels, null_class))
+
+
+def configure(
+    params: Iterable[nn.Parameter],
+    optimizer: OptimizerCallable,
+    lr_scheduler: LRSchedulerCallable | None,
+    *,
+    interval: str = "step",
+):
+    """``configure_optimizers``' return value for one optimizer and an optional per-step LR scheduler."""
+    opt = optimizer(params)
+    if lr_scheduler is None:
+        return opt
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": lr_scheduler(opt), "interval": interval}}
+
+
+def balanced_labels(n: int, num_classes: int, *, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``n`` labels cycling through the classes (0, 1, ..., C-1, 0, ...), balanced to within one."""
+    return torch.arange(n, device=device) % num_classes
+
+
+def image_grid(images: torch.Tensor, *, nrow: int) -> torch.Tensor:
+    """(N, C, H, W) in [-1, 1] -> one (C, H', W') grid in [0, 1] with 1-pixel gaps."""
+    from torchvision.utils import make_grid
+
+    return make_grid(images.float().clamp(-1, 1).add(1).div(2), nrow=nrow, padding=1, pad_value=1.0)
+
+
+def log_image(module, tag: str, image: torch.Tensor) -> None:
+    """Log an image to TensorBoard if the module's logger is a TensorBoard logger."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    for logger in module.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(tag, image.cpu(), global_step=module.global_step)
+
+
+Generate = Callable[..., torch.Tensor]

@@ -1,0 +1,110 @@
+"""Conversions between the three diffusion parameterisations, as pure keyword-only functions.
+
+With ``z = alpha x0 + sigma eps`` and ``v = alpha eps - sigma x0`` (Salimans & Ho 2022) every quantity is an
+affine function of the network output for fixed ``z``; ``alpha``/``sigma`` are per-sample vectors (B,) or
+tensors broadcastable to ``z``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from distill.schedule import PREDICTION_TYPES, _broadcast
+
+
+def _b(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return _broadcast(value, like) if value.ndim == 1 and like.ndim > 1 else value
+
+
+def x0_from_eps(
+    *, z: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
+) -> torch.Tensor:
+    return (z - _b(sigma, z) * eps) / _b(alpha, z)
+
+
+def eps_from_x0(
+    *, z: torch.Tensor, x0: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
+) -> torch.Tensor:
+    return (z - _b(alpha, z) * x0) / _b(sigma, z)
+
+
+def x0_from_v(*, z: torch.Tensor, v: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    return _b(alpha, z) * z - _b(sigma, z) * v
+
+
+def eps_from_v(*, z: torch.Tensor, v: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    return _b(sigma, z) * z + _b(alpha, z) * v
+
+
+def v_from_x0_eps(
+    *, x0: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
+) -> torch.Tensor:
+    return _b(alpha, x0) * eps - _b(sigma, x0) * x0
+
+
+class Prediction(NamedTuple):
+    """A denoiser's answer in all three parameterisations, mutually consistent for the same ``z``."""
+
+    x0: torch.Tensor
+    eps: torch.Tensor
+    v: torch.Tensor
+
+
+def to_prediction(
+    *, output: torch.Tensor, prediction_type: str, z: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
+) -> Prediction:
+    """Interpret a network output trained as ``prediction_type`` and derive the other two quantities.
+
+    For ``sample`` the eps is undefined where sigma = 0; callers never evaluate networks at clean data.
+    """
+    if prediction_type == "epsilon":
+        eps = output
+        x0 = x0_from_eps(z=z, eps=eps, alpha=alpha, sigma=sigma)
+        v = v_from_x0_eps(x0=x0, eps=eps, alpha=alpha, sigma=sigma)
+    elif prediction_type == "v_prediction":
+        v = output
+        x0 = x0_from_v(z=z, v=v, alpha=alpha, sigma=sigma)
+        eps = eps_from_v(z=z, v=v, alpha=alpha, sigma=sigma)
+    elif prediction_type == "sample":
+        x0 = output
+        eps = eps_from_x0(z=z, x0=x0, alpha=alpha, sigma=sigma)
+        v = v_from_x0_eps(x0=x0, eps=eps, alpha=alpha, sigma=sigma)
+    else:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    return Prediction(x0=x0, eps=eps, v=v)
+
+
+def target_for(
+    *, prediction_type: str, x0: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
+) -> torch.Tensor:
+    """The regression target a network trained as ``prediction_type`` should output."""
+    if prediction_type == "epsilon":
+        return eps
+    if prediction_type == "v_prediction":
+        return v_from_x0_eps(x0=x0, eps=eps, alpha=alpha, sigma=sigma)
+    if prediction_type == "sample":
+        return x0
+    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+
+
+def ddim_step(
+    *, x0: torch.Tensor, eps: torch.Tensor, alpha_next: torch.Tensor, sigma_next: torch.Tensor
+) -> torch.Tensor:
+    """Deterministic DDIM (eta = 0) update ``z_s = alpha_s x0 + sigma_s eps`` (Song et al. 2021, eq. 12)."""
+    return _b(alpha_next, x0) * x0 + _b(sigma_next, x0) * eps
+
+
+def cfg_combine(
+    *, cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: torch.Tensor | float
+) -> torch.Tensor:
+    """Classifier-free guidance ``uncond + w (cond - uncond)``; ``w`` may be a per-sample vector (B,).
+
+    Weights sum to one, so guiding any of x0/eps/v gives the same result (the conversions are affine in the
+    output for fixed z).
+    """
+    w = torch.as_tensor(guidance_scale, dtype=cond.dtype, device=cond.device)
+    if w.ndim == 1:
+        w = _broadcast(w, cond)
+    return uncond + w * (cond - uncond)

@@ -1,0 +1,54 @@
+"""Samplers as small pure functions shared by teachers and students (k-diffusion style).
+
+A *denoiser* is any callable ``(z, t) -> Prediction`` where ``t`` is a LongTensor of shape (B,); the teacher's
+``predict`` (with its conditioning and guidance bound by ``functools.partial``) and student adapters both fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from distill.parameterization import Prediction, ddim_step, eps_from_x0
+from distill.schedule import alpha_sigma, previous_timesteps
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], Prediction]
+
+
+@torch.no_grad()
+def ddim_sample(
+    *,
+    denoiser: Denoiser,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    clip_x0: float | None = None,
+    final_alphas_cumprod: float = 1.0,
+) -> torch.Tensor:
+    """Deterministic DDIM (eta = 0) from ``noise`` along the decreasing integer ``timesteps``.
+
+    Each step goes to the next grid point, the last to clean data (``final_alphas_cumprod``, 1.0 as DDIM's
+    ``set_alpha_to_one``). ``clip_x0`` clamps the x0-prediction to ``[-clip_x0, clip_x0]`` and recomputes eps
+    from it, as GLIDE and diffusers' DDIM with ``clip_sample=True, use_clipped_model_output=True``. The start is scaled by ``sigma_T`` only through the caller's
+    noise: diffusers' DDIM also starts from unit-variance noise.
+    """
+    if timesteps.ndim != 1 or len(timesteps) == 0:
+        raise ValueError(f"timesteps must be a non-empty 1-D grid, got shape {tuple(timesteps.shape)}")
+    acp = alphas_cumprod.to(noise.device)
+    z = noise
+    batch = noise.shape[0]
+    for t, t_next in zip(timesteps.tolist(), previous_timesteps(timesteps=timesteps).tolist(), strict=True):
+        t_vec = torch.full((batch,), t, device=noise.device, dtype=torch.long)
+        pred = denoiser(z, t_vec)
+        x0, eps = pred.x0, pred.eps
+        if clip_x0 is not None:
+            x0 = x0.clamp(-clip_x0, clip_x0)
+            alpha, sigma = alpha_sigma(alphas_cumprod=acp, timesteps=t_vec)
+            eps = eps_from_x0(z=z, x0=x0, alpha=alpha.to(z.dtype), sigma=sigma.to(z.dtype))
+        nxt = torch.full((batch,), t_next, device=noise.device, dtype=torch.long)
+        alpha_n, sigma_n = alpha_sigma(
+            alphas_cumprod=acp, timesteps=nxt, final_alphas_cumprod=final_alphas_cumprod
+        )
+        z = ddim_step(x0=x0, eps=eps, alpha_next=alpha_n.to(z.dtype), sigma_next=sigma_n.to(z.dtype))
+    return z

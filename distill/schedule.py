@@ -1,0 +1,167 @@
+"""Noise-schedule math for discrete-time (DDPM-style) diffusion, as pure keyword-only functions.
+
+Conventions follow the papers and diffusers: ``abar_t = alphas_cumprod[t]``, ``alpha_t = sqrt(abar_t)``,
+``sigma_t = sqrt(1 - abar_t)``, ``z_t = alpha_t * x0 + sigma_t * eps`` and ``SNR_t = alpha_t^2 / sigma_t^2``.
+
+The schedule always comes from a diffusers scheduler config (the teacher's ``scheduler_config.json``), never
+re-typed: :class:`NoiseSchedule` reads ``alphas_cumprod`` from the scheduler that config builds.
+
+A negative timestep stands for "after the last step" (clean data) and maps to ``final_alphas_cumprod``
+(1.0, as DDIM's ``set_alpha_to_one=True``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+Spacing = Literal["leading", "trailing", "linspace"]
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+def _broadcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape a per-sample vector (B,) so it broadcasts against ``like`` (B, ...)."""
+    return values.reshape(values.shape + (1,) * (like.ndim - values.ndim))
+
+
+def abar_at(
+    *, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, final_alphas_cumprod: float = 1.0
+) -> torch.Tensor:
+    """``alphas_cumprod[t]`` for integer timesteps; negative ``t`` gives ``final_alphas_cumprod``."""
+    t = torch.as_tensor(timesteps, device=alphas_cumprod.device).long()
+    gathered = alphas_cumprod[t.clamp(min=0)]
+    return torch.where(t < 0, torch.full_like(gathered, final_alphas_cumprod), gathered)
+
+
+def alpha_sigma(
+    *, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, final_alphas_cumprod: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(alpha_t, sigma_t) = (sqrt(abar_t), sqrt(1 - abar_t))`` gathered at ``timesteps``."""
+    abar = abar_at(
+        alphas_cumprod=alphas_cumprod, timesteps=timesteps, final_alphas_cumprod=final_alphas_cumprod
+    )
+    return abar.sqrt(), (1.0 - abar).clamp(min=0.0).sqrt()
+
+
+def snr(*, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Signal-to-noise ratio ``alpha^2 / sigma^2`` (inf where sigma is 0)."""
+    return alpha.square() / sigma.square()
+
+
+def log_snr(*, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """``log(alpha^2 / sigma^2)``."""
+    return 2.0 * (alpha.log() - sigma.log())
+
+
+def q_sample(
+    *, x0: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
+) -> torch.Tensor:
+    """Forward process ``z_t = alpha_t x0 + sigma_t eps`` (per-sample ``alpha``/``sigma`` of shape (B,))."""
+    return _broadcast(alpha, x0) * x0 + _broadcast(sigma, x0) * eps
+
+
+def timestep_grid(
+    *, num_inference_steps: int, num_train_timesteps: int, spacing: Spacing, steps_offset: int = 0
+) -> torch.Tensor:
+    """Decreasing integer timesteps for an ``num_inference_steps``-step sampler, as diffusers' DDIM spaces them.
+
+    ``trailing`` starts at ``T - 1`` (a 1-step sampler starts from pure noise); ``leading`` and ``linspace``
+    start lower, and ``leading`` with one step samples at ``t = 0``, which is why few-step grids use trailing.
+    """
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+    if not 1 <= num_inference_steps <= num_train_timesteps:
+        raise ValueError(
+            f"num_inference_steps must be in [1, {num_train_timesteps}] (num_train_timesteps), "
+            f"got {num_inference_steps}"
+        )
+    n, big_t = num_inference_steps, num_train_timesteps
+    if spacing == "linspace":
+        grid = np.linspace(0, big_t - 1, n).round()[::-1].copy().astype(np.int64)
+    elif spacing == "leading":
+        ratio = big_t // n
+        grid = (np.arange(0, n) * ratio).round()[::-1].copy().astype(np.int64) + steps_offset
+    else:
+        ratio = big_t / n
+        grid = np.round(np.arange(big_t, 0, -ratio)).astype(np.int64) - 1
+    return torch.from_numpy(grid)
+
+
+def previous_timesteps(*, timesteps: torch.Tensor) -> torch.Tensor:
+    """The step each grid point moves to: the next grid point, and ``-1`` (clean data) after the last."""
+    return torch.cat([timesteps[1:], timesteps.new_tensor([-1])])
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """A discrete noise schedule read from a diffusers scheduler config.
+
+    Holds what the math needs (``alphas_cumprod``, the prediction type, the train-time step count and the
+    default spacing for few-step grids) and the original config, so exports can write a matching scheduler.
+    """
+
+    alphas_cumprod: torch.Tensor
+    prediction_type: str
+    num_train_timesteps: int
+    timestep_spacing: str
+    steps_offset: int
+    config: Mapping[str, Any]
+
+    @classmethod
+    def from_scheduler_config(cls, config: Mapping[str, Any]) -> NoiseSchedule:
+        """Build from a diffusers scheduler config (any of DDPM/DDIM/LCM/Euler's ``scheduler_config.json``)."""
+        from diffusers import DDPMScheduler
+
+        cfg = dict(config)
+        prediction_type = cfg.get("prediction_type", "epsilon")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"scheduler config prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}"
+            )
+        # DDPMScheduler computes betas -> alphas_cumprod exactly as every diffusers discrete scheduler does,
+        # including rescale_betas_zero_snr and trained_betas.
+        keys = (
+            "num_train_timesteps",
+            "beta_start",
+            "beta_end",
+            "beta_schedule",
+            "trained_betas",
+            "rescale_betas_zero_snr",
+        )
+        ddpm = DDPMScheduler(**{k: cfg[k] for k in keys if k in cfg and cfg[k] is not None})
+        spacing = cfg.get("timestep_spacing", "leading")
+        if spacing not in SPACINGS:
+            spacing = "trailing"
+        return cls(
+            alphas_cumprod=ddpm.alphas_cumprod.to(torch.float64).clone(),
+            prediction_type=prediction_type,
+            num_train_timesteps=int(ddpm.config.num_train_timesteps),
+            timestep_spacing=spacing,
+            steps_offset=int(cfg.get("steps_offset", 0)),
+            config=cfg,
+        )
+
+    @classmethod
+    def from_scheduler(cls, scheduler: Any) -> NoiseSchedule:
+        """Build from a diffusers scheduler instance."""
+        return cls.from_scheduler_config(dict(scheduler.config))
+
+    def alpha_sigma(self, timesteps: torch.Tensor, *, dtype: torch.dtype = torch.float32):
+        """``(alpha_t, sigma_t)`` on ``timesteps``' device, computed in float64 then cast."""
+        t = torch.as_tensor(timesteps)
+        alpha, sigma = alpha_sigma(alphas_cumprod=self.alphas_cumprod.to(t.device), timesteps=t)
+        return alpha.to(dtype), sigma.to(dtype)
+
+    def grid(self, num_inference_steps: int, *, spacing: str | None = None) -> torch.Tensor:
+        """Sampling timesteps with this schedule's (or the given) spacing."""
+        return timestep_grid(
+            num_inference_steps=num_inference_steps,
+            num_train_timesteps=self.num_train_timesteps,
+            spacing=spacing or self.timestep_spacing,  # type: ignore[arg-type]
+            steps_offset=self.steps_offset,
+        )

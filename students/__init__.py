@@ -1,0 +1,3 @@
+"""Student architectures: importable from other repositories without the trainer (torch, diffusers, timm only)."""
+
+__all__: list[str] = []

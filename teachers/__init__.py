@@ -1,0 +1,27 @@
+"""Frozen teacher adapters over diffusers models and their noise schedules (no lightning import)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["BUILTIN_TEACHERS", "DiffusionTeacher", "Prediction", "call_denoiser"]
+
+if TYPE_CHECKING:
+    from distill.parameterization import Prediction
+    from teachers.network import call_denoiser
+    from teachers.teacher import BUILTIN_TEACHERS, DiffusionTeacher
+
+_LAZY = {
+    "DiffusionTeacher": "teachers.teacher",
+    "BUILTIN_TEACHERS": "teachers.teacher",
+    "call_denoiser": "teachers.network",
+    "Prediction": "distill.parameterization",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'teachers' has no attribute {name!r}")

@@ -1,0 +1,102 @@
+"""Calling a diffusers-style denoiser with our conditioning convention.
+
+Teachers and students share one call signature, diffusers': ``net(sample, timestep, encoder_hidden_states=...,
+class_labels=..., timestep_cond=...)``. ``cond`` is an integer tensor of class labels (B,) or a float tensor of
+encoder hidden states (B, L, D); a network without conditioning takes ``cond=None``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import torch
+from torch import nn
+
+from distill.parameterization import Prediction, cfg_combine, to_prediction
+from distill.schedule import NoiseSchedule
+
+
+@functools.lru_cache(maxsize=64)
+def _forward_params(cls: type) -> frozenset[str]:
+    return frozenset(inspect.signature(cls.forward).parameters)
+
+
+def call_denoiser(
+    net: nn.Module,
+    sample: torch.Tensor,
+    timestep: torch.Tensor,
+    cond: torch.Tensor | None = None,
+    *,
+    timestep_cond: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Run ``net`` and return its output tensor (``.sample`` of a diffusers output)."""
+    params = _forward_params(type(net))
+    kwargs: dict[str, torch.Tensor | None] = {}
+    if cond is not None and not torch.is_floating_point(cond):
+        kwargs["class_labels"] = cond
+        if "encoder_hidden_states" in params:
+            kwargs["encoder_hidden_states"] = None
+    elif cond is not None:
+        kwargs["encoder_hidden_states"] = cond
+    elif "encoder_hidden_states" in params:
+        kwargs["encoder_hidden_states"] = None
+    if timestep_cond is not None:
+        kwargs["timestep_cond"] = timestep_cond
+    out = net(sample, timestep, **kwargs)
+    if hasattr(out, "sample"):
+        return out.sample
+    if isinstance(out, tuple | list):
+        return out[0]
+    return out
+
+
+def num_class_embeds(net: nn.Module) -> int | None:
+    """Number of class embeddings of a diffusers UNet (null class included), or None."""
+    config = getattr(net, "config", None)
+    return None if config is None else getattr(config, "num_class_embeds", None)
+
+
+def denoise(
+    net: nn.Module,
+    schedule: NoiseSchedule,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    cond: torch.Tensor | None = None,
+    *,
+    guidance_scale: float | torch.Tensor | None = None,
+    uncond: torch.Tensor | None = None,
+    timestep_cond: torch.Tensor | None = None,
+) -> Prediction:
+    """One denoiser evaluation as a :class:`Prediction`, with classifier-free guidance in one batched forward.
+
+    ``guidance_scale`` None or 1.0 runs the conditional branch only; otherwise ``uncond`` (the null class or
+    the empty-prompt embeddings) is batched with ``cond``. The network runs in its own dtype and the math in
+    ``x_t``'s. Gradients flow unless the caller disables them (teachers call this under ``no_grad``).
+    """
+    t = torch.as_tensor(t, device=x_t.device)
+    if t.ndim == 0:
+        t = t.expand(x_t.shape[0])
+    alpha, sigma = schedule.alpha_sigma(t, dtype=x_t.dtype)
+    net_dtype = next(net.parameters()).dtype
+    guided = guidance_scale is not None and not (
+        isinstance(guidance_scale, int | float) and guidance_scale == 1.0
+    )
+    if guided:
+        if cond is None or uncond is None:
+            raise ValueError("classifier-free guidance needs both cond and uncond (or guidance_scale=None)")
+        tc = None if timestep_cond is None else torch.cat([timestep_cond, timestep_cond])
+        out = call_denoiser(
+            net,
+            torch.cat([x_t, x_t]).to(net_dtype),
+            torch.cat([t, t]),
+            torch.cat([cond, uncond]),
+            timestep_cond=tc,
+        ).to(x_t.dtype)
+        out_c, out_u = out.chunk(2)
+        out = cfg_combine(cond=out_c, uncond=out_u, guidance_scale=guidance_scale)
+    else:
+        out = call_denoiser(net, x_t.to(net_dtype), t, cond, timestep_cond=timestep_cond).to(x_t.dtype)
+    return to_prediction(
+        output=out, prediction_type=schedule.prediction_type, z=x_t, alpha=alpha, sigma=sigma
+    )

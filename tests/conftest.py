@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny seeded diffusers models built from config, saved as real teacher folders."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DConditionModel, UNet2DModel
+
+os.environ.setdefault("PYTHONHASHSEED", "0")
+if "OMP_NUM_THREADS" not in os.environ:
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+TINY_COND_UNET = {
+    "sample_size": 8,
+    "in_channels": 1,
+    "out_channels": 1,
+    "block_out_channels": [16, 32],
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+    "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+    "mid_block_type": "UNetMidBlock2D",
+    "layers_per_block": 1,
+    "attention_head_dim": 8,
+    "norm_num_groups": 8,
+    "cross_attention_dim": 16,
+    "num_class_embeds": 11,
+}
+
+TINY_UNET2D = {
+    "sample_size": 8,
+    "in_channels": 1,
+    "out_channels": 1,
+    "block_out_channels": [16, 32],
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+    "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+    "layers_per_block": 1,
+    "attention_head_dim": 8,
+    "norm_num_groups": 8,
+    "num_class_embeds": 11,
+}
+
+SCHEDULER = {
+    "num_train_timesteps": 1000,
+    "beta_schedule": "squaredcos_cap_v2",
+    "prediction_type": "v_prediction",
+    "timestep_spacing": "trailing",
+    "clip_sample": False,
+}
+
+
+def tiny_cond_unet(seed: int = 0, **overrides) -> UNet2DConditionModel:
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(**{**TINY_COND_UNET, **overrides})
+
+
+def tiny_unet2d(seed: int = 0, **overrides) -> UNet2DModel:
+    torch.manual_seed(seed)
+    return UNet2DModel(**{**TINY_UNET2D, **overrides})
+
+
+def save_teacher_folder(path, unet, scheduler_config=None) -> None:
+    unet.save_pretrained(path / "unet")
+    DDPMScheduler(**(scheduler_config or SCHEDULER)).save_pretrained(path / "scheduler")
+
+
+@pytest.fixture
+def tiny_teacher_dir(tmp_path):
+    """A pipeline-style folder (unet/ + scheduler/) holding a tiny seeded class-conditional teacher."""
+    path = tmp_path / "teacher"
+    save_teacher_folder(path, tiny_cond_unet(seed=0))
+    return path
