@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
+
+# Frozen teachers, EMA and target copies are in eval mode by design.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 
 class DistillCLI(LightningCLI):

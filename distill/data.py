@@ -114,3 +114,49 @@ class DigitsDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader()
+
+
+class GenerationDataModule(L.LightningDataModule):
+    """What an evaluation generates: ``num_samples`` per seed with balanced labels, as (seed, index, label).
+
+    The generator draws sample i's noise from (seed, i) alone (``distill.sampling.per_sample_noise``), so results
+    do not depend on batch size or process count. Used by ``distill test`` with ``GenerativeEvaluation``.
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 2000,
+        seeds: list[int] | None = None,
+        num_classes: int | None = 10,
+        batch_size: int = 250,
+    ) -> None:
+        super().__init__()
+        seeds = [0, 1, 2] if seeds is None else list(seeds)
+        if num_samples < 1 or not seeds:
+            raise ValueError(f"need num_samples >= 1 and at least one seed, got {num_samples} and {seeds}")
+        if num_classes is not None and num_samples % num_classes:
+            raise ValueError(
+                f"num_samples={num_samples} must be a multiple of num_classes={num_classes} "
+                "so the labels are balanced"
+            )
+        self.num_samples, self.seeds, self.num_classes, self.batch_size = (
+            num_samples,
+            seeds,
+            num_classes,
+            batch_size,
+        )
+
+    def _loader(self) -> DataLoader:
+        seed_col = torch.tensor(self.seeds).repeat_interleave(self.num_samples)
+        idx_col = torch.arange(self.num_samples).repeat(len(self.seeds))
+        labels = idx_col % self.num_classes if self.num_classes else torch.full_like(idx_col, -1)
+        return DataLoader(TensorDataset(seed_col, idx_col, labels), batch_size=self.batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader()

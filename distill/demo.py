@@ -18,14 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=600, help="training steps (the full recipe uses 8000)")
+    parser.add_argument("--steps", type=int, default=600, help="training steps (the full recipe uses 5000)")
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="where logs and samples go")
     args = parser.parse_args(argv)
     config = ROOT / "configs" / "digits" / "teacher.yaml"
     print(
         f"distill-diffusion demo: {args.steps} steps of the digits teacher recipe ({config.relative_to(ROOT)})."
     )
-    print("Knowledge distillation replaces this job once it lands; the full recipe trains 8000 steps.")
+    print("Knowledge distillation replaces this job once it lands; the full recipe trains 5000 steps.")
     start = time.perf_counter()
     cli = DistillCLI(
         args=[

@@ -52,3 +52,16 @@ def ddim_sample(
         )
         z = ddim_step(x0=x0, eps=eps, alpha_next=alpha_n.to(z.dtype), sigma_next=sigma_n.to(z.dtype))
     return z
+
+
+def per_sample_noise(
+    *, seeds: torch.Tensor, indices: torch.Tensor, shape: tuple[int, ...], device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Gaussian noise for rows (seed_i, index_i): each sample's noise depends only on its (seed, index), never
+    on the batch size or the number of processes."""
+    out = torch.empty((len(indices), *shape))
+    gen = torch.Generator()
+    for row, (seed, index) in enumerate(zip(seeds.tolist(), indices.tolist(), strict=True)):
+        gen.manual_seed(int(seed) * 1_000_003 + int(index))
+        out[row] = torch.randn(shape, generator=gen)
+    return out.to(device)

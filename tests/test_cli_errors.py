@@ -50,3 +50,20 @@ def test_missing_teacher_path_fails_before_any_step(tmp_path, monkeypatch):
     message = str(info.value) + str(getattr(info.value, "__context__", ""))
     assert "no_such_teacher" in message and "does not exist" in message
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_image_size_mismatch_fails_before_any_step(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"data.image_size=8 but model.sample_size=16.*image_size=16"):
+        main(
+            [
+                "fit",
+                "-c",
+                TEACHER_CFG,
+                "--data.init_args.image_size=8",
+                f"--trainer.default_root_dir={tmp_path}",
+                "--trainer.logger=false",
+                "--trainer.enable_progress_bar=false",
+            ]
+        )
+    assert not list(tmp_path.rglob("*.ckpt"))

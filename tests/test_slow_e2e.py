@@ -34,9 +34,18 @@ def test_console_script_trains_checkpoints_and_resumes(tmp_path):
         "trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
         "      init_args: {save_last: true, every_n_train_steps: 10}\n"
     )
-    common = ["-c", str(ROOT / "configs/digits/teacher.yaml"), "-c", str(override), "--model.init_args.samples_per_class=1",
-              "--model.init_args.sample_steps=2", "--trainer.val_check_interval=20", "--trainer.log_every_n_steps=5",
-              f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.enable_progress_bar=false"]
+    common = [
+        "-c",
+        str(ROOT / "configs/digits/teacher.yaml"),
+        "-c",
+        str(override),
+        "--model.init_args.samples_per_class=1",
+        "--model.init_args.sample_steps=2",
+        "--trainer.val_check_interval=20",
+        "--trainer.log_every_n_steps=5",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--trainer.enable_progress_bar=false",
+    ]
     _run(["fit", *common, "--trainer.max_steps=20"], tmp_path)
     version = tmp_path / "digits_teacher" / "version_0"
     assert (version / "config.yaml").is_file()
@@ -75,9 +84,17 @@ class TeacherGuard(L.Callback):
 def test_two_process_ddp_keeps_the_teacher_out(tiny_teacher_dir, tmp_path):
     teacher = DiffusionTeacher.from_pretrained(tiny_teacher_dir)
     module = OutputMatching(teacher, tiny_cond_unet(seed=1), optimizer=partial(torch.optim.SGD, lr=0.1))
-    trainer = L.Trainer(default_root_dir=tmp_path, accelerator="cpu", devices=2, strategy="ddp_spawn",
-                        max_steps=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[TeacherGuard()])
+    trainer = L.Trainer(
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_steps=3,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[TeacherGuard()],
+    )
     trainer.fit(module, _loader(32))
     ckpts = list(tmp_path.rglob("*.ckpt"))
     assert ckpts

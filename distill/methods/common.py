@@ -29,6 +29,28 @@ def null_class_of(net: nn.Module, num_classes: int | None, *, argument: str) -> 
     return num_classes
 
 
+def check_data_matches(net: nn.Module, datamodule, *, argument: str) -> None:
+    """Fail before any step when the data's image size or channels differ from the network's."""
+    config = getattr(net, "config", None)
+    if datamodule is None or config is None:
+        return
+    size = getattr(config, "sample_size", None)
+    size = size[0] if isinstance(size, list | tuple) else size
+    data_size = getattr(datamodule, "image_size", None)
+    if size is not None and data_size is not None and int(size) != int(data_size):
+        raise ValueError(
+            f"data.image_size={data_size} but {argument}.sample_size={size}: set both to the same size "
+            f"(e.g. --data.init_args.image_size={size})"
+        )
+    channels = getattr(config, "in_channels", None)
+    data_channels = getattr(datamodule, "channels", None)
+    if channels is not None and data_channels is not None and int(channels) != int(data_channels):
+        raise ValueError(
+            f"the data has {data_channels} channel(s) but {argument}.in_channels={channels}: set "
+            f"in_channels={data_channels} on the network"
+        )
+
+
 def drop_labels(
     labels: torch.Tensor, *, null_class: int, prob: float, generator: torch.Generator | None = None
 ):

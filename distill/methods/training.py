@@ -16,6 +16,7 @@ from torch import nn
 from distill.ema import EMA
 from distill.methods.common import (
     balanced_labels,
+    check_data_matches,
     configure,
     drop_labels,
     image_grid,
@@ -83,6 +84,9 @@ class DiffusionTraining(L.LightningModule):
         self.register_buffer("alphas_cumprod", self.schedule.alphas_cumprod.float(), persistent=False)
         # The EMA copy is updated by hand, never synchronised by DDP.
         self._ddp_params_and_buffers_to_ignore = [f"ema.{k}" for k in self.ema.state_dict()]
+
+    def setup(self, stage: str) -> None:
+        check_data_matches(self.model, getattr(self.trainer, "datamodule", None), argument="model")
 
     # -- training -----------------------------------------------------------------------------------------
     def diffusion_loss(
