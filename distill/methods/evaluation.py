@@ -121,10 +121,11 @@ class GenerativeEvaluation(L.LightningModule):
             "table": table,
             "real_heldout_accuracy": self.evaluator.real_accuracy(),
         }
+        logger = self.trainer.logger  # no logger, no default file: never write into the working directory
         path = (
             Path(self.output)
             if self.output
-            else (Path(self.trainer.log_dir) / "eval.json" if self.trainer.log_dir else None)
+            else (Path(logger.log_dir) / "eval.json" if logger is not None and logger.log_dir else None)
         )
         if path is not None and self.trainer.is_global_zero:
             path.parent.mkdir(parents=True, exist_ok=True)
