@@ -8,11 +8,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["DiffusionTraining", "DigitsDataModule", "DistillationModule", "NoiseSchedule", "Prediction"]
+__all__ = [
+    "DiffusionTraining",
+    "DigitsDataModule",
+    "DistillationModule",
+    "KnowledgeDistillation",
+    "NoiseSchedule",
+    "Prediction",
+]
 
 if TYPE_CHECKING:
     from distill.data import DigitsDataModule
     from distill.methods.base import DistillationModule
+    from distill.methods.knowledge import KnowledgeDistillation
     from distill.methods.training import DiffusionTraining
     from distill.parameterization import Prediction
     from distill.schedule import NoiseSchedule
@@ -20,6 +28,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "DiffusionTraining": "distill.methods.training",
     "DistillationModule": "distill.methods.base",
+    "KnowledgeDistillation": "distill.methods.knowledge",
     "DigitsDataModule": "distill.data",
     "NoiseSchedule": "distill.schedule",
     "Prediction": "distill.parameterization",
