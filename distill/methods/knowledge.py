@@ -43,7 +43,7 @@ def check_compatible(teacher: DiffusionTeacher, student: nn.Module) -> None:
         if t_val is not None and s_val is not None and t_val != s_val:
             raise ValueError(
                 f"student.{key}={s_val} but the teacher's {key}={t_val}: set "
-                f"--model.init_args.student.init_args.{key}={t_val if not isinstance(t_val, list) else t_val}"
+                f"--model.init_args.student.init_args.{key}={t_val}"
             )
     t_classes, s_classes = getattr(t_cfg, "num_class_embeds", None), getattr(s_cfg, "num_class_embeds", None)
     if t_classes != s_classes:
