@@ -5,6 +5,7 @@
     python -m distill.assets sweep      --teacher builtin:digits --guidance 1 1.5 2 3 --steps 50 --num-samples 300
     python -m distill.assets reference  --teacher builtin:digits --guidance W --steps 50 --out distill/assets/digits_reference
     python -m distill.assets floors     --eval RUN/eval.json --steps 50 --out distill/assets/digits_reference
+    python -m distill.assets grid       --teacher builtin:digits --guidance W --out docs/digits_teacher.png
 
 Each writes only to ``--out`` and refuses to overwrite an existing asset unless ``--overwrite`` is given.
 """
@@ -165,6 +166,28 @@ def floors(args) -> None:
     print(json.dumps(meta["noise_floor"], indent=2))
 
 
+def grid(args) -> None:
+    from torchvision.utils import save_image
+
+    from distill.metrics import DigitsEvaluator
+    from teachers import DiffusionTeacher
+
+    teacher = DiffusionTeacher.from_pretrained(args.teacher)
+    rows = []
+    for steps in args.steps:
+        from distill.methods.evaluation import GenerativeEvaluation
+
+        gen = GenerativeEvaluation(teacher, DigitsEvaluator(reference=None), steps=[steps],
+                                   guidance_scale=args.guidance)
+        idx = torch.arange(10 * args.rows)
+        rows.append(gen.generate(torch.full_like(idx, args.seed), idx, idx % 10, steps))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    images = torch.cat(rows).add(1).div(2).clamp(0, 1)
+    images = torch.nn.functional.interpolate(images, scale_factor=args.scale, mode="nearest")
+    save_image(images, args.out, nrow=10, padding=2, pad_value=1.0)
+    print(f"wrote {args.out}: rows of 10 classes, {args.rows} row(s) per step count {args.steps}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -198,6 +221,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(fn=floors)
+    p = sub.add_parser("grid")
+    p.add_argument("--teacher", default="builtin:digits")
+    p.add_argument("--guidance", type=float, required=True)
+    p.add_argument("--steps", type=int, nargs="+", default=[50, 8, 4, 2, 1])
+    p.add_argument("--rows", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scale", type=int, default=3)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(fn=grid)
     args = parser.parse_args(argv)
     args.fn(args)
 

@@ -90,7 +90,12 @@ class DiffusionTraining(L.LightningModule):
 
     # -- training -----------------------------------------------------------------------------------------
     def diffusion_loss(
-        self, images: torch.Tensor, labels: torch.Tensor | None, *, generator: torch.Generator | None = None
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor | None,
+        *,
+        generator: torch.Generator | None = None,
+        net: nn.Module | None = None,
     ) -> torch.Tensor:
         """The denoising loss on a batch: uniform t, Gaussian noise, MSE to the schedule's target."""
         batch = images.shape[0]
@@ -107,7 +112,7 @@ class DiffusionTraining(L.LightningModule):
                 if self.training
                 else labels
             )
-        out = call_denoiser(self.model, z, t, cond)
+        out = call_denoiser(self.model if net is None else net, z, t, cond)
         target = target_for(
             prediction_type=self.schedule.prediction_type, x0=images, eps=eps, alpha=alpha, sigma=sigma
         )
@@ -146,11 +151,9 @@ class DiffusionTraining(L.LightningModule):
         cond_labels = labels if self.null_class is not None else None
         with torch.no_grad():
             loss = self.diffusion_loss(images, cond_labels, generator=gen)
-            model, self.model = self.model, self.ema.module
-            try:
-                ema_loss = self.diffusion_loss(images, cond_labels, generator=self._eval_generator(batch_idx))
-            finally:
-                self.model = model
+            ema_loss = self.diffusion_loss(
+                images, cond_labels, generator=self._eval_generator(batch_idx), net=self.ema.module
+            )
         self.log("val/loss", loss, prog_bar=True)
         self.log("val/loss_ema", ema_loss)
 
