@@ -177,8 +177,9 @@ def grid(args) -> None:
     for steps in args.steps:
         from distill.methods.evaluation import GenerativeEvaluation
 
-        gen = GenerativeEvaluation(teacher, DigitsEvaluator(reference=None), steps=[steps],
-                                   guidance_scale=args.guidance)
+        gen = GenerativeEvaluation(
+            teacher, DigitsEvaluator(reference=None), steps=[steps], guidance_scale=args.guidance
+        )
         idx = torch.arange(10 * args.rows)
         rows.append(gen.generate(torch.full_like(idx, args.seed), idx, idx % 10, steps))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -154,6 +154,16 @@ class DigitsEvaluator:
         with torch.no_grad():
             self.real_features = self.classifier.features(self.real_images)
         self.reference = Reference.load(reference) if reference is not None else None
+        expected = None if self.reference is None else self.reference.meta.get("classifier_sha256")
+        if expected is not None:
+            import hashlib
+
+            actual = hashlib.sha256((Path(classifier) / "model.safetensors").read_bytes()).hexdigest()
+            if actual != expected:
+                raise ValueError(
+                    f"the reference at {reference} was built with another classifier (SHA-256 {expected[:12]}..., "
+                    f"this one {actual[:12]}...): rebuild it with `python -m distill.assets reference`"
+                )
         if self.reference is not None and self.reference.features.shape[1] != self.classifier.num_features:
             raise ValueError(
                 f"reference at {reference} has {self.reference.features.shape[1]}-d features but the classifier "

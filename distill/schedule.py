@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -148,8 +149,22 @@ class NoiseSchedule:
 
     @classmethod
     def from_scheduler(cls, scheduler: Any) -> NoiseSchedule:
-        """Build from a diffusers scheduler instance."""
-        return cls.from_scheduler_config(dict(scheduler.config))
+        """Build from a diffusers scheduler instance (its saved config keeps ``_class_name``)."""
+        import json
+
+        return cls.from_scheduler_config(json.loads(scheduler.to_json_string()))
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``scheduler_config.json`` (diffusers' layout; DDPMScheduler when the config names no class)."""
+        import json
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {
+            "_class_name": "DDPMScheduler",
+            **{k: v for k, v in self.config.items() if k != "_use_default_values"},
+        }
+        (directory / "scheduler_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     def alpha_sigma(self, timesteps: torch.Tensor, *, dtype: torch.dtype = torch.float32):
         """``(alpha_t, sigma_t)`` on ``timesteps``' device, computed in float64 then cast."""

@@ -62,7 +62,9 @@ class DiffusionTeacher(nn.Module):
         null_class: int | None = None,
     ) -> None:
         super().__init__()
-        self.unet = unet.to(resolve_dtype(dtype))
+        target = resolve_dtype(dtype)
+        current = next(unet.parameters()).dtype
+        self.unet = unet if current == target else unet.to(target)
         self.schedule = NoiseSchedule.from_scheduler_config(scheduler_config)
         n_classes = num_class_embeds(unet)
         self.null_class = null_class if null_class is not None else (n_classes - 1 if n_classes else None)
@@ -105,10 +107,7 @@ class DiffusionTeacher(nn.Module):
         """Write a pipeline-style folder: ``unet/`` (safetensors) and ``scheduler/scheduler_config.json``."""
         directory = Path(directory)
         self.unet.save_pretrained(directory / "unet")
-        (directory / "scheduler").mkdir(parents=True, exist_ok=True)
-        (directory / "scheduler" / "scheduler_config.json").write_text(
-            json.dumps(dict(self.schedule.config), indent=2, sort_keys=True) + "\n"
-        )
+        self.schedule.save_pretrained(directory / "scheduler")
 
     # -- properties ---------------------------------------------------------------------------------------
     @property

@@ -15,6 +15,21 @@ CHEAP = {
         "--model.init_args.samples_per_class=1",
         "--model.init_args.sample_steps=2",
     ],
+    "configs/digits/kd.yaml": [
+        "--model.init_args.eval_num_samples=20",
+        "--model.init_args.eval_steps=1",
+        "--model.init_args.samples_per_class=1",
+        "--model.init_args.evaluator.init_args.kid_subset_size=10",
+        "--model.init_args.evaluator.init_args.kid_subsets=5",
+    ],
+    "configs/digits/teacher_eval.yaml": [
+        "--model.init_args.steps=[1]",
+        "--data.init_args.num_samples=40",
+        "--data.init_args.seeds=[0,1]",
+        "--data.init_args.batch_size=40",
+        "--model.init_args.evaluator.init_args.kid_subset_size=20",
+        "--model.init_args.evaluator.init_args.kid_subsets=5",
+    ],
 }
 
 
@@ -26,9 +41,11 @@ def test_configs_exist():
 def test_config_fast_dev_run(config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rel = str(config.relative_to(config.parents[2]))
+    # evaluation configs (*_eval.yaml) run `distill test`, the others `distill fit`
+    command = "test" if config.stem.endswith("_eval") else "fit"
     main(
         [
-            "fit",
+            command,
             "-c",
             str(config),
             "--trainer.fast_dev_run=1",

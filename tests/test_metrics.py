@@ -136,3 +136,24 @@ def test_classifier_round_trip(tmp_path):
     torch.testing.assert_close(clf.eval()(x), again(x))
     with pytest.raises(FileNotFoundError, match="classifier"):
         DigitsClassifier.from_pretrained(tmp_path / "missing")
+
+
+def test_shipped_reference_matches_the_shipped_classifier_and_teacher():
+    import hashlib
+
+    from teachers.teacher import BUILTIN_TEACHERS
+
+    evaluator = DigitsEvaluator()
+    ref = evaluator.reference
+    assert ref.features.shape == (2000, evaluator.classifier.num_features)
+    assert torch.bincount(ref.labels).tolist() == [200] * 10
+    weights = next((BUILTIN_TEACHERS["digits"] / "unet").glob("*.safetensors"))
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == ref.meta["teacher_sha256"]
+    assert ref.meta["num_samples"] >= 2000 and ref.meta["accuracy"] >= 0.9
+
+
+def test_reference_from_another_classifier_is_refused(tmp_path):
+    clf = DigitsClassifier()
+    clf.save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="another classifier"):
+        DigitsEvaluator(classifier=tmp_path / "other")

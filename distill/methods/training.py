@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from functools import partial
 from pathlib import Path
 
@@ -221,7 +220,4 @@ class DiffusionTraining(L.LightningModule):
         """Write ``unet/`` and ``scheduler/`` in diffusers format (the layout ``DiffusionTeacher`` loads)."""
         directory = Path(directory)
         (self.ema.module if use_ema else self.model).save_pretrained(directory / "unet")
-        (directory / "scheduler").mkdir(parents=True, exist_ok=True)
-        (directory / "scheduler" / "scheduler_config.json").write_text(
-            json.dumps(dict(self.schedule.config), indent=2, sort_keys=True, default=str) + "\n"
-        )
+        self.schedule.save_pretrained(directory / "scheduler")
