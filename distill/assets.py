@@ -1,6 +1,7 @@
 """Build the shipped digits assets from training runs: the teacher, the classifier, the teacher reference.
 
     python -m distill.assets teacher    --config RUN/config.yaml --ckpt CKPT --out teachers/digits
+    python -m distill.assets student    --config RUN/config.yaml --ckpt CKPT --out DIR   (EMA student + schedule)
     python -m distill.assets classifier --config RUN/config.yaml --ckpt CKPT --out distill/assets/digits_classifier
     python -m distill.assets sweep      --teacher builtin:digits --guidance 1 1.5 2 3 --steps 50 --num-samples 300
     python -m distill.assets reference  --teacher builtin:digits --guidance W --steps 50 --out distill/assets/digits_reference
@@ -194,7 +195,11 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, fn in (("teacher", export_teacher), ("classifier", export_classifier)):
+    for name, fn in (
+        ("teacher", export_teacher),
+        ("student", export_teacher),
+        ("classifier", export_classifier),
+    ):
         p = sub.add_parser(name)
         p.add_argument("--config", type=Path, required=True)
         p.add_argument("--ckpt", type=Path, required=True)

@@ -150,3 +150,15 @@ def test_transfer_with_a_prefix_mapping():
     assert torch.equal(dst.conv_in.weight, src.conv_in.weight)
     assert any(n.startswith("up_blocks.0") for n in report.shape_mismatch + report.copied)
     assert default_feature_pairs(src, dst)[0] == ("down_blocks.0", "down_blocks.0")
+
+
+def test_student_exports_as_a_loadable_denoiser(teacher, tmp_path):
+    kd = KnowledgeDistillation(
+        teacher, tiny_cond_unet(seed=5, block_out_channels=[16, 16]), samples_per_class=0
+    )
+    kd.save_pretrained(tmp_path / "student")
+    loaded = DiffusionTeacher.from_pretrained(tmp_path / "student")
+    assert torch.equal(next(loaded.unet.parameters()), next(kd.ema.module.parameters()))
+    assert loaded.schedule.config["prediction_type"] == teacher.prediction_type
+    torch.testing.assert_close(loaded.schedule.alphas_cumprod, teacher.schedule.alphas_cumprod)
+    assert not (tmp_path / "student" / "unet" / "projections").exists()

@@ -8,6 +8,7 @@ EMA, projections, target networks) is saved, and loading checks that the only mi
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -91,6 +92,18 @@ class DistillationModule(L.LightningModule):
     def eval_student(self) -> nn.Module:
         """The weights to evaluate: the EMA copy when there is one."""
         return self.ema.module if self.ema is not None else self.student
+
+    def save_pretrained(self, directory: str | Path, *, use_ema: bool = True) -> None:
+        """Write the student (EMA weights by default) as ``unet/`` with the teacher's ``scheduler/``: a folder
+        that ``DiffusionTeacher.from_pretrained`` (and so ``distill test``) loads."""
+        directory = Path(directory)
+        student = self.eval_student() if use_ema else self.student
+        if not hasattr(student, "save_pretrained"):
+            raise TypeError(
+                f"{type(student).__name__} has no save_pretrained(); only diffusers students export"
+            )
+        student.save_pretrained(directory / "unet")
+        self.teacher.schedule.save_pretrained(directory / "scheduler")
 
     # -- checkpoints: never the frozen teacher --------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
