@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 
 from distill.parameterization import Prediction, ddim_step, eps_from_x0
-from distill.schedule import alpha_sigma, previous_timesteps
+from distill.schedule import NoiseSchedule, alpha_sigma, previous_timesteps
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], Prediction]
 
@@ -65,3 +65,24 @@ def per_sample_noise(
         gen.manual_seed(int(seed) * 1_000_003 + int(index))
         out[row] = torch.randn(shape, generator=gen)
     return out.to(device)
+
+
+def ddim_sample_steps(
+    *,
+    denoiser: Denoiser,
+    noise: torch.Tensor,
+    schedule: NoiseSchedule,
+    steps: int,
+    spacing: str = "trailing",
+    clip_x0: float | None = 1.0,
+) -> torch.Tensor:
+    """:func:`ddim_sample` on a ``steps``-step grid of ``schedule`` (trailing spacing by default: a few-step
+    grid must start at pure noise)."""
+    grid = schedule.grid(steps, spacing=spacing).to(noise.device)
+    return ddim_sample(
+        denoiser=denoiser,
+        noise=noise,
+        timesteps=grid,
+        alphas_cumprod=schedule.alphas_cumprod,
+        clip_x0=clip_x0,
+    )

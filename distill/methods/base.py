@@ -55,7 +55,6 @@ class DistillationModule(L.LightningModule):
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.ema = EMA(student, decay=ema_decay) if ema_decay is not None else None
-        self.register_buffer("alphas_cumprod", teacher.schedule.alphas_cumprod.float(), persistent=False)
         ignore = [TEACHER_PREFIX + k for k in teacher.state_dict()]
         if self.ema is not None:
             ignore += [f"ema.{k}" for k in self.ema.state_dict()]

@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from distill.metrics import DigitsEvaluator, SampleMetrics, format_table, self_fid, summarize
-from distill.sampling import ddim_sample, per_sample_noise
+from distill.sampling import ddim_sample_steps, per_sample_noise
 from teachers.teacher import DiffusionTeacher
 
 
@@ -64,13 +64,8 @@ class GenerativeEvaluation(L.LightningModule):
         denoiser = partial(
             self.model.predict, cond=cond, guidance_scale=self.guidance_scale if cond is not None else None
         )
-        grid = self.model.schedule.grid(steps, spacing="trailing").to(self.device)
-        return ddim_sample(
-            denoiser=lambda z, t: denoiser(z, t),
-            noise=noise,
-            timesteps=grid,
-            alphas_cumprod=self.model.schedule.alphas_cumprod,
-            clip_x0=self.clip_x0,
+        return ddim_sample_steps(
+            denoiser=denoiser, noise=noise, schedule=self.model.schedule, steps=steps, clip_x0=self.clip_x0
         )
 
     def test_step(self, batch, batch_idx: int) -> None:

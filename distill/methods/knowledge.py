@@ -23,7 +23,7 @@ from distill.methods.common import (
 )
 from distill.metrics import DigitsEvaluator
 from distill.parameterization import target_for
-from distill.sampling import ddim_sample, per_sample_noise
+from distill.sampling import ddim_sample_steps, per_sample_noise
 from distill.schedule import q_sample
 from teachers.network import call_denoiser, denoise
 from teachers.teacher import DiffusionTeacher
@@ -239,13 +239,8 @@ class KnowledgeDistillation(DistillationModule):
                 guidance_scale=guidance_scale,
                 uncond=uncond,
             )
-        grid = self.teacher.schedule.grid(steps, spacing="trailing").to(noise.device)
-        return ddim_sample(
-            denoiser=lambda z, t: denoiser(z, t),
-            noise=noise,
-            timesteps=grid,
-            alphas_cumprod=self.teacher.schedule.alphas_cumprod,
-            clip_x0=1.0,
+        return ddim_sample_steps(
+            denoiser=denoiser, noise=noise, schedule=self.teacher.schedule, steps=steps, clip_x0=1.0
         )
 
     def _noise(self, n: int) -> torch.Tensor:

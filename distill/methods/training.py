@@ -23,7 +23,7 @@ from distill.methods.common import (
     null_class_of,
 )
 from distill.parameterization import target_for
-from distill.sampling import ddim_sample
+from distill.sampling import ddim_sample_steps
 from distill.schedule import NoiseSchedule, q_sample, snr
 from teachers.network import call_denoiser, denoise
 
@@ -80,7 +80,6 @@ class DiffusionTraining(L.LightningModule):
         self.sample_guidance = sample_guidance
         self.samples_per_class = samples_per_class
         self.eval_seed = eval_seed
-        self.register_buffer("alphas_cumprod", self.schedule.alphas_cumprod.float(), persistent=False)
         # The EMA copy is updated by hand, never synchronised by DDP.
         self._ddp_params_and_buffers_to_ignore = [f"ema.{k}" for k in self.ema.state_dict()]
 
@@ -207,13 +206,8 @@ class DiffusionTraining(L.LightningModule):
             guidance_scale=guidance_scale if labels is not None else None,
             uncond=uncond,
         )
-        grid = self.schedule.grid(steps, spacing="trailing").to(self.device)
-        return ddim_sample(
-            denoiser=lambda z, t: denoiser(z, t),
-            noise=noise,
-            timesteps=grid,
-            alphas_cumprod=self.alphas_cumprod.double(),
-            clip_x0=1.0,
+        return ddim_sample_steps(
+            denoiser=denoiser, noise=noise, schedule=self.schedule, steps=steps, clip_x0=1.0
         )
 
     def save_pretrained(self, directory: str | Path, *, use_ema: bool = True) -> None:
