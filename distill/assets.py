@@ -47,6 +47,7 @@ def _module_from_run(config: Path, ckpt: Path):
     cli = DistillCLI(args=["-c", handle.name, "--trainer.logger=false"], run=False)
     Path(handle.name).unlink()
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    cli.model.on_load_checkpoint(state)  # distillation modules check the keys and fill in the frozen teacher
     cli.model.load_state_dict(state["state_dict"])
     return cli.model, state
 
