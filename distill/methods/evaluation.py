@@ -9,7 +9,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 
 from distill.metrics import DigitsEvaluator, SampleMetrics, format_table, self_fid, summarize
 from distill.sampling import ddim_sample_steps, per_sample_noise
@@ -108,8 +107,8 @@ class GenerativeEvaluation(L.LightningModule):
                 self.log(f"test/{steps}steps/{key}", value["mean"])
         floors = self.evaluator.floors
         table = format_table(rows, floors)
-        rank_zero_info("\n" + table + "\n")
-        print("\n" + table + "\n", flush=True)
+        if self.trainer.is_global_zero:  # once, on stdout, whatever the logging setup
+            print("\n" + table + "\n", flush=True)
         self.results = {
             "rows": rows,
             "noise_floor": floors,
