@@ -109,16 +109,17 @@ def transfer_weights(
     *, source: nn.Module, target: nn.Module, mapping: dict[str, str] | None = None
 ) -> TransferReport:
     """Copy every ``source`` tensor into the ``target`` tensor of the same name (after renaming prefixes by
-    ``mapping``, student prefix -> teacher prefix, as BK-SDM maps blocks) and the same shape."""
+    ``mapping``, student prefix -> teacher prefix, longest prefix first, as BK-SDM maps blocks) and the same
+    shape."""
     src = source.state_dict()
     report = TransferReport()
     for name, tensor in target.state_dict().items():
         report.total_numel += tensor.numel()
         src_name = name
-        for student_prefix, teacher_prefix in (mapping or {}).items():
-            if name.startswith(student_prefix + "."):
-                src_name = teacher_prefix + name[len(student_prefix) :]
-                break
+        matches = [p for p in (mapping or {}) if name.startswith(p + ".")]
+        if matches:  # the longest (most specific) prefix wins, whatever the mapping's order
+            prefix = max(matches, key=len)
+            src_name = mapping[prefix] + name[len(prefix) :]
         if src_name not in src:
             report.missing_in_source.append(name)
         elif src[src_name].shape != tensor.shape:

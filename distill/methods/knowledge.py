@@ -65,10 +65,12 @@ class KnowledgeDistillation(DistillationModule):
     Args:
         teacher: the frozen teacher.
         student: the student network (diffusers signature).
-        feature_pairs: [teacher_module, student_module] names; None for BK-SDM's down/up block outputs present
-            in both; [] for no feature KD.
+        feature_pairs: [teacher_module, student_module] names; None for the student builder's pairs
+            (``student.student_info``, e.g. BK-Tiny's) or else BK-SDM's down/up block outputs present in both;
+            [] for no feature KD.
         task_weight, output_weight, feature_weight: the loss weights (BK-SDM: 1, 1, 1).
         init_from_teacher: copy every teacher tensor whose name and shape match (a report is printed).
+        init_mapping: student prefix -> teacher prefix for that copy (None: the builder's, e.g. BK-SDM's).
         cond_drop_prob: label dropout to the null class, so the student keeps classifier-free guidance.
         evaluator: the digits evaluator for FID/KID/accuracy at validation (None: skip).
         eval_num_samples, eval_steps, eval_guidance: the validation evaluation (balanced labels, seed 0).
@@ -97,6 +99,11 @@ class KnowledgeDistillation(DistillationModule):
         eval_seed: int = 0,
     ) -> None:
         check_compatible(teacher, student)
+        info = getattr(student, "student_info", None)  # what a students/ builder knows about the pairing
+        if init_mapping is None and info is not None:
+            init_mapping = dict(info.init_mapping)
+        if feature_pairs is None and info is not None and info.feature_pairs:
+            feature_pairs = [tuple(p) for p in info.feature_pairs]
         self.init_report: TransferReport | None = None
         if init_from_teacher:
             self.init_report = transfer_weights(source=teacher.unet, target=student, mapping=init_mapping)

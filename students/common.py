@@ -1,0 +1,82 @@
+"""What every student builder shares: reading a teacher's UNet config, and what a builder tells distillation."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+TeacherLike = nn.Module | Mapping[str, Any] | str | Path
+
+# Keys diffusers writes into a saved config that are not constructor arguments.
+_PRIVATE = ("_class_name", "_diffusers_version", "_name_or_path", "_use_default_values")
+
+
+def _builtin_dir(name: str) -> Path:
+    """``builtin:NAME``: the model shipped inside the ``teachers`` package, found without importing it."""
+    spec = importlib.util.find_spec("teachers")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"builtin:{name} needs the `teachers` package of distill-diffusion to be installed")
+    path = Path(next(iter(spec.submodule_search_locations))) / name
+    if not path.is_dir():
+        raise ValueError(f"there is no builtin teacher {name!r} (looked in {path})")
+    return path
+
+
+def teacher_config(teacher: TeacherLike) -> dict[str, Any]:
+    """The constructor config of a teacher's UNet from a model, a config mapping, a folder (model folder,
+    pipeline folder with ``unet/``, or ``builtin:digits``) or a ``config.json`` file."""
+    if isinstance(teacher, nn.Module):
+        unet = getattr(teacher, "unet", teacher)  # a teacher adapter holds its network as .unet
+        config = getattr(unet, "config", None)
+        if config is None:
+            raise TypeError(f"teacher network {type(unet).__name__} has no diffusers .config to derive from")
+        config = dict(config)
+    elif isinstance(teacher, Mapping):
+        config = dict(teacher)
+    else:
+        text = str(teacher)
+        path = _builtin_dir(text.split(":", 1)[1]) if text.startswith("builtin:") else Path(text)
+        candidates = (
+            [path] if path.suffix == ".json" else [path / "config.json", path / "unet" / "config.json"]
+        )
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise FileNotFoundError(
+                f"teacher {text!r}: no UNet config found (looked for {', '.join(map(str, candidates))}); pass a "
+                "diffusers model folder, a pipeline folder with unet/, a config.json, or a loaded model"
+            )
+        config = json.loads(found.read_text())
+    return {k: v for k, v in config.items() if k not in _PRIVATE}
+
+
+@dataclass(frozen=True)
+class StudentInfo:
+    """What a builder knows about its student's relation to the teacher.
+
+    Attributes:
+        init_mapping: student module prefix -> teacher module prefix for initialising from the teacher
+            (longest prefix wins; names not mapped are copied by equal name where shapes match).
+        feature_pairs: (teacher module, student module) names whose outputs feature KD compares.
+        recipe: where the design comes from (paper, preset).
+    """
+
+    init_mapping: dict[str, str] = field(default_factory=dict)
+    feature_pairs: list[tuple[str, str]] = field(default_factory=list)
+    recipe: str = ""
+
+
+def attach_info(model: nn.Module, info: StudentInfo) -> nn.Module:
+    """Attach ``info`` as ``model.student_info`` (read by KnowledgeDistillation when its arguments are left
+    unset). Not saved with the weights: rebuild with the builder to get it back."""
+    object.__setattr__(model, "student_info", info)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

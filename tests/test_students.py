@@ -1,0 +1,284 @@
+"""Students: the registry, entry points, BK-SDM block removal (counts, mappings, feature pairs), import hygiene."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import tiny_cond_unet
+from diffusers import UNet2DConditionModel
+
+import students
+from students.bk import block_removed_unet
+from students.common import teacher_config
+
+# SD-v1.4/v1.5 UNet (CompVis/stable-diffusion-v1-4 unet/config.json), random weights on the meta device.
+SD_V1 = {
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": [
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+    ],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "block_out_channels": [320, 640, 1280, 1280],
+    "layers_per_block": 2,
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+}
+
+# A 4-stage SD-shaped teacher small enough to run: two pairs per stage, cross-attention, a mid block.
+TINY_SD = {
+    "sample_size": 16,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": [
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+    ],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "block_out_channels": [8, 16, 16, 16],
+    "layers_per_block": 2,
+    "cross_attention_dim": 8,
+    "attention_head_dim": 4,
+    "norm_num_groups": 4,
+}
+
+
+def _params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# -- registry ------------------------------------------------------------------------------------------------
+def test_registry_lists_and_creates_the_shipped_students():
+    names = students.list_students()
+    assert {"bk_base", "bk_small", "bk_tiny", "bk_small_keep_layers", "bk_tiny_keep_layers"} <= set(names)
+    assert names == sorted(names)
+    assert students.list_students("bk_t*") == ["bk_tiny", "bk_tiny_keep_layers"]
+    assert students.is_student("bk_small") and not students.is_student("nope")
+    model = students.create_student("bk_small", teacher=TINY_SD)
+    assert isinstance(model, UNet2DConditionModel) and model.mid_block is None
+
+
+def test_unknown_name_suggests_close_matches():
+    with pytest.raises(ValueError, match=r"unknown student 'bk_smal'.*did you mean bk_small"):
+        students.create_student("bk_smal", teacher=TINY_SD)
+
+
+def test_register_student_decorator_and_duplicate_names():
+    from students import registry
+
+    @students.register_student(name="_test_only_student")
+    def build(**kwargs):
+        return tiny_cond_unet(**kwargs)
+
+    try:
+        assert students.get_student_builder("_test_only_student") is build
+        assert isinstance(students.create_student("_test_only_student", seed=1), UNet2DConditionModel)
+        students.register_student(build, name="_test_only_student")  # the same builder again is harmless
+
+        def other(**kwargs):
+            return tiny_cond_unet()
+
+        with pytest.raises(ValueError, match="already registered"):
+            students.register_student(other, name="_test_only_student")
+    finally:
+        registry._BUILDERS.pop("_test_only_student", None)
+
+
+def test_entry_points_add_students_from_other_packages(tmp_path):
+    """A package declaring ``[distill_diffusion.students]`` in its metadata appears in the registry."""
+    (tmp_path / "my_students.py").write_text(
+        textwrap.dedent(
+            """
+            from diffusers import UNet2DConditionModel
+
+            def tiny(**kwargs):
+                return UNet2DConditionModel(
+                    sample_size=8, in_channels=1, out_channels=1, block_out_channels=[8, 16],
+                    down_block_types=["DownBlock2D", "DownBlock2D"], up_block_types=["UpBlock2D", "UpBlock2D"],
+                    layers_per_block=1, norm_num_groups=4, **kwargs,
+                )
+            """
+        )
+    )
+    dist = tmp_path / "my_students-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-students\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[distill_diffusion.students]\nmy_tiny = my_students:tiny\n")
+    code = (
+        "import students\n"
+        "assert 'my_tiny' in students.list_students(), students.list_students()\n"
+        "m = students.create_student('my_tiny')\n"
+        "print(type(m).__name__, m.config.block_out_channels)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)},
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "UNet2DConditionModel [8, 16]"
+
+
+def test_students_import_without_lightning_distill_or_teachers():
+    code = (
+        "import sys\n"
+        "sys.modules['lightning'] = None  # importing it would raise\n"
+        "sys.modules['pytorch_lightning'] = None\n"
+        "import students\n"
+        "m = students.create_student('bk_tiny_keep_layers', teacher='builtin:digits')\n"
+        "bad = sorted(k for k in sys.modules if k.split('.')[0] in ('distill', 'teachers', 'lightning'))\n"
+        "assert not [k for k in bad if sys.modules[k] is not None], bad\n"
+        "print(len(students.list_students()) >= 5)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
+
+
+# -- teacher configs -----------------------------------------------------------------------------------------
+def test_teacher_config_from_every_kind_of_source(tmp_path, tiny_teacher_dir):
+    unet = tiny_cond_unet()
+    expected = teacher_config(unet)
+    assert "_class_name" not in expected and expected["block_out_channels"] == [16, 32]
+    assert teacher_config(tiny_teacher_dir) == expected  # pipeline-style folder (unet/)
+    assert teacher_config(tiny_teacher_dir / "unet") == expected  # model folder
+    assert teacher_config(tiny_teacher_dir / "unet" / "config.json") == expected
+    assert teacher_config(dict(unet.config)) == expected
+    assert teacher_config("builtin:digits")["block_out_channels"] == [32, 64, 128]
+    with pytest.raises(FileNotFoundError, match="no UNet config found"):
+        teacher_config(tmp_path / "missing")
+    with pytest.raises(ValueError, match="no builtin teacher 'nope'"):
+        teacher_config("builtin:nope")
+
+
+# -- BK-SDM ------------------------------------------------------------------------------------------------
+# Source: Nota-NetsPresso/BK-SDM, src/unet_config/bk_{base,small,tiny}/config.json. Against SD-v1.4's UNet config
+# they change only: base layers_per_block 1; small also mid_block_type null; tiny also 3 stages (320, 640, 1280),
+# three CrossAttnDown/CrossAttnUp blocks. Instantiated by diffusers those configs have exactly these counts
+# (MODEL_CARD.md rounds the U-Nets to 0.86B / 0.58B / 0.49B / 0.33B).
+BK_PARAMS = {"teacher": 859_520_964, "bk_base": 579_384_964, "bk_small": 482_346_884, "bk_tiny": 323_384_964}
+BK_CONFIGS = {
+    "bk_base": {"layers_per_block": 1},
+    "bk_small": {"layers_per_block": 1, "mid_block_type": None},
+    "bk_tiny": {
+        "layers_per_block": 1,
+        "mid_block_type": None,
+        "block_out_channels": [320, 640, 1280],
+        "down_block_types": ["CrossAttnDownBlock2D"] * 3,
+        "up_block_types": ["CrossAttnUpBlock2D"] * 3,
+    },
+}
+
+
+@pytest.mark.parametrize("name", ["bk_base", "bk_small", "bk_tiny"])
+def test_bk_students_from_an_sd_v1_config_equal_bk_sdm(name):
+    with torch.device("meta"):
+        teacher = UNet2DConditionModel(**SD_V1)
+        student = students.create_student(name, teacher=SD_V1)
+        released = UNet2DConditionModel(**{**SD_V1, **BK_CONFIGS[name]})
+    assert _params(teacher) == BK_PARAMS["teacher"]
+    assert _params(student) == _params(released) == BK_PARAMS[name]
+    for key, value in BK_CONFIGS[name].items():
+        assert student.config[key] == value
+
+
+def test_bk_init_mapping_and_feature_pairs_are_the_papers():
+    """BK-SDM's copy_weight_from_teacher and feature hooks (src/kd_train_text_to_image.py)."""
+    small = students.create_student("bk_small", teacher=SD_V1 | {"sample_size": 8}).student_info
+    assert small.init_mapping == {
+        "up_blocks.0.resnets.1": "up_blocks.0.resnets.2",
+        "up_blocks.1.resnets.1": "up_blocks.1.resnets.2",
+        "up_blocks.1.attentions.1": "up_blocks.1.attentions.2",
+        "up_blocks.2.resnets.1": "up_blocks.2.resnets.2",
+        "up_blocks.2.attentions.1": "up_blocks.2.attentions.2",
+        "up_blocks.3.resnets.1": "up_blocks.3.resnets.2",
+        "up_blocks.3.attentions.1": "up_blocks.3.attentions.2",
+    }
+    assert sorted(small.feature_pairs) == [
+        (f"{g}.{i}", f"{g}.{i}") for g in ("down_blocks", "up_blocks") for i in range(4)
+    ]
+    tiny = block_removed_unet(
+        SD_V1, layers_per_block=1, remove_mid_block=True, remove_inner_stages=1
+    ).student_info
+    assert tiny.init_mapping == {
+        "up_blocks.0": "up_blocks.1",
+        "up_blocks.0.resnets.1": "up_blocks.1.resnets.2",
+        "up_blocks.0.attentions.1": "up_blocks.1.attentions.2",
+        "up_blocks.1": "up_blocks.2",
+        "up_blocks.1.resnets.1": "up_blocks.2.resnets.2",
+        "up_blocks.1.attentions.1": "up_blocks.2.attentions.2",
+        "up_blocks.2": "up_blocks.3",
+        "up_blocks.2.resnets.1": "up_blocks.3.resnets.2",
+        "up_blocks.2.attentions.1": "up_blocks.3.attentions.2",
+    }
+    assert tiny.feature_pairs == [
+        ("down_blocks.0", "down_blocks.0"),
+        ("down_blocks.1", "down_blocks.1"),
+        ("down_blocks.2.attentions.1.proj_out", "down_blocks.2.attentions.0.proj_out"),
+        ("up_blocks.1", "up_blocks.0"),
+        ("up_blocks.2", "up_blocks.1"),
+        ("up_blocks.3", "up_blocks.2"),
+    ]
+
+
+def test_bk_tiny_initialised_by_the_mapping_and_trained_by_kd(tiny_teacher_dir):
+    from distill.methods.knowledge import KnowledgeDistillation
+    from teachers import DiffusionTeacher
+
+    torch.manual_seed(0)
+    teacher_unet = UNet2DConditionModel(**TINY_SD)
+    student = students.create_student("bk_tiny", teacher=teacher_unet)
+    from distill.features import transfer_weights
+
+    report = transfer_weights(source=teacher_unet, target=student, mapping=student.student_info.init_mapping)
+    assert not report.shape_mismatch and not report.missing_in_source  # every student tensor has a source
+    t, s = teacher_unet.state_dict(), student.state_dict()
+    torch.testing.assert_close(
+        s["up_blocks.0.resnets.1.conv1.weight"], t["up_blocks.1.resnets.2.conv1.weight"]
+    )
+    torch.testing.assert_close(
+        s["up_blocks.0.resnets.0.conv1.weight"], t["up_blocks.1.resnets.0.conv1.weight"]
+    )
+    torch.testing.assert_close(
+        s["down_blocks.2.attentions.0.proj_out.weight"], t["down_blocks.2.attentions.0.proj_out.weight"]
+    )
+
+    # on the digits-shaped tiny teacher, KD picks the builder's mapping and pairs up by itself
+    teacher = DiffusionTeacher.from_pretrained(tiny_teacher_dir)
+    student = students.create_student("bk_tiny_keep_layers", teacher=teacher)
+    kd = KnowledgeDistillation(teacher, student, samples_per_class=0)
+    assert kd.feature_pairs == [
+        ("down_blocks.0.resnets.0", "down_blocks.0.resnets.0"),
+        ("up_blocks.1", "up_blocks.0"),
+    ]
+    # same widths, so everything is copied but the first up resnet: it now follows the 16-channel stage
+    # directly instead of the removed 32-channel one (in SD both are 1280 wide, so BK-Tiny copies it too)
+    assert kd.init_report.shape_mismatch
+    assert all(n.startswith("up_blocks.0.resnets.0.") for n in kd.init_report.shape_mismatch)
+    assert not kd.init_report.missing_in_source
+    images = torch.rand(4, 1, 8, 8) * 2 - 1
+    losses = kd.training_losses((images, torch.arange(4)))
+    assert all(torch.isfinite(v) for v in losses.values()) and losses["feature_kd"] > 0
+
+
+def test_bk_bad_requests_are_explained():
+    with pytest.raises(ValueError, match="layers_per_block=1: nothing to remove"):
+        students.create_student("bk_base", teacher="builtin:digits")
+    with pytest.raises(ValueError, match=r"remove_inner_stages must be in \[0, 2\]"):
+        block_removed_unet("builtin:digits", remove_inner_stages=3)
+    with pytest.raises(ValueError, match="block_out_channels needs 2 entries"):
+        block_removed_unet("builtin:digits", remove_inner_stages=1, block_out_channels=[8, 16, 32])
+    with pytest.raises(ValueError, match="only removes"):
+        block_removed_unet(SD_V1, layers_per_block=3)
