@@ -282,3 +282,109 @@ def test_bk_bad_requests_are_explained():
         block_removed_unet("builtin:digits", remove_inner_stages=1, block_out_channels=[8, 16, 32])
     with pytest.raises(ValueError, match="only removes"):
         block_removed_unet(SD_V1, layers_per_block=3)
+
+
+# -- efficient UNet --------------------------------------------------------------------------------------------
+def test_efficient_unet_places_attention_by_resolution_and_inherits_the_teachers_inputs():
+    from students.efficient import efficient_unet
+
+    digits = efficient_unet("builtin:digits", block_out_channels=(16, 32, 64), norm_num_groups=8)
+    assert digits.config.down_block_types == ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"]  # 16, 8, 4 px
+    assert digits.config.num_class_embeds == 11 and digits.config.sample_size == 16
+    wide_attention = efficient_unet(
+        "builtin:digits", block_out_channels=(16, 32, 64), attention_max_resolution=8
+    )
+    assert wide_attention.config.down_block_types == ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"]
+    text = efficient_unet(
+        TINY_SD,
+        block_out_channels=(8, 16, 16, 16),
+        norm_num_groups=4,
+        attention_head_dim=4,
+        attention_per_stage=(0, 1, 2, 0),
+        resnets_per_stage=(1, 1, 2, 2),
+    )
+    assert text.config.down_block_types == [
+        "DownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+    ]
+    assert text.config.cross_attention_dim == 8 and text.config.layers_per_block == [1, 1, 2, 2]
+    assert len(text.down_blocks[2].attentions[0].transformer_blocks) == 2
+    out = text(
+        torch.randn(2, 4, 16, 16), torch.tensor([1, 999]), encoder_hidden_states=torch.randn(2, 5, 8)
+    ).sample
+    assert out.shape == (2, 4, 16, 16)
+
+
+def test_separable_convs_replace_resnet_convs_and_survive_save_load(tmp_path):
+    from students.efficient import EfficientUNet2DConditionModel, SeparableConv2d
+
+    model = students.create_student("efficient_unet_digits").eval()
+    plain = students.create_student("efficient_unet_digits", separable_convs=False)
+    assert isinstance(model, EfficientUNet2DConditionModel) and type(plain) is UNet2DConditionModel
+    separable = [m for m in model.modules() if isinstance(m, SeparableConv2d)]
+    resnets = [m for m in model.modules() if type(m).__name__ == "ResnetBlock2D"]
+    assert len(separable) == 2 * len(resnets) > 0
+    assert _params(model) < 0.5 * _params(plain)
+    model.save_pretrained(tmp_path)
+    loaded = EfficientUNet2DConditionModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.separable_convs is True
+    x, t, c = torch.randn(2, 1, 16, 16), torch.tensor([10, 900]), torch.tensor([3, 10])
+    torch.testing.assert_close(
+        loaded(x, t, None, class_labels=c).sample, model(x, t, None, class_labels=c).sample, rtol=0, atol=0
+    )
+
+
+def test_efficient_unet_bad_arguments():
+    from students.efficient import efficient_unet
+
+    with pytest.raises(ValueError, match="resnets_per_stage needs 3 entries"):
+        efficient_unet("builtin:digits", resnets_per_stage=(1, 1))
+    with pytest.raises(ValueError, match="attention_per_stage needs 3 entries"):
+        efficient_unet("builtin:digits", attention_per_stage=(0, -1, 1))
+    with pytest.raises(ValueError, match="must divide by norm_num_groups=8"):
+        efficient_unet("builtin:digits", block_out_channels=(12, 32, 64))
+
+
+# -- every registered student ----------------------------------------------------------------------------------
+SMALL_SD = {"block_out_channels": (8, 16, 16, 16), "norm_num_groups": 4, "attention_head_dim": 4}
+BUILD_KWARGS = {
+    "bk_base": {"teacher": TINY_SD},
+    "bk_small": {"teacher": TINY_SD},
+    "bk_tiny": {"teacher": TINY_SD},
+    "efficient_unet_sd": {"teacher": TINY_SD, **SMALL_SD},
+}
+
+
+def _example(model):
+    cfg = model.config
+    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+    kwargs = {"encoder_hidden_states": None}
+    if cfg.num_class_embeds:
+        kwargs["class_labels"] = torch.tensor([0, cfg.num_class_embeds - 1])
+    if any("CrossAttn" in t for t in cfg.down_block_types):
+        kwargs["encoder_hidden_states"] = torch.randn(2, 3, cfg.cross_attention_dim)
+    if cfg.get("time_cond_proj_dim"):
+        kwargs["timestep_cond"] = torch.randn(2, cfg.time_cond_proj_dim)
+    return torch.randn(2, cfg.in_channels, size, size), torch.tensor([0, 999]), kwargs
+
+
+@pytest.mark.parametrize("name", [n for n in students.list_students() if not n.startswith("_")])
+def test_every_registered_student_runs_trains_and_round_trips(name, tmp_path):
+    torch.manual_seed(0)
+    model = students.create_student(name, **BUILD_KWARGS.get(name, {"teacher": "builtin:digits"}))
+    x, t, kwargs = _example(model)
+    out = model(x, t, **kwargs).sample
+    assert out.shape == (2, model.config.out_channels, *x.shape[2:])
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert _params(model) > 0 and isinstance(model.student_info, students.StudentInfo)
+    model.eval().save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded(x, t, **kwargs).sample, model(x, t, **kwargs).sample, rtol=0, atol=0
+        )
