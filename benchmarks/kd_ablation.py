@@ -13,26 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from digits_runs import ROOT, cell, fresh_dir, train_export_evaluate
 
 ARMS = {  # name -> (task, output KD, feature KD) weights
     "task only": (1.0, 0.0, 0.0),
     "task + output KD": (1.0, 1.0, 0.0),
     "task + output KD + feature KD (BK-SDM)": (1.0, 1.0, 1.0),
 }
-
-
-def _run(args: list[str], log: Path) -> float:
-    start = time.perf_counter()
-    with log.open("w") as handle:
-        subprocess.run([sys.executable, *args], cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, check=True)
-    return time.perf_counter() - start
 
 
 def run_arm(
@@ -46,85 +35,34 @@ def run_arm(
     overwrite: bool = False,
 ) -> dict:
     slug = name.split(" (")[0].replace(" + ", "_").replace(" ", "_").lower()
-    arm_dir = out / slug
-    if arm_dir.exists():
-        if not overwrite:
-            raise SystemExit(f"{arm_dir} exists from an earlier run; pass --overwrite to replace it")
-        shutil.rmtree(arm_dir)
-    arm_dir.mkdir(parents=True)
     task, output, feature = weights
-    fit_seconds = _run(
-        [
-            "-m",
-            "distill.cli",
-            "fit",
-            "-c",
-            "configs/digits/kd.yaml",
+    result = train_export_evaluate(
+        config="configs/digits/kd.yaml",
+        overrides=[
             f"--model.init_args.task_weight={task}",
             f"--model.init_args.output_weight={output}",
             f"--model.init_args.feature_weight={feature}",
             f"--trainer.max_steps={steps}",
             "--trainer.limit_val_batches=0",
-            f"--trainer.logger.init_args.save_dir={arm_dir}",
-            "--trainer.logger.init_args.name=fit",
-            "--trainer.logger.init_args.version=0",
         ],
-        arm_dir / "fit.log",
+        out=fresh_dir(out / slug, overwrite),
+        name=name,
+        seeds=seeds,
+        num_samples=num_samples,
+        eval_steps=[50],
     )
-    run_dir = arm_dir / "fit" / "version_0"
-    student = arm_dir / "student"
-    _run(
-        [
-            "-m",
-            "distill.assets",
-            "student",
-            "--config",
-            str(run_dir / "config.yaml"),
-            "--ckpt",
-            str(run_dir / "checkpoints" / "last.ckpt"),
-            "--out",
-            str(student),
-            "--overwrite",
-        ],
-        arm_dir / "export.log",
-    )
-    eval_json = arm_dir / "eval.json"
-    eval_seconds = _run(
-        [
-            "-m",
-            "distill.cli",
-            "test",
-            "-c",
-            "configs/digits/teacher_eval.yaml",
-            f"--model.init_args.model.init_args.path={student}",
-            f"--model.init_args.name={name}",
-            "--model.init_args.steps=[50]",
-            f"--model.init_args.output={eval_json}",
-            f"--data.init_args.seeds={json.dumps(seeds)}",
-            f"--data.init_args.num_samples={num_samples}",
-            f"--trainer.logger.init_args.save_dir={arm_dir}",
-            "--trainer.logger.init_args.name=eval",
-            "--trainer.logger.init_args.version=0",
-        ],
-        arm_dir / "eval.log",
-    )
-    result = json.loads(eval_json.read_text())
     return {
         "arm": name,
         "weights": {"task": task, "output_kd": output, "feature_kd": feature},
         "steps": steps,
-        "fit_minutes": fit_seconds / 60,
-        "eval_minutes": eval_seconds / 60,
+        "fit_minutes": result["fit_minutes"],
+        "eval_minutes": result["eval_minutes"],
         "summary": result["rows"][0]["summary"],
         "noise_floor": result["noise_floor"],
     }
 
 
 def to_markdown(results: list[dict]) -> str:
-    def cell(summary: dict, key: str, scale: float = 1.0, digits: int = 3) -> str:
-        value = summary[key]
-        return f"{value['mean'] * scale:.{digits}f} ± {value['std'] * scale:.{digits}f}"
-
     lines = [
         "| loss | steps | FID vs real | FID vs teacher ref | accuracy (%) | train time |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",

@@ -16,6 +16,16 @@ from students.registry import (
     register_student,
 )
 
+
+def model_classes() -> dict:
+    """The model classes this package defines, by the ``_class_name`` their saved configs carry: what a loader
+    may construct for a folder whose class is not a diffusers one (a fixed list; folders never name code)."""
+    from students.efficient import EfficientUNet2DConditionModel
+    from students.timm_unet import TimmUNet
+
+    return {cls.__name__: cls for cls in (EfficientUNet2DConditionModel, TimmUNet)}
+
+
 __all__ = [
     "ENTRY_POINT_GROUP",
     "StudentInfo",
@@ -25,6 +35,7 @@ __all__ = [
     "is_student",
     "list_students",
     "load_entry_points",
+    "model_classes",
     "register_student",
     "teacher_config",
 ]

@@ -55,6 +55,8 @@ def block_removed_unet(
     remove_mid_block: bool = False,
     remove_inner_stages: int = 0,
     block_out_channels: Sequence[int] | None = None,
+    norm_num_groups: int | None = None,
+    time_cond_proj_dim: int | None = None,
     recipe: str = "block removal (BK-SDM)",
     **overrides: Any,
 ) -> UNet2DConditionModel:
@@ -68,7 +70,10 @@ def block_removed_unet(
         remove_inner_stages: drop this many innermost stages, down and up (BK-Tiny: 1).
         block_out_channels: narrower stages (after removal); None keeps the teacher's widths. Teacher weights
             are then copied only where shapes still match.
-        overrides: any other UNet2DConditionModel argument (``time_cond_proj_dim=256`` for an LCM student).
+        norm_num_groups: GroupNorm groups (narrower stages may need fewer); None keeps the teacher's.
+        time_cond_proj_dim: give the student a ``timestep_cond`` input of this width (an LCM student's guidance
+            embedding); None keeps the teacher's.
+        overrides: any other UNet2DConditionModel argument (from Python; configs use the named ones).
 
     Returns the randomly initialised student with ``student_info`` (init mapping and feature pairs) attached;
     KnowledgeDistillation copies the teacher's weights by that mapping.
@@ -112,6 +117,10 @@ def block_removed_unet(
     student["layers_per_block"] = s_layers[0] if len(set(s_layers)) == 1 else [int(k) for k in s_layers]
     if remove_mid_block:
         student["mid_block_type"] = None
+    if norm_num_groups is not None:
+        student["norm_num_groups"] = norm_num_groups
+    if time_cond_proj_dim is not None:
+        student["time_cond_proj_dim"] = time_cond_proj_dim
     student.update(overrides)
     model = UNet2DConditionModel(**student)
 

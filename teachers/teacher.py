@@ -92,13 +92,20 @@ class DiffusionTeacher(nn.Module):
         unet_dir, scheduler_file = _locate(root, subfolder)
         config = json.loads((unet_dir / "config.json").read_text())
         class_name = config.get("_class_name")
-        if class_name not in SUPPORTED_CLASSES:
-            raise ValueError(
-                f"teacher at {unet_dir} is a {class_name!r}; supported diffusers classes are {SUPPORTED_CLASSES}"
-            )
-        import diffusers
+        if class_name in SUPPORTED_CLASSES:
+            import diffusers
 
-        unet = getattr(diffusers, class_name).from_pretrained(unet_dir)
+            model_class = getattr(diffusers, class_name)
+        else:  # an exported student of ours (a fixed list of classes: nothing named by the folder is imported)
+            from students import model_classes
+
+            model_class = model_classes().get(class_name)
+            if model_class is None:
+                raise ValueError(
+                    f"model at {unet_dir} is a {class_name!r}; supported classes are {SUPPORTED_CLASSES} (diffusers) "
+                    f"and {sorted(model_classes())} (students)"
+                )
+        unet = model_class.from_pretrained(unet_dir)
         teacher = cls(unet, json.loads(scheduler_file.read_text()), dtype=dtype, null_class=null_class)
         teacher.source = str(path)
         return teacher

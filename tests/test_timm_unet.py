@@ -147,3 +147,27 @@ def test_digits_presets_are_registered_and_under_a_quarter_of_the_teachers_macs(
     for name in ("timm_unet_digits", "mobileone_unet_digits", "efficient_unet_digits"):
         model = students.create_student(name)
         assert count_macs(model, example_inputs(model)).total <= budget, name
+
+
+@pytest.mark.parametrize("name", ["timm_unet_digits", "efficient_unet_digits"])
+def test_exported_students_of_our_classes_load_as_denoisers(name, tmp_path):
+    import json
+
+    from teachers import DiffusionTeacher
+
+    torch.manual_seed(0)
+    teacher = DiffusionTeacher.from_pretrained("builtin:digits")
+    model = students.create_student(name).eval()
+    model.save_pretrained(tmp_path / "unet")
+    teacher.schedule.save_pretrained(tmp_path / "scheduler")
+    loaded = DiffusionTeacher.from_pretrained(tmp_path)
+    assert type(loaded.unet) is type(model) and loaded.num_classes == 10
+    x, t, c = _inputs(3)
+    with torch.no_grad():
+        expected = model(x, t, None, class_labels=c).sample
+    torch.testing.assert_close(loaded.unet(x, t, None, class_labels=c).sample, expected, rtol=0, atol=1e-5)
+    # a folder naming any other class is refused: loading never imports what a folder names
+    config = json.loads((tmp_path / "unet" / "config.json").read_text())
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({**config, "_class_name": "os.system"}))
+    with pytest.raises(ValueError, match=r"'os.system'; supported classes are"):
+        DiffusionTeacher.from_pretrained(tmp_path)

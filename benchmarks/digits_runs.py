@@ -1,0 +1,107 @@
+"""Shared by the digits benchmark scripts: train a config, export its EMA student, evaluate it by the protocol."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(args: list[str], log: Path) -> float:
+    """``python ARGS`` in the repository root, output to ``log``; returns the wall time in seconds."""
+    start = time.perf_counter()
+    with log.open("w") as handle:
+        subprocess.run([sys.executable, *args], cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, check=True)
+    return time.perf_counter() - start
+
+
+def fresh_dir(path: Path, overwrite: bool) -> Path:
+    if path.exists():
+        if not overwrite:
+            raise SystemExit(f"{path} exists from an earlier run; pass --overwrite to replace it")
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def train_export_evaluate(
+    *,
+    config: str,
+    overrides: list[str],
+    out: Path,
+    name: str,
+    seeds: list[int],
+    num_samples: int,
+    eval_steps: list[int],
+) -> dict:
+    """Fit ``config`` (+ overrides) into ``out/fit``, export the EMA student to ``out/student`` and evaluate it
+    with configs/digits/teacher_eval.yaml at ``eval_steps``; returns times and the evaluation's rows."""
+    fit_seconds = run(
+        [
+            "-m",
+            "distill.cli",
+            "fit",
+            "-c",
+            config,
+            *overrides,
+            f"--trainer.logger.init_args.save_dir={out}",
+            "--trainer.logger.init_args.name=fit",
+            "--trainer.logger.init_args.version=0",
+        ],
+        out / "fit.log",
+    )
+    run_dir = out / "fit" / "version_0"
+    student = out / "student"
+    run(
+        [
+            "-m",
+            "distill.assets",
+            "student",
+            "--config",
+            str(run_dir / "config.yaml"),
+            "--ckpt",
+            str(run_dir / "checkpoints" / "last.ckpt"),
+            "--out",
+            str(student),
+            "--overwrite",
+        ],
+        out / "export.log",
+    )
+    eval_json = out / "eval.json"
+    eval_seconds = run(
+        [
+            "-m",
+            "distill.cli",
+            "test",
+            "-c",
+            "configs/digits/teacher_eval.yaml",
+            f"--model.init_args.model.init_args.path={student}",
+            f"--model.init_args.name={name}",
+            f"--model.init_args.steps={json.dumps(eval_steps)}",
+            f"--model.init_args.output={eval_json}",
+            f"--data.init_args.seeds={json.dumps(seeds)}",
+            f"--data.init_args.num_samples={num_samples}",
+            f"--trainer.logger.init_args.save_dir={out}",
+            "--trainer.logger.init_args.name=eval",
+            "--trainer.logger.init_args.version=0",
+        ],
+        out / "eval.log",
+    )
+    result = json.loads(eval_json.read_text())
+    return {
+        "fit_minutes": fit_seconds / 60,
+        "eval_minutes": eval_seconds / 60,
+        "rows": result["rows"],
+        "noise_floor": result["noise_floor"],
+        "student": str(student),
+    }
+
+
+def cell(summary: dict, key: str, scale: float = 1.0, digits: int = 3) -> str:
+    value = summary[key]
+    return f"{value['mean'] * scale:.{digits}f} ± {value['std'] * scale:.{digits}f}"
