@@ -391,3 +391,19 @@ def test_every_registered_student_runs_trains_and_round_trips(name, tmp_path):
         torch.testing.assert_close(
             loaded(x, t, **kwargs).sample, model(x, t, **kwargs).sample, rtol=0, atol=1e-5
         )
+
+
+def test_the_import_example_runs_without_the_trainer():
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "import_student.py"
+    code = (
+        "import runpy, sys\n"
+        "sys.modules['lightning'] = None\n"
+        f"runpy.run_path({str(example)!r}, run_name='__main__')\n"
+        "assert not [k for k in sys.modules if k.split('.')[0] == 'distill'], 'distill was imported'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "timm_unet_digits output: (2, 1, 16, 16)" in out.stdout
+    assert "reloaded: TimmUNet" in out.stdout and "my_tiny_unet:" in out.stdout
