@@ -7,6 +7,7 @@ tensors broadcastable to ``z``.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -108,3 +109,42 @@ def cfg_combine(
     if w.ndim == 1:
         w = _broadcast(w, cond)
     return uncond + w * (cond - uncond)
+
+
+def consistency_scalings(
+    *, timesteps: torch.Tensor, sigma_data: float = 0.5, timestep_scaling: float = 10.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boundary-condition scalings ``(c_skip, c_out)`` of a discrete-time consistency model (LCM; diffusers'
+    ``LCMScheduler.get_scalings_for_boundary_condition_discrete``): with ``s = t * timestep_scaling``,
+    ``c_skip = sigma_data^2 / (s^2 + sigma_data^2)``, ``c_out = s / sqrt(s^2 + sigma_data^2)``; at ``t = 0`` the
+    model is the identity, ``f(z, 0) = z``."""
+    s = timesteps.to(torch.float64) * timestep_scaling
+    c_skip = sigma_data**2 / (s**2 + sigma_data**2)
+    c_out = s / (s**2 + sigma_data**2).sqrt()
+    return c_skip.float(), c_out.float()
+
+
+def consistency_output(
+    *, z: torch.Tensor, x0: torch.Tensor, c_skip: torch.Tensor, c_out: torch.Tensor
+) -> torch.Tensor:
+    """The consistency function ``f(z_t, t) = c_skip(t) z_t + c_out(t) x0_pred(z_t, t)``."""
+    return _b(c_skip.to(z.dtype), z) * z + _b(c_out.to(z.dtype), z) * x0
+
+
+def guidance_scale_embedding(*, w: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
+    """Sinusoidal embedding (B, dim) of guidance scales (B,) for a student's ``timestep_cond`` (LCM): frequencies
+    ``10000^(-i / (dim/2 - 1))`` of ``w * scale``, sines then cosines, zero-padded to an odd ``dim``. LCM and
+    diffusers' pipelines embed ``guidance_scale - 1`` (the LCM form of CFG)."""
+    if w.ndim != 1:
+        raise ValueError(f"w must be a vector (B,), got shape {tuple(w.shape)}")
+    if dim < 4:
+        raise ValueError(f"dim must be >= 4, got {dim}")
+    half = dim // 2
+    freqs = torch.exp(
+        torch.arange(half, dtype=torch.float32, device=w.device) * -(math.log(10000.0) / (half - 1))
+    )
+    angles = (w.float() * scale)[:, None] * freqs[None, :]
+    emb = torch.cat([angles.sin(), angles.cos()], dim=1)
+    if dim % 2:
+        emb = torch.nn.functional.pad(emb, (0, 1))
+    return emb

@@ -10,8 +10,14 @@ from collections.abc import Callable
 
 import torch
 
-from distill.parameterization import Prediction, ddim_step, eps_from_x0
-from distill.schedule import NoiseSchedule, alpha_sigma, previous_timesteps
+from distill.parameterization import (
+    Prediction,
+    consistency_output,
+    consistency_scalings,
+    ddim_step,
+    eps_from_x0,
+)
+from distill.schedule import NoiseSchedule, alpha_sigma, previous_timesteps, q_sample
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], Prediction]
 
@@ -86,3 +92,46 @@ def ddim_sample_steps(
         alphas_cumprod=schedule.alphas_cumprod,
         clip_x0=clip_x0,
     )
+
+
+@torch.no_grad()
+def consistency_sample(
+    *,
+    denoiser: Denoiser,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    step_noise: Callable[[int], torch.Tensor] | None = None,
+    sigma_data: float = 0.5,
+    timestep_scaling: float = 10.0,
+    clip_x0: float | None = None,
+) -> torch.Tensor:
+    """Multistep consistency sampling (Song et al. 2023, Alg. 1; LCM): at each of the decreasing ``timesteps``
+    the model jumps to clean data, ``x = c_skip z + c_out x0_pred``; between steps it is re-noised to the next
+    timestep, ``z = alpha_next x + sigma_next n``. The last step's ``x`` is the sample (one step: one forward).
+
+    ``step_noise(i)`` gives the noise injected after step ``i`` (default: ``torch.randn_like``); the same noise
+    as diffusers' LCMScheduler makes the result agree with it.
+    """
+    if timesteps.ndim != 1 or len(timesteps) == 0:
+        raise ValueError(f"timesteps must be a non-empty 1-D grid, got shape {tuple(timesteps.shape)}")
+    acp = alphas_cumprod.to(noise.device)
+    z = noise
+    batch = noise.shape[0]
+    steps = timesteps.tolist()
+    x = z
+    for i, t in enumerate(steps):
+        t_vec = torch.full((batch,), t, device=noise.device, dtype=torch.long)
+        x0 = denoiser(z, t_vec).x0
+        if clip_x0 is not None:
+            x0 = x0.clamp(-clip_x0, clip_x0)
+        c_skip, c_out = consistency_scalings(
+            timesteps=t_vec, sigma_data=sigma_data, timestep_scaling=timestep_scaling
+        )
+        x = consistency_output(z=z, x0=x0, c_skip=c_skip, c_out=c_out)
+        if i + 1 < len(steps):
+            nxt = torch.full((batch,), steps[i + 1], device=noise.device, dtype=torch.long)
+            alpha_n, sigma_n = alpha_sigma(alphas_cumprod=acp, timesteps=nxt)
+            n = step_noise(i) if step_noise is not None else torch.randn_like(x)
+            z = q_sample(x0=x, eps=n.to(x), alpha=alpha_n.to(x.dtype), sigma=sigma_n.to(x.dtype))
+    return x

@@ -180,3 +180,29 @@ class NoiseSchedule:
             spacing=spacing or self.timestep_spacing,  # type: ignore[arg-type]
             steps_offset=self.steps_offset,
         )
+
+
+def lcm_skipping_timesteps(*, num_train_timesteps: int, original_steps: int) -> torch.Tensor:
+    """The skipping-step grid consistency distillation trains on (LCM): ``k = T // original_steps``, timesteps
+    ``k - 1, 2k - 1, ..., original_steps * k - 1`` in increasing order (diffusers' LCMScheduler and LCM script)."""
+    if not 1 <= original_steps <= num_train_timesteps:
+        raise ValueError(
+            f"original_steps must be in [1, {num_train_timesteps}] (num_train_timesteps), got {original_steps}"
+        )
+    k = num_train_timesteps // original_steps
+    return torch.arange(1, original_steps + 1, dtype=torch.long) * k - 1
+
+
+def lcm_timesteps(
+    *, num_train_timesteps: int, num_inference_steps: int, original_steps: int = 50
+) -> torch.Tensor:
+    """Decreasing sampling timesteps of a consistency model, as diffusers' LCMScheduler picks them: evenly spaced
+    indices into the reversed skipping grid (1 step: ``[T - 1]``; 4 of 50 over 1000: ``[999, 759, 499, 259]``)."""
+    if not 1 <= num_inference_steps <= original_steps:
+        raise ValueError(
+            f"num_inference_steps must be in [1, {original_steps}] (original_steps), got {num_inference_steps}"
+        )
+    grid = lcm_skipping_timesteps(num_train_timesteps=num_train_timesteps, original_steps=original_steps)
+    grid = grid.flip(0)
+    index = np.floor(np.linspace(0, len(grid), num=num_inference_steps, endpoint=False)).astype(np.int64)
+    return grid[torch.from_numpy(index)]
