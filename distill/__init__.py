@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __all__ = [
+    "ConsistencyDistillation",
     "DiffusionTraining",
     "DigitsDataModule",
     "DistillationModule",
@@ -20,12 +21,14 @@ __all__ = [
 if TYPE_CHECKING:
     from distill.data import DigitsDataModule
     from distill.methods.base import DistillationModule
+    from distill.methods.consistency import ConsistencyDistillation
     from distill.methods.knowledge import KnowledgeDistillation
     from distill.methods.training import DiffusionTraining
     from distill.parameterization import Prediction
     from distill.schedule import NoiseSchedule
 
 _LAZY = {
+    "ConsistencyDistillation": "distill.methods.consistency",
     "DiffusionTraining": "distill.methods.training",
     "DistillationModule": "distill.methods.base",
     "KnowledgeDistillation": "distill.methods.knowledge",

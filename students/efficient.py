@@ -188,9 +188,14 @@ def efficient_unet(
 
 
 @register_student
-def efficient_unet_digits(teacher: TeacherLike = "builtin:digits", **overrides: Any) -> UNet2DConditionModel:
+def efficient_unet_digits(
+    teacher: TeacherLike = "builtin:digits", time_cond_proj_dim: int | None = None, **overrides: Any
+) -> UNet2DConditionModel:
     """The digits preset: 16/32/64 channels, one residual block per stage, self-attention only at 4x4,
-    separable convolutions; under a quarter of the digits teacher's MACs per forward."""
+    separable convolutions; under a quarter of the digits teacher's MACs per forward. ``time_cond_proj_dim``
+    adds the guidance-embedding input of a consistency student."""
+    if time_cond_proj_dim is not None:
+        overrides["time_cond_proj_dim"] = time_cond_proj_dim
     kwargs: dict[str, Any] = dict(
         block_out_channels=(16, 32, 64),
         resnets_per_stage=1,

@@ -371,16 +371,24 @@ def timm_unet(
 
 
 @register_student
-def timm_unet_digits(teacher: TeacherLike = "builtin:digits", **kwargs) -> TimmUNet:
+def timm_unet_digits(
+    teacher: TeacherLike = "builtin:digits", time_cond_proj_dim: int | None = None, **kwargs
+) -> TimmUNet:
     """Digits preset: MobileNetV3-Small stages at 8, 4 and 2 px (GroupNorm), a 32/32/16 decoder."""
     options = dict(backbone="mobilenetv3_small_100", decoder_channels=(32, 32, 16), full_res_channels=16)
     options.update(kwargs)
+    if time_cond_proj_dim is not None:
+        options["time_cond_proj_dim"] = time_cond_proj_dim
     return timm_unet(teacher, **options)
 
 
 @register_student
-def mobileone_unet_digits(teacher: TeacherLike = "builtin:digits", **kwargs) -> TimmUNet:
+def mobileone_unet_digits(
+    teacher: TeacherLike = "builtin:digits", time_cond_proj_dim: int | None = None, **kwargs
+) -> TimmUNet:
     """Digits preset with a reparameterisable MobileOne-S0 encoder (affine norms; fold with .reparameterize())."""
     options = dict(backbone="mobileone_s0", decoder_channels=(48, 32, 16), full_res_channels=16)
     options.update(kwargs)
+    if time_cond_proj_dim is not None:
+        options["time_cond_proj_dim"] = time_cond_proj_dim
     return timm_unet(teacher, **options)
