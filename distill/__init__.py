@@ -16,6 +16,7 @@ __all__ = [
     "KnowledgeDistillation",
     "NoiseSchedule",
     "Prediction",
+    "ProgressiveDistillation",
 ]
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from distill.methods.base import DistillationModule
     from distill.methods.consistency import ConsistencyDistillation
     from distill.methods.knowledge import KnowledgeDistillation
+    from distill.methods.progressive import ProgressiveDistillation
     from distill.methods.training import DiffusionTraining
     from distill.parameterization import Prediction
     from distill.schedule import NoiseSchedule
@@ -32,6 +34,7 @@ _LAZY = {
     "DiffusionTraining": "distill.methods.training",
     "DistillationModule": "distill.methods.base",
     "KnowledgeDistillation": "distill.methods.knowledge",
+    "ProgressiveDistillation": "distill.methods.progressive",
     "DigitsDataModule": "distill.data",
     "NoiseSchedule": "distill.schedule",
     "Prediction": "distill.parameterization",

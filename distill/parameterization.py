@@ -148,3 +148,25 @@ def guidance_scale_embedding(*, w: torch.Tensor, dim: int, scale: float = 1000.0
     if dim % 2:
         emb = torch.nn.functional.pad(emb, (0, 1))
     return emb
+
+
+def progressive_x_target(
+    *,
+    z: torch.Tensor,
+    z_end: torch.Tensor,
+    alpha: torch.Tensor,
+    sigma: torch.Tensor,
+    alpha_end: torch.Tensor,
+    sigma_end: torch.Tensor,
+) -> torch.Tensor:
+    """Progressive distillation's x-target (Salimans & Ho 2022, Alg. 2): the x0 for which ONE DDIM step from
+    ``(z, t)`` lands on ``z_end`` at ``t''``, where the teacher's TWO steps landed:
+    ``x~ = (z_end - (sigma_end / sigma) z) / (alpha_end - (sigma_end / sigma) alpha)``. When ``t''`` is clean data
+    (``alpha_end = 1, sigma_end = 0``) this is ``z_end``, the second teacher step's x-prediction."""
+    ratio = _b(sigma_end, z) / _b(sigma, z)
+    return (z_end - ratio * z) / (_b(alpha_end, z) - ratio * _b(alpha, z))
+
+
+def truncated_snr_weight(*, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """``max(SNR, 1)`` with ``SNR = alpha^2 / sigma^2``: progressive distillation's x-space loss weight."""
+    return torch.clamp(alpha.double() ** 2 / sigma.double() ** 2, min=1.0).to(alpha.dtype)

@@ -25,6 +25,12 @@ CHEAP = {
         ]
         for name in ("kd", "kd_bk_tiny", "kd_efficient", "kd_timm")
     },
+    "configs/digits/progressive.yaml": [
+        "--model.init_args.eval_num_samples=20",
+        "--model.init_args.samples_per_class=1",
+        "--model.init_args.evaluator.init_args.kid_subset_size=10",
+        "--model.init_args.evaluator.init_args.kid_subsets=5",
+    ],
     "configs/digits/consistency.yaml": [
         "--model.init_args.eval_num_samples=20",
         "--model.init_args.eval_steps=[1, 2]",
