@@ -397,12 +397,17 @@ def test_every_registered_student_runs_trains_and_round_trips(name, tmp_path):
     assert _params(model) == EXPECTED_PARAMS[name]
     assert isinstance(model.student_info, students.StudentInfo)
     x, t, kwargs = _example(model)
-    # save/load round trip, bit-exact
+    # save/load round trip: every tensor bit-exact, and the same outputs. (Loaded tensors live in other buffers;
+    # some CPU kernels vectorise by buffer alignment, which can move the last float bit, hence 1e-6 on outputs.)
     model.eval().save_pretrained(tmp_path)
     loaded = type(model).from_pretrained(tmp_path).eval()
+    saved, reloaded = model.state_dict(), loaded.state_dict()
+    assert saved.keys() == reloaded.keys()
+    for key, value in saved.items():
+        assert torch.equal(value, reloaded[key]), key
     with torch.no_grad():
         torch.testing.assert_close(
-            loaded(x, t, **kwargs).sample, model(x, t, **kwargs).sample, rtol=0, atol=0
+            loaded(x, t, **kwargs).sample, model(x, t, **kwargs).sample, rtol=0, atol=1e-6
         )
     # forward shape, finite, every trainable parameter gets a finite gradient
     out = model.train()(x, t, **kwargs).sample
