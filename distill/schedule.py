@@ -12,6 +12,7 @@ A negative timestep stands for "after the last step" (clean data) and maps to ``
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +154,15 @@ class NoiseSchedule:
         import json
 
         return cls.from_scheduler_config(json.loads(scheduler.to_json_string()))
+
+    @property
+    def scheduler_class(self) -> str:
+        """The diffusers scheduler class the config names (DDPMScheduler when it names none)."""
+        return str(self.config.get("_class_name", "DDPMScheduler"))
+
+    def with_config(self, **updates: Any) -> NoiseSchedule:
+        """The same schedule with config entries changed (e.g. ``_class_name="LCMScheduler"`` for an export)."""
+        return dataclasses.replace(self, config={**self.config, **updates})
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write ``scheduler_config.json`` (diffusers' layout; DDPMScheduler when the config names no class)."""

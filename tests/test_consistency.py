@@ -126,3 +126,35 @@ def test_bad_configurations_are_refused_before_training(teacher, tmp_path):
     uncond = DiffusionTeacher.from_pretrained(tmp_path / "uncond")
     with pytest.raises(ValueError, match="needs a teacher with an unconditional branch"):
         ConsistencyDistillation(uncond, tiny_unet2d(seed=2, num_class_embeds=None), w_min=1.0, w_max=1.0)
+
+
+def test_export_writes_an_lcm_scheduler_and_the_evaluator_samples_it_as_a_consistency_model(
+    teacher, tmp_path
+):
+    from diffusers import LCMScheduler
+
+    from distill.methods.evaluation import GenerativeEvaluation
+    from distill.metrics import DigitsEvaluator
+
+    cd = _method(teacher, original_steps=25).eval()
+    cd.save_pretrained(tmp_path / "export")
+    scheduler = LCMScheduler.from_pretrained(tmp_path / "export" / "scheduler")
+    assert (
+        scheduler.config.original_inference_steps == 25 and scheduler.config.prediction_type == "v_prediction"
+    )
+    scheduler.set_timesteps(2)
+    loaded = DiffusionTeacher.from_pretrained(tmp_path / "export")
+    assert loaded.schedule.scheduler_class == "LCMScheduler"
+    evaluation = GenerativeEvaluation(loaded, DigitsEvaluator.__new__(DigitsEvaluator), guidance_scale=1.5)
+    assert evaluation.resolved_sampler == "consistency"
+    seeds, indices, labels = torch.zeros(3, dtype=torch.long), torch.arange(3), torch.tensor([2, 5, 8])
+    # one step injects no noise: the evaluator's sampler and the method's agree exactly (w = 1.5 - 1 embedded)
+    from distill.sampling import per_sample_noise
+
+    noise = per_sample_noise(seeds=seeds, indices=indices, shape=(1, 8, 8))
+    expected = cd.generate(labels, noise, steps=1, guidance=0.5)
+    torch.testing.assert_close(evaluation.generate(seeds, indices, labels, 1), expected, rtol=0, atol=1e-6)
+    two = evaluation.generate(seeds, indices, labels, 2)
+    assert two.shape == noise.shape and torch.isfinite(two).all()
+    with pytest.raises(ValueError, match="sampler must be"):
+        GenerativeEvaluation(loaded, DigitsEvaluator.__new__(DigitsEvaluator), sampler="euler")

@@ -205,6 +205,28 @@ class ConsistencyDistillation(DistillationModule):
         super().on_train_batch_end(outputs, batch, batch_idx)
         self.target.update(self.student)
 
+    def export_schedule(self):
+        """The teacher's schedule as an LCMScheduler config with this run's skipping grid and scalings."""
+        if self.sigma_data != 0.5:
+            raise ValueError(
+                f"LCMScheduler fixes sigma_data = 0.5; this run used {self.sigma_data}, which no diffusers scheduler "
+                "config can express"
+            )
+        return self.teacher.schedule.with_config(
+            _class_name="LCMScheduler",
+            original_inference_steps=self.original_steps,
+            timestep_scaling=self.timestep_scaling,
+            timestep_spacing="leading",
+            clip_sample=False,
+        )
+
+    def save_pretrained(self, directory, *, use_ema: bool = True) -> None:
+        """The student (EMA weights by default) with an LCMScheduler config: ``unet/`` + ``scheduler/``."""
+        from pathlib import Path
+
+        super().save_pretrained(directory, use_ema=use_ema)
+        self.export_schedule().save_pretrained(Path(directory) / "scheduler")
+
     # -- sampling and validation ----------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, labels, noise, *, steps: int, guidance: float = 0.0, net: nn.Module | None = None):

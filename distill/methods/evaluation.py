@@ -11,7 +11,10 @@ import lightning as L
 import torch
 
 from distill.metrics import DigitsEvaluator, SampleMetrics, format_table, self_fid, summarize
-from distill.sampling import ddim_sample_steps, per_sample_noise
+from distill.parameterization import guidance_scale_embedding
+from distill.sampling import consistency_sample, ddim_sample_steps, per_sample_noise
+from distill.schedule import lcm_timesteps
+from teachers.network import denoise
 from teachers.teacher import DiffusionTeacher
 
 
@@ -26,6 +29,10 @@ class GenerativeEvaluation(L.LightningModule):
         guidance_scale: classifier-free guidance scale (None or 1: no guidance).
         name: the row label in the table.
         output: JSON file for the results (default: ``<log_dir>/eval.json``).
+        clip_x0: clamp x0-predictions while sampling.
+        sampler: "ddim", "consistency" (multistep, LCM timesteps) or "auto" (consistency when the folder's
+            scheduler is an LCMScheduler). A network with ``time_cond_proj_dim`` takes the guidance scale as
+            ``timestep_cond`` (``w = scale - 1``, as diffusers' LCM pipeline) instead of running CFG.
     """
 
     def __init__(
@@ -37,6 +44,7 @@ class GenerativeEvaluation(L.LightningModule):
         name: str = "teacher",
         output: str | None = None,
         clip_x0: float | None = 1.0,
+        sampler: str = "auto",
     ) -> None:
         super().__init__()
         self.model = model
@@ -46,12 +54,21 @@ class GenerativeEvaluation(L.LightningModule):
         self.name = name
         self.output = output
         self.clip_x0 = clip_x0
+        if sampler not in ("auto", "ddim", "consistency"):
+            raise ValueError(f"sampler must be 'auto', 'ddim' or 'consistency', got {sampler!r}")
+        self.sampler = sampler
         self._metrics: dict[tuple[int, int], SampleMetrics] = {}
         self.results: dict | None = None
 
     def on_test_start(self) -> None:
         self.evaluator.to(self.device)
         self._metrics = {}
+
+    @property
+    def resolved_sampler(self) -> str:
+        if self.sampler != "auto":
+            return self.sampler
+        return "consistency" if self.model.schedule.scheduler_class == "LCMScheduler" else "ddim"
 
     @torch.no_grad()
     def generate(
@@ -60,11 +77,43 @@ class GenerativeEvaluation(L.LightningModule):
         shape = (self.model.in_channels, self.model.sample_size, self.model.sample_size)
         noise = per_sample_noise(seeds=seeds, indices=indices, shape=shape, device=self.device)
         cond = labels if (labels >= 0).all() else None
-        denoiser = partial(
-            self.model.predict, cond=cond, guidance_scale=self.guidance_scale if cond is not None else None
-        )
+        schedule = self.model.schedule
+        embed_dim = getattr(getattr(self.model.unet, "config", None), "time_cond_proj_dim", None)
+        if embed_dim:  # guidance-distilled: the scale goes in as timestep_cond (w = scale - 1), one forward
+            w = torch.full((noise.shape[0],), float(self.guidance_scale or 1.0) - 1.0, device=self.device)
+            denoiser = partial(
+                denoise,
+                self.model.unet,
+                schedule,
+                cond=cond,
+                timestep_cond=guidance_scale_embedding(w=w, dim=embed_dim),
+            )
+        else:
+            denoiser = partial(
+                self.model.predict,
+                cond=cond,
+                guidance_scale=self.guidance_scale if cond is not None else None,
+            )
+        if self.resolved_sampler == "consistency":
+            timesteps = lcm_timesteps(
+                num_train_timesteps=schedule.num_train_timesteps,
+                num_inference_steps=steps,
+                original_steps=int(schedule.config.get("original_inference_steps", 50)),
+            )
+            return consistency_sample(
+                denoiser=denoiser,
+                noise=noise,
+                timesteps=timesteps.to(self.device),
+                alphas_cumprod=schedule.alphas_cumprod,
+                # re-noising between steps, per sample: independent of batch size and process count
+                step_noise=lambda i: per_sample_noise(
+                    seeds=seeds + 7919 * (i + 1), indices=indices, shape=shape, device=self.device
+                ),
+                timestep_scaling=float(schedule.config.get("timestep_scaling", 10.0)),
+                clip_x0=self.clip_x0,
+            )
         return ddim_sample_steps(
-            denoiser=denoiser, noise=noise, schedule=self.model.schedule, steps=steps, clip_x0=self.clip_x0
+            denoiser=denoiser, noise=noise, schedule=schedule, steps=steps, clip_x0=self.clip_x0
         )
 
     def test_step(self, batch, batch_idx: int) -> None:
