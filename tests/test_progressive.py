@@ -165,3 +165,27 @@ def test_bad_progressive_settings(teacher):
         ProgressiveDistillation(teacher, tiny_cond_unet(), teacher_steps=2048)
     with pytest.raises(ValueError, match="round_steps must be >= 1"):
         ProgressiveDistillation(teacher, tiny_cond_unet(), round_steps=0)
+
+
+def test_export_writes_a_trailing_ddim_scheduler_that_samples_like_the_method(teacher, tmp_path):
+    from diffusers import DDIMScheduler
+
+    from distill.methods.evaluation import GenerativeEvaluation
+    from distill.metrics import DigitsEvaluator
+    from distill.sampling import per_sample_noise
+
+    pd = ProgressiveDistillation(
+        teacher, tiny_cond_unet(seed=2), teacher_steps=4, final_steps=1, samples_per_class=0
+    )
+    pd.eval().save_pretrained(tmp_path)
+    scheduler = DDIMScheduler.from_pretrained(tmp_path / "scheduler")
+    scheduler.set_timesteps(2)
+    assert scheduler.config.timestep_spacing == "trailing" and scheduler.timesteps.tolist() == [999, 499]
+    loaded = DiffusionTeacher.from_pretrained(tmp_path)
+    evaluation = GenerativeEvaluation(loaded, DigitsEvaluator.__new__(DigitsEvaluator), guidance_scale=1.0)
+    assert evaluation.resolved_sampler == "ddim"
+    seeds, indices, labels = torch.zeros(2, dtype=torch.long), torch.arange(2), torch.tensor([3, 6])
+    noise = per_sample_noise(seeds=seeds, indices=indices, shape=(1, 8, 8))
+    torch.testing.assert_close(
+        evaluation.generate(seeds, indices, labels, 2), pd.generate(labels, noise, steps=2), rtol=0, atol=1e-6
+    )

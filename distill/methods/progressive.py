@@ -260,6 +260,19 @@ class ProgressiveDistillation(DistillationModule):
                 f"{self.round_steps} steps = {self.total_steps})"
             )
 
+    def export_schedule(self):
+        """The teacher's schedule as a DDIMScheduler config on trailing spacing: the grid the student learned."""
+        return self.teacher.schedule.with_config(
+            _class_name="DDIMScheduler", timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False
+        )
+
+    def save_pretrained(self, directory, *, use_ema: bool = True) -> None:
+        """The student (EMA weights by default) with a trailing-spacing DDIMScheduler config."""
+        from pathlib import Path
+
+        super().save_pretrained(directory, use_ema=use_ema)
+        self.export_schedule().save_pretrained(Path(directory) / "scheduler")
+
     # -- sampling and validation ----------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, labels, noise, *, steps: int | None = None, guidance: float = 0.0, net=None):
