@@ -31,25 +31,31 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise SystemExit(f"{out} already holds files; pass --overwrite to replace them")
 
 
-def _module_from_run(config: Path, ckpt: Path):
-    """Instantiate the run's LightningModule from its saved config and load the checkpoint's weights."""
+def _module_from_config(config: Path):
+    """Instantiate a run's LightningModule from its saved config (fit-time keys dropped)."""
     import tempfile
 
     import yaml
 
     from distill.cli import DistillCLI
 
-    saved = yaml.safe_load(config.read_text())
+    saved = yaml.safe_load(Path(config).read_text())
     for key in ("ckpt_path", "weights_only"):  # fit-time keys; this parser builds the objects only
         saved.pop(key, None)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
         yaml.safe_dump(saved, handle)
     cli = DistillCLI(args=["-c", handle.name, "--trainer.logger=false"], run=False)
     Path(handle.name).unlink()
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    cli.model.on_load_checkpoint(state)  # distillation modules check the keys and fill in the frozen teacher
-    cli.model.load_state_dict(state["state_dict"])
-    return cli.model, state
+    return cli.model
+
+
+def _module_from_run(config: Path, ckpt: Path):
+    """Instantiate the run's LightningModule from its saved config and load the checkpoint's weights."""
+    from distill.export import load_checkpoint
+
+    module = _module_from_config(config)
+    state = load_checkpoint(module, ckpt)  # weights only; the method checks the keys, fills in the teacher
+    return module, state
 
 
 def export_teacher(args) -> None:

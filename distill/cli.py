@@ -63,6 +63,39 @@ class DistillTrainer(L.Trainer):
                 rank_zero_info(f"FLOP report written to {output}")
         return report
 
+    def export(
+        self,
+        model: L.LightningModule,
+        ckpt_path: Path,
+        output: Path,
+        datamodule: L.LightningDataModule | None = None,
+        weights: str = "ema",
+        overwrite: bool = False,
+        metrics: Path | None = None,
+        weights_only: bool | None = None,
+    ) -> Path | None:
+        """Write the trained student as a diffusers-format folder (unet/, scheduler/, README.md model card).
+
+        Args:
+            model: the method from the run's config (its saved ``config.yaml``).
+            ckpt_path: the checkpoint to export (``.../checkpoints/last.ckpt``).
+            output: the folder to write; refused if it exists, unless ``overwrite``.
+            datamodule: unused; accepted because LightningCLI passes it.
+            weights: "ema" (default) or "raw".
+            overwrite: replace an existing ``output``.
+            metrics: an ``eval.json`` from ``distill test`` to put in the model card.
+            weights_only: accepted so a run's saved config.yaml parses; checkpoints always load weights only.
+        """
+        from distill.export import export_module
+
+        if not self.is_global_zero:
+            return None
+        path = export_module(
+            model, ckpt_path=ckpt_path, output=output, weights=weights, overwrite=overwrite, metrics=metrics
+        )
+        rank_zero_info(f"exported to {path}")
+        return path
+
 
 class DistillCLI(LightningCLI):
     """``distill fit|validate|test|flops -c CONFIG``; any model or data class is chosen by ``class_path``."""
@@ -78,11 +111,23 @@ class DistillCLI(LightningCLI):
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        return {**LightningCLI.subcommands(), "flops": {"model", "datamodule"}}
+        return {
+            **LightningCLI.subcommands(),
+            "flops": {"model", "datamodule"},
+            "export": {"model", "datamodule"},
+        }
 
 
 def main(args: list[str] | None = None) -> None:
-    """Console entry point; ``args`` lets tests drive it in-process."""
+    """Console entry point; ``args`` lets tests drive it in-process. ``distill sample`` needs no config."""
+    import sys
+
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv[:1] == ["sample"]:
+        from distill.sample import main as sample_main
+
+        sample_main(argv[1:])
+        return
     DistillCLI(args=args)
 
 

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from functools import partial
 from pathlib import Path
 
 import lightning as L
 import torch
 
 from distill.metrics import DigitsEvaluator, SampleMetrics, format_table, self_fid, summarize
-from distill.parameterization import guidance_scale_embedding
-from distill.sampling import consistency_sample, ddim_sample_steps, per_sample_noise
-from distill.schedule import lcm_timesteps
-from teachers.network import denoise
+from distill.pipelines import resolve_sampler, sample_images
 from teachers.teacher import DiffusionTeacher
 
 
@@ -54,8 +50,7 @@ class GenerativeEvaluation(L.LightningModule):
         self.name = name
         self.output = output
         self.clip_x0 = clip_x0
-        if sampler not in ("auto", "ddim", "consistency"):
-            raise ValueError(f"sampler must be 'auto', 'ddim' or 'consistency', got {sampler!r}")
+        resolve_sampler(model, sampler)  # checks the name
         self.sampler = sampler
         self._metrics: dict[tuple[int, int], SampleMetrics] = {}
         self.results: dict | None = None
@@ -66,54 +61,23 @@ class GenerativeEvaluation(L.LightningModule):
 
     @property
     def resolved_sampler(self) -> str:
-        if self.sampler != "auto":
-            return self.sampler
-        return "consistency" if self.model.schedule.scheduler_class == "LCMScheduler" else "ddim"
+        return resolve_sampler(self.model, self.sampler)
 
     @torch.no_grad()
     def generate(
         self, seeds: torch.Tensor, indices: torch.Tensor, labels: torch.Tensor, steps: int
     ) -> torch.Tensor:
-        shape = (self.model.in_channels, self.model.sample_size, self.model.sample_size)
-        noise = per_sample_noise(seeds=seeds, indices=indices, shape=shape, device=self.device)
         cond = labels if (labels >= 0).all() else None
-        schedule = self.model.schedule
-        embed_dim = getattr(getattr(self.model.unet, "config", None), "time_cond_proj_dim", None)
-        if embed_dim:  # guidance-distilled: the scale goes in as timestep_cond (w = scale - 1), one forward
-            w = torch.full((noise.shape[0],), float(self.guidance_scale or 1.0) - 1.0, device=self.device)
-            denoiser = partial(
-                denoise,
-                self.model.unet,
-                schedule,
-                cond=cond,
-                timestep_cond=guidance_scale_embedding(w=w, dim=embed_dim),
-            )
-        else:
-            denoiser = partial(
-                self.model.predict,
-                cond=cond,
-                guidance_scale=self.guidance_scale if cond is not None else None,
-            )
-        if self.resolved_sampler == "consistency":
-            timesteps = lcm_timesteps(
-                num_train_timesteps=schedule.num_train_timesteps,
-                num_inference_steps=steps,
-                original_steps=int(schedule.config.get("original_inference_steps", 50)),
-            )
-            return consistency_sample(
-                denoiser=denoiser,
-                noise=noise,
-                timesteps=timesteps.to(self.device),
-                alphas_cumprod=schedule.alphas_cumprod,
-                # re-noising between steps, per sample: independent of batch size and process count
-                step_noise=lambda i: per_sample_noise(
-                    seeds=seeds + 7919 * (i + 1), indices=indices, shape=shape, device=self.device
-                ),
-                timestep_scaling=float(schedule.config.get("timestep_scaling", 10.0)),
-                clip_x0=self.clip_x0,
-            )
-        return ddim_sample_steps(
-            denoiser=denoiser, noise=noise, schedule=schedule, steps=steps, clip_x0=self.clip_x0
+        return sample_images(
+            self.model,
+            labels=cond,
+            seeds=seeds,
+            indices=indices,
+            steps=steps,
+            guidance_scale=self.guidance_scale if cond is not None else None,
+            sampler=self.sampler,
+            spacing="trailing",  # the protocol: few-step grids start at pure noise
+            clip_x0=self.clip_x0,
         )
 
     def test_step(self, batch, batch_idx: int) -> None:

@@ -1,0 +1,184 @@
+"""Class-conditional pixel-space pipeline for exported students (and teachers), without remote code.
+
+``ClassConditionalPipeline.from_pretrained(DIR)`` reads an export folder (``unet/`` + ``scheduler/``): the
+network class comes from a fixed list (diffusers' UNets and the classes ``students`` defines) and the sampler
+from the scheduler's class: ``LCMScheduler`` -> multistep consistency sampling at LCM's timesteps, anything
+else -> DDIM on the scheduler's spacing. Both samplers are the library's pure functions, checked against
+diffusers' schedulers, so the pipeline reproduces the training module's samples exactly (same seed, same images).
+Nothing in the folder is executed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from distill.parameterization import guidance_scale_embedding
+from distill.sampling import consistency_sample, ddim_sample, per_sample_noise
+from distill.schedule import lcm_timesteps, timestep_grid
+from teachers.network import denoise
+from teachers.teacher import DiffusionTeacher
+
+SAMPLERS = ("auto", "ddim", "consistency")
+
+
+def resolve_sampler(model: DiffusionTeacher, sampler: str = "auto") -> str:
+    """``"consistency"`` for a folder whose scheduler is an LCMScheduler, else ``"ddim"`` (unless given)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if sampler != "auto":
+        return sampler
+    return "consistency" if model.schedule.scheduler_class == "LCMScheduler" else "ddim"
+
+
+@torch.no_grad()
+def sample_images(
+    model: DiffusionTeacher,
+    *,
+    labels: torch.Tensor | None,
+    seeds: torch.Tensor,
+    indices: torch.Tensor,
+    steps: int,
+    guidance_scale: float | None = 1.0,
+    sampler: str = "auto",
+    spacing: str = "trailing",
+    clip_x0: float | None = 1.0,
+) -> torch.Tensor:
+    """Samples in [-1, 1] of a denoiser folder, image ``i`` from noise keyed on ``(seeds[i], indices[i])``.
+
+    DDIM (on ``spacing``) or multistep consistency sampling (LCM timesteps, re-noising keyed per image and
+    step), so an image never depends on its batch or the number of processes. A network with a
+    ``timestep_cond`` input takes ``guidance_scale - 1`` there (diffusers' LCM convention) in one forward;
+    others run classifier-free guidance when ``guidance_scale`` is not None/1.
+    """
+    device = next(model.unet.parameters()).device
+    shape = (model.in_channels, model.sample_size, model.sample_size)
+    noise = per_sample_noise(seeds=seeds, indices=indices, shape=shape, device=device)
+    schedule = model.schedule
+    embed_dim = getattr(getattr(model.unet, "config", None), "time_cond_proj_dim", None)
+    if embed_dim:
+        w = torch.full((noise.shape[0],), float(guidance_scale or 1.0) - 1.0, device=device)
+        denoiser = partial(
+            denoise,
+            model.unet,
+            schedule,
+            cond=labels,
+            timestep_cond=guidance_scale_embedding(w=w, dim=embed_dim),
+        )
+    else:
+        guided = labels is not None and guidance_scale is not None and guidance_scale != 1.0
+        denoiser = partial(model.predict, cond=labels, guidance_scale=guidance_scale if guided else None)
+    if resolve_sampler(model, sampler) == "consistency":
+        timesteps = lcm_timesteps(
+            num_train_timesteps=schedule.num_train_timesteps,
+            num_inference_steps=steps,
+            original_steps=int(schedule.config.get("original_inference_steps", 50)),
+        )
+        return consistency_sample(
+            denoiser=denoiser,
+            noise=noise,
+            timesteps=timesteps.to(device),
+            alphas_cumprod=schedule.alphas_cumprod,
+            step_noise=lambda i: per_sample_noise(
+                seeds=seeds + 7919 * (i + 1), indices=indices, shape=shape, device=device
+            ),
+            timestep_scaling=float(schedule.config.get("timestep_scaling", 10.0)),
+            clip_x0=clip_x0,
+        )
+    grid = timestep_grid(
+        num_inference_steps=steps,
+        num_train_timesteps=schedule.num_train_timesteps,
+        spacing=spacing,
+        steps_offset=schedule.steps_offset,
+    )
+    return ddim_sample(
+        denoiser=denoiser,
+        noise=noise,
+        timesteps=grid.to(device),
+        alphas_cumprod=schedule.alphas_cumprod,
+        clip_x0=clip_x0,
+    )
+
+
+@dataclass
+class ImagePipelineOutput:
+    images: torch.Tensor  # (N, C, H, W) in [0, 1]
+
+
+class ClassConditionalPipeline:
+    """Generate from a class-conditional (or unconditional) pixel-space denoiser folder.
+
+    Args:
+        model: the denoiser adapter (its ``unet`` and noise schedule).
+    """
+
+    def __init__(self, model: DiffusionTeacher) -> None:
+        self.model = model
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, *, dtype: str | torch.dtype | None = None
+    ) -> ClassConditionalPipeline:
+        return cls(DiffusionTeacher.from_pretrained(path, dtype=dtype))
+
+    @property
+    def sampler(self) -> str:
+        return resolve_sampler(self.model)
+
+    @property
+    def default_steps(self) -> int:
+        return 4 if self.sampler == "consistency" else 50
+
+    def to(self, device: torch.device | str) -> ClassConditionalPipeline:
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: list[int] | torch.Tensor | None = None,
+        *,
+        num_images: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float = 1.0,
+        seed: int = 0,
+        clip_x0: float | None = 1.0,
+    ) -> ImagePipelineOutput:
+        """Images for ``class_labels`` (one each; None: ``num_images`` unconditional ones).
+
+        ``guidance_scale`` is the usual CFG scale: networks with a ``timestep_cond`` input (consistency and
+        guided students) take ``guidance_scale - 1`` embedded there and run once per step; others run CFG.
+        Noise is drawn per image from ``(seed, index)``, so an image does not depend on the batch it is in.
+        """
+        model = self.model
+        device = next(model.unet.parameters()).device
+        labels = None
+        if class_labels is not None:
+            labels = torch.as_tensor(class_labels, dtype=torch.long, device=device).reshape(-1)
+            if model.num_classes is None:
+                raise ValueError("this model is unconditional: pass num_images instead of class_labels")
+            if labels.min() < 0 or labels.max() >= model.num_classes:
+                raise ValueError(
+                    f"class_labels must be in [0, {model.num_classes - 1}], got {labels.tolist()}"
+                )
+            n = len(labels)
+        elif num_images is not None:
+            n = num_images
+        else:
+            raise ValueError("pass class_labels or num_images")
+        steps = num_inference_steps or self.default_steps
+        images = sample_images(
+            model,
+            labels=labels,
+            seeds=torch.full((n,), seed),
+            indices=torch.arange(n),
+            steps=steps,
+            guidance_scale=guidance_scale,
+            sampler=self.sampler,
+            spacing=model.schedule.timestep_spacing,
+            clip_x0=clip_x0,
+        )
+        return ImagePipelineOutput(images=images.add(1).div(2).clamp(0, 1))

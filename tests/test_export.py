@@ -1,0 +1,188 @@
+"""Export: diffusers folders with the method's scheduler and a model card, exact reproduction through the
+pipeline, refusal to overwrite, safe checkpoint loading, and the `distill export` / `distill sample` commands."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import lightning as L
+import pytest
+import torch
+from conftest import tiny_cond_unet
+from torch.utils.data import DataLoader, TensorDataset
+
+from distill.export import export_module, load_checkpoint
+from distill.methods.consistency import ConsistencyDistillation
+from distill.methods.knowledge import KnowledgeDistillation
+from distill.pipelines import ClassConditionalPipeline
+from distill.sampling import per_sample_noise
+from teachers import DiffusionTeacher
+
+
+def _loader(n=32):
+    gen = torch.Generator().manual_seed(0)
+    return DataLoader(
+        TensorDataset(torch.rand(n, 1, 8, 8, generator=gen) * 2 - 1, torch.arange(n) % 10), batch_size=8
+    )
+
+
+def _train(module, tmp_path, steps=2):
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, train_dataloaders=_loader())
+    path = tmp_path / "run.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def _kd(teacher_dir):
+    return KnowledgeDistillation(
+        DiffusionTeacher.from_pretrained(teacher_dir),
+        tiny_cond_unet(seed=4, block_out_channels=[16, 16]),
+        samples_per_class=0,
+    )
+
+
+def test_kd_export_reproduces_the_checkpoints_samples_exactly(tiny_teacher_dir, tmp_path):
+    ckpt = _train(_kd(tiny_teacher_dir), tmp_path)
+    fresh = _kd(tiny_teacher_dir)  # built from the config, weights from the checkpoint
+    out = export_module(fresh, ckpt_path=ckpt, output=tmp_path / "export")
+    assert {p.name for p in out.iterdir()} == {"unet", "scheduler", "README.md"}
+    card = (out / "README.md").read_text()
+    assert "KnowledgeDistillation" in card and "trained 2 steps" in card and "MACs per forward" in card
+    pipe = ClassConditionalPipeline.from_pretrained(out)
+    labels = torch.tensor([0, 3, 9])
+    images = pipe(class_labels=labels, num_inference_steps=4, seed=7).images
+    noise = per_sample_noise(seeds=torch.full((3,), 7), indices=torch.arange(3), shape=(1, 8, 8))
+    expected = fresh.generate(
+        labels, noise, steps=4, guidance_scale=None
+    )  # the module's EMA student, same noise
+    assert torch.equal(images, expected.add(1).div(2).clamp(0, 1))
+    raw = export_module(_kd(tiny_teacher_dir), ckpt_path=ckpt, output=tmp_path / "raw", weights="raw")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    from safetensors.torch import load_file
+
+    exported = load_file(raw / "unet" / "diffusion_pytorch_model.safetensors")
+    for key, value in exported.items():
+        assert torch.equal(value, state[f"student.{key}"])
+
+
+def test_consistency_export_is_an_lcm_folder_sampled_by_the_pipeline(tiny_teacher_dir, tmp_path):
+    def make():
+        teacher = DiffusionTeacher.from_pretrained(tiny_teacher_dir)
+        return ConsistencyDistillation(
+            teacher, tiny_cond_unet(seed=3, time_cond_proj_dim=8), w_max=1.0, samples_per_class=0
+        )
+
+    ckpt = _train(make(), tmp_path)
+    fresh = make()
+    out = export_module(fresh, ckpt_path=ckpt, output=tmp_path / "lcm")
+    pipe = ClassConditionalPipeline.from_pretrained(out)
+    assert pipe.sampler == "consistency" and pipe.default_steps == 4
+    labels = torch.tensor([1, 2])
+    one = pipe(class_labels=labels, num_inference_steps=1, guidance_scale=1.5, seed=3).images
+    noise = per_sample_noise(seeds=torch.full((2,), 3), indices=torch.arange(2), shape=(1, 8, 8))
+    assert torch.equal(one, fresh.generate(labels, noise, steps=1, guidance=0.5).add(1).div(2).clamp(0, 1))
+    assert pipe(class_labels=labels, seed=3).images.shape == (2, 1, 8, 8)
+
+
+def test_existing_output_is_never_touched_unless_asked(tiny_teacher_dir, tmp_path):
+    ckpt = _train(_kd(tiny_teacher_dir), tmp_path, steps=1)
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="already exists; choose another folder or pass --overwrite"):
+        export_module(_kd(tiny_teacher_dir), ckpt_path=ckpt, output=out)
+    assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
+    with pytest.raises(ValueError, match="weights must be one of"):
+        export_module(_kd(tiny_teacher_dir), ckpt_path=ckpt, output=tmp_path / "x", weights="best")
+    export_module(_kd(tiny_teacher_dir), ckpt_path=ckpt, output=out, overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / "unet").is_dir()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export.")]  # no staging left behind
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_checkpoint_carrying_code_is_refused_and_not_run(tiny_teacher_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "bad.ckpt"
+    with bad.open("wb") as handle:
+        pickle.dump({"state_dict": {}, "x": _Payload()}, handle)
+    with pytest.raises(ValueError, match="cannot be read as a checkpoint of tensors"):
+        load_checkpoint(_kd(tiny_teacher_dir), bad)
+    assert not (tmp_path / "pwned").exists()
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"model": {"w": torch.zeros(1)}}, foreign)
+    with pytest.raises(ValueError, match="is not a Lightning checkpoint"):
+        load_checkpoint(_kd(tiny_teacher_dir), foreign)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_checkpoint(_kd(tiny_teacher_dir), tmp_path / "missing.ckpt")
+
+
+def test_distill_export_and_sample_commands(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from PIL import Image
+
+    from distill.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    config = Path(__file__).resolve().parents[1] / "configs" / "digits" / "kd.yaml"
+    main(
+        [
+            "fit",
+            "-c",
+            str(config),
+            "--trainer.max_steps=1",
+            "--trainer.limit_val_batches=0",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    run = tmp_path / "digits_kd" / "version_0"
+    ckpt = tmp_path / "one.ckpt"
+    import shutil
+
+    shutil.copy(next((run / "checkpoints").glob("*.ckpt")), ckpt)
+    main(
+        [
+            "export",
+            "-c",
+            str(run / "config.yaml"),
+            "--ckpt_path",
+            str(ckpt),
+            "--output",
+            str(tmp_path / "export"),
+        ]
+    )
+    assert (tmp_path / "export" / "unet" / "config.json").is_file()
+    main(
+        [
+            "sample",
+            "--model",
+            str(tmp_path / "export"),
+            "--labels",
+            "1",
+            "2",
+            "3",
+            "--steps",
+            "2",
+            "--out",
+            "grid.png",
+            "--files",
+            "png",
+        ]
+    )
+    grid = Image.open(tmp_path / "grid.png")
+    assert grid.size == (3 * 17 + 1, 17 + 1)  # three 16x16 images, 1 px padding
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["00000.png", "00001.png", "00002.png"]
