@@ -74,4 +74,3 @@ def main(argv: list[str] | None = None) -> None:
             save_image(image, args.files / f"{i:05d}.png")
     steps = args.steps or pipe.default_steps
     print(f"wrote {len(out.images)} images ({pipe.sampler}, {steps} steps, seed {args.seed}) to {args.out}")
-
