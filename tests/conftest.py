@@ -70,3 +70,12 @@ def tiny_teacher_dir(tmp_path):
     path = tmp_path / "teacher"
     save_teacher_folder(path, tiny_cond_unet(seed=0))
     return path
+
+
+def random_digits_loader(n: int = 32, batch_size: int = 8):
+    """Seeded random 8x8 'images' in [-1, 1] with labels 0..9: enough data for a method's training step."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(n, 1, 8, 8, generator=gen) * 2 - 1
+    return DataLoader(TensorDataset(images, torch.arange(n) % 10), batch_size=batch_size)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from conftest import save_teacher_folder, tiny_cond_unet, tiny_unet2d
-from torch.utils.data import DataLoader, TensorDataset
+from conftest import random_digits_loader, save_teacher_folder, tiny_cond_unet, tiny_unet2d
 
 from distill.methods.consistency import ConsistencyDistillation
 from distill.parameterization import cfg_combine, guidance_scale_embedding
@@ -14,9 +13,7 @@ from teachers import DiffusionTeacher
 
 
 def _loader(n=32):
-    gen = torch.Generator().manual_seed(0)
-    images = torch.rand(n, 1, 8, 8, generator=gen) * 2 - 1
-    return DataLoader(TensorDataset(images, torch.arange(n) % 10), batch_size=8)
+    return random_digits_loader(n)
 
 
 @pytest.fixture

@@ -9,8 +9,7 @@ import pickle
 import lightning as L
 import pytest
 import torch
-from conftest import tiny_cond_unet
-from torch.utils.data import DataLoader, TensorDataset
+from conftest import random_digits_loader, tiny_cond_unet
 
 from distill.export import export_module, load_checkpoint
 from distill.methods.consistency import ConsistencyDistillation
@@ -21,10 +20,7 @@ from teachers import DiffusionTeacher
 
 
 def _loader(n=32):
-    gen = torch.Generator().manual_seed(0)
-    return DataLoader(
-        TensorDataset(torch.rand(n, 1, 8, 8, generator=gen) * 2 - 1, torch.arange(n) % 10), batch_size=8
-    )
+    return random_digits_loader(n)
 
 
 def _train(module, tmp_path, steps=2):

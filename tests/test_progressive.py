@@ -5,8 +5,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from conftest import tiny_cond_unet
-from torch.utils.data import DataLoader, TensorDataset
+from conftest import random_digits_loader, tiny_cond_unet
 
 from distill.methods.progressive import ProgressiveDistillation, round_schedule
 from distill.parameterization import ddim_step, progressive_x_target, truncated_snr_weight
@@ -14,10 +13,7 @@ from teachers import DiffusionTeacher
 
 
 def _loader(n=32):
-    gen = torch.Generator().manual_seed(0)
-    return DataLoader(
-        TensorDataset(torch.rand(n, 1, 8, 8, generator=gen) * 2 - 1, torch.arange(n) % 10), batch_size=8
-    )
+    return random_digits_loader(n)
 
 
 @pytest.fixture

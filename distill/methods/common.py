@@ -97,3 +97,30 @@ def log_image(module, tag: str, image: torch.Tensor) -> None:
 
 
 Generate = Callable[..., torch.Tensor]
+
+
+def time_cond_dim(net: nn.Module) -> int | None:
+    """Width of a network's ``timestep_cond`` input (diffusers' ``time_cond_proj_dim``), or None."""
+    config = getattr(net, "config", None)
+    return None if config is None else getattr(config, "time_cond_proj_dim", None)
+
+
+def eval_noise(teacher, n: int, *, seed: int, device) -> torch.Tensor:
+    """The validation noise: ``n`` samples keyed on ``(seed, index)``, shaped like the teacher's inputs."""
+    from distill.sampling import per_sample_noise
+
+    shape = (teacher.in_channels, teacher.sample_size, teacher.sample_size)
+    return per_sample_noise(seeds=torch.full((n,), seed), indices=torch.arange(n), shape=shape, device=device)
+
+
+def evaluate_generator(
+    evaluator, generate: Callable, *, noise: torch.Tensor, labels: torch.Tensor | None, batch_size: int = 500
+) -> dict[str, float]:
+    """FID/KID/accuracy of ``generate(labels, noise) -> images`` over ``noise`` in batches (num_samples dropped)."""
+    metrics = evaluator.accumulator()
+    n = noise.shape[0]
+    for start in range(0, n, batch_size):
+        idx = slice(start, min(start + batch_size, n))
+        lab = None if labels is None else labels[idx]
+        metrics.update(generate(lab, noise[idx]), lab)
+    return {k: float(v) for k, v in metrics.compute().items() if k != "num_samples"}

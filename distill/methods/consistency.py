@@ -28,7 +28,16 @@ from distill.ema import EMA
 from distill.features import transfer_weights
 from distill.losses import CONSISTENCY_LOSSES, consistency_loss
 from distill.methods.base import DistillationModule
-from distill.methods.common import balanced_labels, check_data_matches, image_grid, log_image, null_class_of
+from distill.methods.common import (
+    balanced_labels,
+    check_data_matches,
+    eval_noise,
+    evaluate_generator,
+    image_grid,
+    log_image,
+    null_class_of,
+    time_cond_dim,
+)
 from distill.metrics import DigitsEvaluator
 from distill.parameterization import (
     consistency_output,
@@ -36,15 +45,10 @@ from distill.parameterization import (
     ddim_step,
     guidance_scale_embedding,
 )
-from distill.sampling import consistency_sample, ddim_sample_steps, per_sample_noise
+from distill.sampling import consistency_sample, ddim_sample_steps
 from distill.schedule import lcm_skipping_timesteps, lcm_timesteps, q_sample
 from teachers.network import denoise
 from teachers.teacher import DiffusionTeacher
-
-
-def _time_cond_dim(net: nn.Module) -> int | None:
-    config = getattr(net, "config", None)
-    return None if config is None else getattr(config, "time_cond_proj_dim", None)
 
 
 class ConsistencyDistillation(DistillationModule):
@@ -109,7 +113,7 @@ class ConsistencyDistillation(DistillationModule):
             )
         if not 0.0 <= target_decay < 1.0:
             raise ValueError(f"target_decay must be in [0, 1), got {target_decay}")
-        self.embed_dim = _time_cond_dim(student)
+        self.embed_dim = time_cond_dim(student)
         if w_max > w_min and self.embed_dim is None:
             raise ValueError(
                 "a guidance range (w_max > w_min) needs a student with a timestep_cond input: build it with "
@@ -253,10 +257,7 @@ class ConsistencyDistillation(DistillationModule):
         )
 
     def _noise(self, n: int) -> torch.Tensor:
-        shape = (self.teacher.in_channels, self.teacher.sample_size, self.teacher.sample_size)
-        return per_sample_noise(
-            seeds=torch.full((n,), self.eval_seed), indices=torch.arange(n), shape=shape, device=self.device
-        )
+        return eval_noise(self.teacher, n, seed=self.eval_seed, device=self.device)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images, labels = batch
@@ -292,15 +293,15 @@ class ConsistencyDistillation(DistillationModule):
             self.evaluator.to(self.device)
             n = self.eval_num_samples
             labels = balanced_labels(n, classes, device=self.device) if conditional else None
-            noise_all = self._noise(n)
             for k in self.eval_steps:
-                metrics = self.evaluator.accumulator()
-                for start in range(0, n, 500):
-                    idx = slice(start, min(start + 500, n))
-                    lab = None if labels is None else labels[idx]
-                    metrics.update(
-                        self.generate(lab, noise_all[idx], steps=k, guidance=self.eval_guidance), lab
-                    )
-                for key, value in metrics.compute().items():
-                    if key != "num_samples":
-                        self.log(f"val/{k}step/{key}", float(value), prog_bar=k == 1 and key == "fid_real")
+                metrics = evaluate_generator(
+                    self.evaluator,
+                    partial(self._generate_for_eval, steps=k),
+                    noise=self._noise(n),
+                    labels=labels,
+                )
+                for key, value in metrics.items():
+                    self.log(f"val/{k}step/{key}", value, prog_bar=k == 1 and key == "fid_real")
+
+    def _generate_for_eval(self, labels, noise, *, steps: int):
+        return self.generate(labels, noise, steps=steps, guidance=self.eval_guidance)

@@ -17,13 +17,15 @@ from distill.methods.common import (
     balanced_labels,
     check_data_matches,
     drop_labels,
+    eval_noise,
+    evaluate_generator,
     image_grid,
     log_image,
     null_class_of,
 )
 from distill.metrics import DigitsEvaluator
 from distill.parameterization import target_for
-from distill.sampling import ddim_sample_steps, per_sample_noise
+from distill.sampling import ddim_sample_steps
 from distill.schedule import q_sample
 from teachers.network import call_denoiser, denoise
 from teachers.teacher import DiffusionTeacher
@@ -251,10 +253,7 @@ class KnowledgeDistillation(DistillationModule):
         )
 
     def _noise(self, n: int) -> torch.Tensor:
-        shape = (self.teacher.in_channels, self.teacher.sample_size, self.teacher.sample_size)
-        return per_sample_noise(
-            seeds=torch.full((n,), self.eval_seed), indices=torch.arange(n), shape=shape, device=self.device
-        )
+        return eval_noise(self.teacher, n, seed=self.eval_seed, device=self.device)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
@@ -276,15 +275,13 @@ class KnowledgeDistillation(DistillationModule):
             )
         if self.evaluator is not None and self.eval_num_samples > 0:
             self.evaluator.to(self.device)
-            metrics = self.evaluator.accumulator()
             n = self.eval_num_samples
             labels = balanced_labels(n, classes, device=self.device) if self.null_class is not None else None
-            noise_all = self._noise(n)
-            for start in range(0, n, 500):
-                idx = slice(start, min(start + 500, n))
-                noise = noise_all[idx]
-                lab = None if labels is None else labels[idx]
-                metrics.update(self.generate(lab, noise, steps=self.eval_steps, guidance_scale=guidance), lab)
-            for key, value in metrics.compute().items():
-                if key != "num_samples":
-                    self.log(f"val/{key}", float(value), prog_bar=key in ("fid_real", "accuracy"))
+            metrics = evaluate_generator(
+                self.evaluator,
+                partial(self.generate, steps=self.eval_steps, guidance_scale=guidance),
+                noise=self._noise(n),
+                labels=labels,
+            )
+            for key, value in metrics.items():
+                self.log(f"val/{key}", value, prog_bar=key in ("fid_real", "accuracy"))

@@ -27,7 +27,16 @@ from torch import nn
 from distill.ema import EMA
 from distill.features import transfer_weights
 from distill.methods.base import DistillationModule
-from distill.methods.common import balanced_labels, check_data_matches, image_grid, log_image, null_class_of
+from distill.methods.common import (
+    balanced_labels,
+    check_data_matches,
+    eval_noise,
+    evaluate_generator,
+    image_grid,
+    log_image,
+    null_class_of,
+    time_cond_dim,
+)
 from distill.metrics import DigitsEvaluator
 from distill.parameterization import (
     ddim_step,
@@ -35,15 +44,10 @@ from distill.parameterization import (
     progressive_x_target,
     truncated_snr_weight,
 )
-from distill.sampling import ddim_sample, per_sample_noise
+from distill.sampling import ddim_sample
 from distill.schedule import alpha_sigma, previous_timesteps, q_sample, timestep_grid
 from teachers.network import denoise
 from teachers.teacher import DiffusionTeacher
-
-
-def _time_cond_dim(net: nn.Module) -> int | None:
-    config = getattr(net, "config", None)
-    return None if config is None else getattr(config, "time_cond_proj_dim", None)
 
 
 def round_schedule(teacher_steps: int, final_steps: int) -> list[int]:
@@ -117,7 +121,7 @@ class ProgressiveDistillation(DistillationModule):
             raise ValueError("promote='ema' needs ema_decay; set ema_decay or promote='student'")
         if not 0.0 <= w_min <= w_max:
             raise ValueError(f"need 0 <= w_min <= w_max (LCM/Meng-form guidance), got {w_min}, {w_max}")
-        self.embed_dim = _time_cond_dim(student)
+        self.embed_dim = time_cond_dim(student)
         if w_max > 0 and self.embed_dim is None:
             raise ValueError(
                 "guided distillation (w_max > 0) needs a student with a timestep_cond input: build it with "
@@ -294,10 +298,7 @@ class ProgressiveDistillation(DistillationModule):
         )
 
     def _noise(self, n: int) -> torch.Tensor:
-        shape = (self.teacher.in_channels, self.teacher.sample_size, self.teacher.sample_size)
-        return per_sample_noise(
-            seeds=torch.full((n,), self.eval_seed), indices=torch.arange(n), shape=shape, device=self.device
-        )
+        return eval_noise(self.teacher, n, seed=self.eval_seed, device=self.device)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         with torch.random.fork_rng():
@@ -324,12 +325,11 @@ class ProgressiveDistillation(DistillationModule):
             self.evaluator.to(self.device)
             n = self.eval_num_samples
             labels = balanced_labels(n, classes, device=self.device) if conditional else None
-            noise_all = self._noise(n)
-            metrics = self.evaluator.accumulator()
-            for start in range(0, n, 500):
-                idx = slice(start, min(start + 500, n))
-                lab = None if labels is None else labels[idx]
-                metrics.update(self.generate(lab, noise_all[idx], guidance=self.eval_guidance), lab)
-            for key, value in metrics.compute().items():
-                if key != "num_samples":
-                    self.log(f"val/{key}", float(value), prog_bar=key == "fid_real")
+            metrics = evaluate_generator(
+                self.evaluator,
+                partial(self.generate, guidance=self.eval_guidance),
+                noise=self._noise(n),
+                labels=labels,
+            )
+            for key, value in metrics.items():
+                self.log(f"val/{key}", value, prog_bar=key == "fid_real")
