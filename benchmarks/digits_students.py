@@ -23,16 +23,18 @@ PRESETS = {
 }
 
 
-def costs(student_dir: Path) -> dict:
+def network_costs(path: str) -> dict:
+    """MACs per forward (batch 1) and parameters of the denoiser in ``path`` (a folder or builtin:digits)."""
     from distill.flops import count_macs, example_inputs
     from teachers import DiffusionTeacher
 
-    out = {}
-    for role, path in (("teacher", "builtin:digits"), ("student", str(student_dir))):
-        net = DiffusionTeacher.from_pretrained(path).unet
-        macs = count_macs(net, example_inputs(net))
-        out[role] = {"macs_per_forward": macs.total // macs.batch_size, "parameters": macs.parameters}
-    return out
+    net = DiffusionTeacher.from_pretrained(path).unet
+    macs = count_macs(net, example_inputs(net))
+    return {"macs_per_forward": macs.total // macs.batch_size, "parameters": macs.parameters}
+
+
+def costs(student_dir: Path) -> dict:
+    return {"teacher": network_costs("builtin:digits"), "student": network_costs(str(student_dir))}
 
 
 def to_markdown(results: list[dict]) -> str:
