@@ -124,3 +124,28 @@ def evaluate_generator(
         lab = None if labels is None else labels[idx]
         metrics.update(generate(lab, noise[idx]), lab)
     return {k: float(v) for k, v in metrics.compute().items() if k != "num_samples"}
+
+
+def check_guidance(
+    teacher, student: nn.Module, *, w_min: float, w_max: float, eval_guidance: float, input_needed: bool
+) -> int | None:
+    """Validate an LCM/Meng-form guidance range ``0 <= w_min <= w_max`` before any step; returns the width of
+    the student's ``timestep_cond`` input (None if it has none). ``input_needed``: the range must reach the
+    student as an input (it varies, or later rounds' teachers need it)."""
+    if not 0.0 <= w_min <= w_max:
+        raise ValueError(
+            f"need 0 <= w_min <= w_max (LCM-form guidance: teacher CFG scale 1 + w), got w_min={w_min}, "
+            f"w_max={w_max}"
+        )
+    embed_dim = time_cond_dim(student)
+    if input_needed and embed_dim is None:
+        raise ValueError(
+            f"guidance w in [{w_min}, {w_max}] needs a student with a timestep_cond input: build it with "
+            "time_cond_proj_dim (e.g. 64), or set w_min = w_max = 0"
+        )
+    if (w_max > 0 or eval_guidance > 0) and getattr(teacher, "null_class", None) is None:
+        raise ValueError(
+            "guidance (w_max or eval_guidance > 0) needs a teacher with an unconditional branch (a null class or "
+            "empty-prompt embeddings); this teacher has none: set w_min = w_max = eval_guidance = 0"
+        )
+    return embed_dim

@@ -31,12 +31,12 @@ from distill.methods.base import DistillationModule
 from distill.methods.common import (
     balanced_labels,
     check_data_matches,
+    check_guidance,
     eval_noise,
     evaluate_generator,
     image_grid,
     log_image,
     null_class_of,
-    time_cond_dim,
 )
 from distill.metrics import DigitsEvaluator
 from distill.parameterization import (
@@ -107,23 +107,16 @@ class ConsistencyDistillation(DistillationModule):
                 f"original_steps={original_steps} does not divide the teacher's {schedule.num_train_timesteps} "
                 f"timesteps, so the skipping interval k is not whole; pick a divisor (e.g. 50 for 1000)"
             )
-        if not 0.0 <= w_min <= w_max:
-            raise ValueError(
-                f"need 0 <= w_min <= w_max (LCM-form guidance), got w_min={w_min}, w_max={w_max}"
-            )
         if not 0.0 <= target_decay < 1.0:
             raise ValueError(f"target_decay must be in [0, 1), got {target_decay}")
-        self.embed_dim = time_cond_dim(student)
-        if w_max > w_min and self.embed_dim is None:
-            raise ValueError(
-                "a guidance range (w_max > w_min) needs a student with a timestep_cond input: build it with "
-                "time_cond_proj_dim (e.g. 64), or fix w_min = w_max"
-            )
-        if (w_max > 0 or eval_guidance > 0) and teacher.null_class is None:
-            raise ValueError(
-                "guidance (w_max or eval_guidance > 0) needs a teacher with an unconditional branch (a null class "
-                "or empty-prompt embeddings); this teacher has none: set w_min = w_max = eval_guidance = 0"
-            )
+        self.embed_dim = check_guidance(
+            teacher,
+            student,
+            w_min=w_min,
+            w_max=w_max,
+            eval_guidance=eval_guidance,
+            input_needed=w_max > w_min,
+        )
         self.init_report = None
         if init_from_teacher:
             self.init_report = transfer_weights(source=teacher.unet, target=student)

@@ -30,12 +30,12 @@ from distill.methods.base import DistillationModule
 from distill.methods.common import (
     balanced_labels,
     check_data_matches,
+    check_guidance,
     eval_noise,
     evaluate_generator,
     image_grid,
     log_image,
     null_class_of,
-    time_cond_dim,
 )
 from distill.metrics import DigitsEvaluator
 from distill.parameterization import (
@@ -119,18 +119,9 @@ class ProgressiveDistillation(DistillationModule):
             raise ValueError(f"promote must be 'ema' or 'student', got {promote!r}")
         if promote == "ema" and ema_decay is None:
             raise ValueError("promote='ema' needs ema_decay; set ema_decay or promote='student'")
-        if not 0.0 <= w_min <= w_max:
-            raise ValueError(f"need 0 <= w_min <= w_max (LCM/Meng-form guidance), got {w_min}, {w_max}")
-        self.embed_dim = time_cond_dim(student)
-        if w_max > 0 and self.embed_dim is None:
-            raise ValueError(
-                "guided distillation (w_max > 0) needs a student with a timestep_cond input: build it with "
-                "time_cond_proj_dim (e.g. 64)"
-            )
-        if w_max > 0 and teacher.null_class is None:
-            raise ValueError(
-                "guided distillation needs a teacher with an unconditional branch (null class or empty prompt)"
-            )
+        self.embed_dim = check_guidance(
+            teacher, student, w_min=w_min, w_max=w_max, eval_guidance=eval_guidance, input_needed=w_max > 0
+        )
         self.init_report = None
         if init_from_teacher:
             self.init_report = transfer_weights(source=teacher.unet, target=student)
