@@ -44,7 +44,7 @@ def _student_and_schedule(module) -> tuple[torch.nn.Module, Any]:
     student = module.eval_student() if hasattr(module, "eval_student") else getattr(module, "student", None)
     if student is None:
         raise TypeError(f"{type(module).__name__} has no student to export")
-    schedule = module.export_schedule() if hasattr(module, "export_schedule") else module.teacher.schedule
+    schedule = module.export_schedule()
     return student, schedule
 
 
@@ -121,9 +121,7 @@ def export_module(
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
-        module.save_pretrained(staging, use_ema=weights == "ema")
-        _, schedule = _student_and_schedule(module)
-        schedule.save_pretrained(staging / "scheduler")
+        module.save_pretrained(staging, use_ema=weights == "ema")  # unet/ + the method's scheduler/
         (staging / "README.md").write_text(
             model_card(module, checkpoint, weights=weights, metrics=metrics_data)
         )

@@ -175,7 +175,10 @@ class TimmUNet(ModelMixin, ConfigMixin):
         else:
             kwargs["pretrained"] = False
         try:
-            probe = timm.create_model(backbone, features_only=True, in_chans=in_channels, **kwargs)
+            probe_kwargs = {k: v for k, v in kwargs.items() if k != "pretrained_cfg_overlay"}
+            probe = timm.create_model(
+                backbone, features_only=True, in_chans=in_channels, **{**probe_kwargs, "pretrained": False}
+            )
         except Exception as err:
             raise ValueError(
                 f"backbone {backbone!r} cannot be built by timm with features_only=True ({err}); pick one from "

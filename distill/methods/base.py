@@ -102,7 +102,12 @@ class DistillationModule(L.LightningModule):
                 f"{type(student).__name__} has no save_pretrained(); only diffusers students export"
             )
         student.save_pretrained(directory / "unet")
-        self.teacher.schedule.save_pretrained(directory / "scheduler")
+        self.export_schedule().save_pretrained(directory / "scheduler")
+
+    def export_schedule(self):
+        """The scheduler config an export carries: the teacher's (methods that change how the student samples,
+        e.g. consistency or progressive distillation, return their own)."""
+        return self.teacher.schedule
 
     # -- checkpoints: never the frozen teacher --------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

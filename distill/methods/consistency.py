@@ -167,7 +167,7 @@ class ConsistencyDistillation(DistillationModule):
     @torch.no_grad()
     def teacher_solver_step(self, z_s, s, t, cond, w) -> torch.Tensor:
         """One DDIM step of the teacher from ``s`` to ``t`` with CFG at scale ``1 + w`` (per sample)."""
-        guided = cond is not None and self.null_class is not None and bool((w > 0).any())
+        guided = cond is not None and self.null_class is not None and self.w_max > 0
         pred = self.teacher.predict(
             z_s.to(self.teacher.dtype), s, cond, guidance_scale=(1.0 + w) if guided else None
         )
@@ -216,13 +216,6 @@ class ConsistencyDistillation(DistillationModule):
             timestep_spacing="leading",
             clip_sample=False,
         )
-
-    def save_pretrained(self, directory, *, use_ema: bool = True) -> None:
-        """The student (EMA weights by default) with an LCMScheduler config: ``unet/`` + ``scheduler/``."""
-        from pathlib import Path
-
-        super().save_pretrained(directory, use_ema=use_ema)
-        self.export_schedule().save_pretrained(Path(directory) / "scheduler")
 
     # -- sampling and validation ----------------------------------------------------------------------------
     @torch.no_grad()

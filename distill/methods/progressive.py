@@ -133,8 +133,9 @@ class ProgressiveDistillation(DistillationModule):
         self._ddp_params_and_buffers_to_ignore += [
             f"round_teacher.{k}" for k in self.round_teacher.state_dict()
         ]
-        self.register_buffer("round_index", torch.zeros((), dtype=torch.long))
-        self.register_buffer("round_start", torch.zeros((), dtype=torch.long))
+        # plain ints (read every step without a device sync), written to and read from the checkpoint
+        self.round_index = 0
+        self.round_start = 0
         self.null_class = null_class_of(student, teacher.num_classes, argument="student")
         self.round_steps = round_steps
         self.promote = promote
@@ -151,7 +152,7 @@ class ProgressiveDistillation(DistillationModule):
     # -- rounds --------------------------------------------------------------------------------------------
     @property
     def current_teacher_steps(self) -> int:
-        return self.rounds[min(int(self.round_index), len(self.rounds) - 1)]
+        return self.rounds[min(self.round_index, len(self.rounds) - 1)]
 
     @property
     def current_student_steps(self) -> int:
@@ -175,8 +176,8 @@ class ProgressiveDistillation(DistillationModule):
 
     @torch.no_grad()
     def _teacher_pred(self, z, t, labels, w, w_emb):
-        if int(self.round_index) == 0:
-            guided = labels is not None and self.null_class is not None and bool((w > 0).any())
+        if self.round_index == 0:
+            guided = labels is not None and self.null_class is not None and self.w_max > 0
             return self.teacher.predict(
                 z.to(self.teacher.dtype), t, labels, guidance_scale=(1.0 + w) if guided else None
             )
@@ -222,15 +223,28 @@ class ProgressiveDistillation(DistillationModule):
         loss = (weight * per_sample).mean()
         return {
             "loss": loss,
-            "round": self.round_index.float(),
+            "round": torch.tensor(float(self.round_index)),
             "student_steps": torch.tensor(float(self.current_student_steps)),
         }
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         super().on_train_batch_end(outputs, batch, batch_idx)
-        done = self.trainer.global_step - int(self.round_start)
-        if done >= self.round_steps and int(self.round_index) < len(self.rounds) - 1:
+        done = self.trainer.global_step - self.round_start
+        if done >= self.round_steps and self.round_index < len(self.rounds) - 1:
             self.next_round()
+
+    def on_save_checkpoint(self, checkpoint) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["progressive_round"] = {"index": self.round_index, "start": self.round_start}
+
+    def on_load_checkpoint(self, checkpoint) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("progressive_round")
+        if state is None:
+            raise RuntimeError(
+                "checkpoint has no progressive round state: was it written by ProgressiveDistillation?"
+            )
+        self.round_index, self.round_start = int(state["index"]), int(state["start"])
 
     @torch.no_grad()
     def next_round(self) -> None:
@@ -241,9 +255,9 @@ class ProgressiveDistillation(DistillationModule):
         for dst, src in zip(self.round_teacher.module.buffers(), source.buffers(), strict=True):
             dst.copy_(src)
         self.round_index += 1
-        self.round_start.fill_(self.trainer.global_step)
+        self.round_start = self.trainer.global_step
         rank_zero_info(
-            f"progressive distillation: round {int(self.round_index) + 1}/{len(self.rounds)} at step "
+            f"progressive distillation: round {self.round_index + 1}/{len(self.rounds)} at step "
             f"{self.trainer.global_step}: {self.current_teacher_steps} -> {self.current_student_steps} steps"
         )
         self.trainer.strategy.setup_optimizers(self.trainer)
@@ -260,13 +274,6 @@ class ProgressiveDistillation(DistillationModule):
         return self.teacher.schedule.with_config(
             _class_name="DDIMScheduler", timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False
         )
-
-    def save_pretrained(self, directory, *, use_ema: bool = True) -> None:
-        """The student (EMA weights by default) with a trailing-spacing DDIMScheduler config."""
-        from pathlib import Path
-
-        super().save_pretrained(directory, use_ema=use_ema)
-        self.export_schedule().save_pretrained(Path(directory) / "scheduler")
 
     # -- sampling and validation ----------------------------------------------------------------------------
     @torch.no_grad()
