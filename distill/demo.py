@@ -1,9 +1,11 @@
-"""`make demo`: knowledge distillation of the shipped digits teacher into a student with 43% of its parameters.
+"""`make demo`: consistency distillation (LCM) of the shipped digits teacher into a student with 0.10x its MACs.
 
-A short run of ``configs/digits/kd.yaml`` (the full recipe trains 3,000 steps; the demo 400 by default), then
-teacher and EMA student generate from the same noise and labels and the shipped evaluator scores both. Prints a
-teacher-vs-student table (parameters, MACs, FID vs real digits, FID vs the teacher's reference, class accuracy)
-and where the TensorBoard logs, the checkpoint and the exported student are.
+A short run of ``configs/digits/consistency.yaml`` (the shipped recipe trains 2,000 steps; the demo 400 by
+default) from the shipped KD-distilled efficient UNet, then the exported student samples in 4, 2 and 1 steps and
+the teacher with DDIM in 25 steps (its quality) and 4 steps (what fewer steps cost without distillation), all
+from the same noise and labels, scored by the shipped evaluator. Prints the table (MACs per sample, FID vs real
+digits, FID vs the teacher's reference, class accuracy) and where the TensorBoard logs, the checkpoint, the
+exported student and a sample grid are.
 """
 
 from __future__ import annotations
@@ -17,89 +19,86 @@ import torch
 from distill.cli import DistillCLI
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "digits" / "kd.yaml"
+CONFIG = ROOT / "configs" / "digits" / "consistency.yaml"
+FULL_STEPS = 2000
 
 
-def evaluate(model, *, num_samples: int, steps: int, batch_size: int = 500, seed: int = 0) -> dict[str, dict]:
-    """Teacher and EMA student, same noise and balanced labels, DDIM ``steps`` (trailing), the shipped evaluator."""
+def rows_to_run(teacher_steps: int, student_steps: list[int]) -> list[tuple[str, str, int]]:
+    """(row name, model role, sampling steps) in table order."""
+    rows = [(f"teacher, DDIM {teacher_steps} steps", "teacher", teacher_steps)]
+    low = min(4, teacher_steps)
+    if low != teacher_steps:
+        rows.append((f"teacher, DDIM {low} steps (no distillation)", "teacher", low))
+    rows += [(f"student, {n}-step consistency", "student", n) for n in student_steps]
+    return rows
+
+
+def evaluate(
+    models: dict, rows, *, num_samples: int, batch_size: int = 500, seed: int = 0
+) -> dict[str, dict]:
+    """Every row from the same per-image noise (seed, index) and balanced labels, scored by the evaluator."""
     from tqdm.auto import tqdm
 
     from distill.methods.common import balanced_labels
     from distill.metrics import DigitsEvaluator
-    from distill.sampling import per_sample_noise
+    from distill.pipelines import sample_images
 
-    evaluator = model.evaluator or DigitsEvaluator()
+    evaluator = DigitsEvaluator()
     evaluator.kid_subset_size = min(evaluator.kid_subset_size, num_samples)
-    teacher = model.teacher
-    classes = teacher.num_classes or 1
-    labels = balanced_labels(num_samples, classes) if model.null_class is not None else None
-    shape = (teacher.in_channels, teacher.sample_size, teacher.sample_size)
-    noise = per_sample_noise(
-        seeds=torch.full((num_samples,), seed), indices=torch.arange(num_samples), shape=shape
-    )
-    guidance = model.eval_guidance if model.null_class is not None else None
+    labels = balanced_labels(num_samples, models["teacher"].num_classes or 10)
     results = {}
-    model.eval()
-    for role in ("teacher", "student"):
+    for name, role, steps in rows:
         metrics = evaluator.accumulator()
-        for start in tqdm(range(0, num_samples, batch_size), desc=f"sampling the {role}", unit="batch"):
-            idx = slice(start, min(start + batch_size, num_samples))
-            lab = None if labels is None else labels[idx]
-            images = model.generate(
-                lab, noise[idx], steps=steps, guidance_scale=guidance, teacher=role == "teacher"
+        for start in tqdm(range(0, num_samples, batch_size), desc=name, unit="batch"):
+            idx = torch.arange(start, min(start + batch_size, num_samples))
+            images = sample_images(
+                models[role],
+                labels=labels[idx],
+                seeds=torch.full_like(idx, seed),
+                indices=idx,
+                steps=steps,
+                guidance_scale=1.0,
             )
-            metrics.update(images, lab)
-        results[role] = metrics.compute()
+            metrics.update(images, labels[idx])
+        results[name] = metrics.compute()
     return results
 
 
-def grid(model, *, steps: int, path: Path, per_class: int = 2) -> None:
-    """Teacher rows above student rows, same noise and labels."""
+def grid(models: dict, rows, *, path: Path, per_class: int = 1) -> None:
+    """One row of ten digits per table row, same noise and labels."""
     from torchvision.utils import save_image
 
-    from distill.methods.common import balanced_labels
-    from distill.sampling import per_sample_noise
+    from distill.pipelines import sample_images
 
-    teacher = model.teacher
-    classes = teacher.num_classes or 1
-    n = classes * per_class
-    labels = balanced_labels(n, classes) if model.null_class is not None else None
-    shape = (teacher.in_channels, teacher.sample_size, teacher.sample_size)
-    noise = per_sample_noise(seeds=torch.full((n,), 1), indices=torch.arange(n), shape=shape)
-    guidance = model.eval_guidance if model.null_class is not None else None
-    images = torch.cat(
-        [
-            model.generate(labels, noise, steps=steps, guidance_scale=guidance, teacher=True),
-            model.generate(labels, noise, steps=steps, guidance_scale=guidance),
-        ]
-    )
-    save_image(images.add(1).div(2).clamp(0, 1), path, nrow=classes, padding=1, pad_value=1.0)
-
-
-def table(model, results: dict[str, dict], flops, *, num_samples: int, steps: int) -> str:
-    def params(net) -> int:
-        return sum(p.numel() for p in net.parameters())
-
-    t_params, s_params = params(model.teacher.unet), params(model.student)
-    rows = [
-        ("parameters", f"{t_params / 1e6:.2f}M", f"{s_params / 1e6:.2f}M ({s_params / t_params:.2f}x)"),
-    ]
-    if flops is not None:
-        t_macs, s_macs = (net.macs_per_forward for net in flops.networks[:2])
-        rows.append(
-            ("MACs per forward", f"{t_macs / 1e6:.1f}M", f"{s_macs / 1e6:.1f}M ({s_macs / t_macs:.2f}x)")
+    n = 10 * per_class
+    idx = torch.arange(n)
+    labels = idx % 10
+    images = [
+        sample_images(
+            models[role],
+            labels=labels,
+            seeds=torch.full_like(idx, 1),
+            indices=idx,
+            steps=steps,
+            guidance_scale=1.0,
         )
-    t, s = results["teacher"], results["student"]
-    rows += [
-        ("FID vs real digits (lower is better)", f"{t['fid_real']:.3f}", f"{s['fid_real']:.3f}"),
-        ("FID vs teacher reference", f"{t['fid_ref']:.3f}", f"{s['fid_ref']:.3f}"),
-        ("class accuracy", f"{100 * t['accuracy']:.1f}%", f"{100 * s['accuracy']:.1f}%"),
+        for _, role, steps in rows
     ]
+    save_image(torch.cat(images).add(1).div(2).clamp(0, 1), path, nrow=n, padding=1, pad_value=1.0)
+
+
+def table(results: dict[str, dict], rows, macs: dict[str, float] | None, *, num_samples: int) -> str:
     lines = [
-        f"| {num_samples} samples each, DDIM {steps} steps, same noise and labels | teacher | student |",
-        "| --- | ---: | ---: |",
+        f"| {num_samples} samples each, same noise and labels | MACs / sample | FID vs real digits | "
+        "FID vs teacher ref | class accuracy |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
-    lines += [f"| {name} | {a} | {b} |" for name, a, b in rows]
+    for name, role, steps in rows:
+        r = results[name]
+        cost = "" if macs is None else f"{macs[role] * steps / 1e6:.0f}M"
+        lines.append(
+            f"| {name} | {cost} | {r['fid_real']:.3f} | {r['fid_ref']:.3f} | {100 * r['accuracy']:.1f}% |"
+        )
     return "\n".join(lines)
 
 
@@ -107,21 +106,28 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=400, help="training steps (the full recipe uses 3000)")
     parser.add_argument(
-        "--eval-samples", type=int, default=1000, help="samples per model for the final table"
+        "--steps", type=int, default=400, help=f"training steps (the shipped recipe trains {FULL_STEPS})"
     )
-    parser.add_argument("--eval-steps", type=int, default=25, help="DDIM steps for the final table")
+    parser.add_argument("--eval-samples", type=int, default=1000, help="samples per table row")
+    parser.add_argument(
+        "--teacher-steps", type=int, default=25, help="the teacher's DDIM steps (quality row)"
+    )
+    parser.add_argument(
+        "--student-steps", type=int, nargs="+", default=[4, 2, 1], help="the student's consistency steps"
+    )
     parser.add_argument(
         "--out", type=Path, default=Path("runs/demo"), help="where logs, checkpoint, student go"
     )
     args = parser.parse_args(argv)
-    for name in ("steps", "eval_samples", "eval_steps"):
+    for name in ("steps", "eval_samples", "teacher_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if min(args.student_steps) < 1:
+        parser.error(f"--student-steps must all be >= 1, got {args.student_steps}")
     print(
-        f"distill-diffusion demo: knowledge distillation ({CONFIG.relative_to(ROOT)}) of the shipped digits "
-        f"teacher, {args.steps} steps (the full recipe trains 3000)."
+        f"distill-diffusion demo: consistency distillation ({CONFIG.relative_to(ROOT)}) of the shipped digits "
+        f"teacher into a 0.10x-MACs student, {args.steps} steps (the shipped student trained {FULL_STEPS})."
     )
     start = time.perf_counter()
     cli = DistillCLI(
@@ -133,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
             f"--trainer.val_check_interval={args.steps}",
             f"--trainer.log_every_n_steps={max(1, min(25, args.steps // 20))}",
             f"--trainer.logger.init_args.save_dir={args.out}",
-            "--trainer.logger.init_args.name=kd",
+            "--trainer.logger.init_args.name=consistency",
             "--model.init_args.eval_num_samples=0",  # the larger evaluation below replaces it
         ],
     )
@@ -144,36 +150,47 @@ def main(argv: list[str] | None = None) -> None:
     trainer.save_checkpoint(ckpt)
     student_dir = run_dir / "student"
     model.save_pretrained(student_dir)
+
+    from teachers import DiffusionTeacher
+
+    models = {
+        "teacher": model.teacher.eval(),
+        "student": DiffusionTeacher.from_pretrained(student_dir).eval(),
+    }
     flops = next((cb.report for cb in trainer.callbacks if hasattr(cb, "report") and cb.report), None)
-    print(
-        f"\nEvaluating teacher and student ({args.eval_samples} samples each, {args.eval_steps} DDIM steps)"
-    )
-    results = evaluate(model, num_samples=args.eval_samples, steps=args.eval_steps)
+    macs = None
+    if flops is not None:
+        t_macs, s_macs = (net.macs_per_forward for net in flops.networks[:2])
+        macs = {"teacher": t_macs, "student": s_macs}
+    rows = rows_to_run(args.teacher_steps, args.student_steps)
+    print(f"\nEvaluating {len(rows)} settings, {args.eval_samples} samples each")
+    results = evaluate(models, rows, num_samples=args.eval_samples)
     if trainer.logger is not None:  # the final numbers in TensorBoard too, at the last step
         trainer.logger.log_metrics(
             {
-                f"demo/{role}/{key}": float(value)
-                for role, metrics in results.items()
-                for key, value in metrics.items()
+                f"demo/{role}_{steps}step/{key}": float(value)
+                for (name, role, steps) in rows
+                for key, value in results[name].items()
                 if key != "num_samples"
             },
             step=trainer.global_step,
         )
         trainer.logger.finalize("success")
-    grid_path = run_dir / "teacher_top_student_bottom.png"
-    grid(model, steps=args.eval_steps, path=grid_path)
+    grid_path = run_dir / "samples.png"
+    grid(models, rows, path=grid_path)
     total_minutes = (time.perf_counter() - start) / 60
     print()
-    print(table(model, results, flops, num_samples=args.eval_samples, steps=args.eval_steps))
+    print(table(results, rows, macs, num_samples=args.eval_samples))
     print()
     print(
         f"training: {trainer.global_step} steps in {train_minutes:.1f} min; demo total {total_minutes:.1f} min"
     )
-    print("the full recipe and the 3-seed, 2,000-sample protocol: see README (Results)")
+    print("the shipped students and the 3-seed, 2,000-sample protocol: see README (Step distillation)")
     print(f"TensorBoard:  tensorboard --logdir {run_dir}")
     print(f"checkpoint:   {ckpt}")
-    print(f"student:      {student_dir}  (diffusers UNet2DConditionModel + scheduler)")
-    print(f"samples:      {grid_path}  (teacher rows above, student rows below)")
+    print(f"student:      {student_dir}  (diffusers UNet + LCMScheduler config)")
+    print(f"              distill sample --model {student_dir} --steps 4 --out grid.png")
+    print(f"samples:      {grid_path}  (one row per table row, top to bottom)")
 
 
 if __name__ == "__main__":

@@ -112,6 +112,11 @@ class SampleMetrics:
         self.count += images.shape[0]
 
     def compute(self) -> dict[str, float]:
+        if self.count < 2:
+            raise ValueError(f"FID/KID need at least 2 generated images, got {self.count}")
+        for kid in (self.kid_real, self.kid_ref):  # KID's subsets cannot be larger than the generated set
+            if kid is not None:
+                kid.subset_size = min(kid.subset_size, self.count)
         out = {"fid_real": float(self.fid_real.compute())}
         with torch.random.fork_rng():  # KID draws random subsets: fixed so reruns agree exactly
             torch.manual_seed(0)

@@ -12,17 +12,31 @@ from teachers import DiffusionTeacher
 
 
 def test_demo_trains_evaluates_and_writes_what_it_prints(tmp_path, capsys):
-    demo.main(["--steps", "2", "--eval-samples", "20", "--eval-steps", "1", "--out", str(tmp_path)])
+    demo.main(
+        [
+            "--steps",
+            "2",
+            "--eval-samples",
+            "20",
+            "--teacher-steps",
+            "2",
+            "--student-steps",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     out = capsys.readouterr().out
-    run = tmp_path / "kd" / "version_0"
-    assert "| parameters | 2.36M | 1.02M (0.43x) |" in out
-    assert "| MACs per forward | 88.7M | 60.4M (0.68x) |" in out
-    for row in ("FID vs real digits", "FID vs teacher reference", "class accuracy"):
-        assert f"| {row}" in out
-    for path in (run / "checkpoints" / "last.ckpt", run / "student", run / "teacher_top_student_bottom.png"):
+    run = tmp_path / "consistency" / "version_0"
+    # MACs per sample = MACs per forward x steps (88.7M teacher, 9.2M student, one forward per step each)
+    assert "| teacher, DDIM 2 steps | 177M |" in out
+    assert "| student, 1-step consistency | 9M |" in out
+    assert "no distillation" not in out  # the 4-step teacher row only appears when it differs from the first
+    for path in (run / "checkpoints" / "last.ckpt", run / "student", run / "samples.png"):
         assert str(path) in out and path.exists()
-    # the exported student loads as a denoiser and is the EMA student of the checkpoint
+    # the exported student is the EMA student of the checkpoint and carries the LCM scheduler
     student = DiffusionTeacher.from_pretrained(run / "student")
+    assert student.schedule.scheduler_class == "LCMScheduler"
     state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert state["global_step"] == 2
     ema = {
@@ -32,7 +46,7 @@ def test_demo_trains_evaluates_and_writes_what_it_prints(tmp_path, capsys):
     }
     for name, value in student.unet.state_dict().items():
         torch.testing.assert_close(value, ema[name], rtol=0, atol=0)
-    # TensorBoard holds the training losses and the final numbers of both models
+    # TensorBoard holds the training losses and the final numbers of every row
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     tags: dict[str, float] = {}
@@ -41,14 +55,26 @@ def test_demo_trains_evaluates_and_writes_what_it_prints(tmp_path, capsys):
         acc.Reload()
         for tag in acc.Tags()["scalars"]:
             tags[tag] = acc.Scalars(tag)[-1].value
-    for role in ("teacher", "student"):
+    for row in ("teacher_2step", "student_1step"):
         for key in ("fid_real", "fid_ref", "accuracy"):
-            assert f"demo/{role}/{key}" in tags
-    assert tags["demo/teacher/accuracy"] >= 0.5  # the shipped teacher is good even at one DDIM step
-    assert "val/task" in tags and "val/output_kd" in tags
+            assert f"demo/{row}/{key}" in tags
+    assert tags["demo/teacher_2step/accuracy"] >= 0.5  # the shipped teacher is good even at two DDIM steps
+    # the shipped KD student is the starting point: one consistency step already draws the asked-for digits
+    assert tags["demo/student_1step/accuracy"] >= 0.5
+    assert any(tag.startswith("train/") for tag in tags)
 
 
-@pytest.mark.parametrize("flag", ["--steps", "--eval-samples", "--eval-steps"])
+def test_demo_rows_put_the_teacher_first():
+    rows = demo.rows_to_run(25, [4, 1])
+    assert [(role, steps) for _, role, steps in rows] == [
+        ("teacher", 25),
+        ("teacher", 4),
+        ("student", 4),
+        ("student", 1),
+    ]
+
+
+@pytest.mark.parametrize("flag", ["--steps", "--eval-samples", "--teacher-steps"])
 def test_demo_rejects_non_positive_budgets(flag, capsys):
     with pytest.raises(SystemExit):
         demo.main([flag, "0"])

@@ -1,0 +1,121 @@
+"""Load a trained student from a diffusers-format folder, e.g. to start one method from another's result.
+
+A student distilled by KD makes a far better starting point for step distillation than random weights (LCM and
+progressive distillation both start from a trained diffusion model). ``load_student`` reads such a folder (an
+export of ``distill export``, a model folder, or ``builtin:NAME`` for the students shipped with this package) and
+can add LCM's guidance embedding (``time_cond_proj_dim``) with a zero-initialised projection, so the loaded
+network computes exactly what it computed before until training moves it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+BUILTIN_PREFIX = "builtin:"
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+
+
+def builtin_students_dir() -> Path:
+    """The folder holding the students shipped with this package (``students/weights/``)."""
+    spec = importlib.util.find_spec("students")
+    if spec is None or not spec.submodule_search_locations:  # pragma: no cover - we are inside students
+        raise ValueError("the students package is not importable")
+    return Path(next(iter(spec.submodule_search_locations))) / "weights"
+
+
+def list_builtin_students() -> list[str]:
+    """Names accepted as ``builtin:NAME`` by :func:`load_student`."""
+    root = builtin_students_dir()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "unet" / "config.json").is_file())
+
+
+def resolve_student_dir(path: str | Path) -> Path:
+    """The network folder (the one holding ``config.json``) of an export, pipeline or model folder."""
+    text = str(path)
+    if text.startswith(BUILTIN_PREFIX):
+        name = text[len(BUILTIN_PREFIX) :]
+        root = builtin_students_dir() / name
+        if not root.is_dir():
+            raise FileNotFoundError(
+                f"there is no built-in student {text!r}; built-ins: "
+                f"{[BUILTIN_PREFIX + n for n in list_builtin_students()]}"
+            )
+    else:
+        root = Path(path).expanduser()
+    for candidate in (root / "unet", root):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"student path {text!r}: no model config found (looked for {root / 'unet' / 'config.json'} and "
+        f"{root / 'config.json'}). Pass a folder written by `distill export` or by model.save_pretrained(...)."
+    )
+
+
+def _model_class(class_name: str | None, where: Path) -> type[nn.Module]:
+    import diffusers
+
+    from students import model_classes
+
+    allowed = {"UNet2DConditionModel": diffusers.UNet2DConditionModel, "UNet2DModel": diffusers.UNet2DModel}
+    allowed.update(model_classes())
+    if class_name not in allowed:
+        raise ValueError(
+            f"model at {where} is a {class_name!r}; loadable classes are {sorted(allowed)} (the folder never names "
+            "code to import)"
+        )
+    return allowed[class_name]
+
+
+def load_student(path: str | Path, time_cond_proj_dim: int | None = None) -> nn.Module:
+    """Load a student network (weights only, safetensors) from ``path``.
+
+    Args:
+        path: an export folder (``unet/`` inside), a model folder (``config.json`` + safetensors), or
+            ``builtin:NAME`` for a student shipped with this package (see :func:`list_builtin_students`).
+        time_cond_proj_dim: give the network LCM's guidance-scale embedding of this size (``timestep_cond``).
+            Added to a network without one as a zero-initialised projection, so outputs are unchanged at load;
+            a network that already has one must have this size.
+    """
+    unet_dir = resolve_student_dir(path)
+    config = json.loads((unet_dir / "config.json").read_text())
+    model_class = _model_class(config.get("_class_name"), unet_dir)
+    weights_file = unet_dir / WEIGHTS_NAME
+    if not weights_file.is_file():
+        raise FileNotFoundError(
+            f"no weights at {weights_file} (expected safetensors written by save_pretrained)"
+        )
+    existing = config.get("time_cond_proj_dim")
+    adding = time_cond_proj_dim is not None and existing is None
+    if time_cond_proj_dim is not None and existing is not None and existing != time_cond_proj_dim:
+        raise ValueError(
+            f"time_cond_proj_dim={time_cond_proj_dim}, but the student at {unet_dir} already embeds guidance with "
+            f"time_cond_proj_dim={existing}; leave it unset or pass {existing}"
+        )
+    if adding:
+        if "time_cond_proj_dim" not in config:
+            raise ValueError(
+                f"time_cond_proj_dim: the {config.get('_class_name')} at {unet_dir} has no timestep_cond input; "
+                "only UNet2DConditionModel-style students can add LCM's guidance embedding"
+            )
+        config["time_cond_proj_dim"] = time_cond_proj_dim
+    model = model_class.from_config(config)
+    state = load_file(str(weights_file))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    allowed_missing = {"time_embedding.cond_proj.weight"} if adding else set()
+    if unexpected or set(missing) - allowed_missing:
+        raise ValueError(
+            f"weights at {weights_file} do not match the config beside them: missing "
+            f"{sorted(set(missing) - allowed_missing)}, unexpected {sorted(unexpected)}"
+        )
+    if adding:
+        with torch.no_grad():
+            model.time_embedding.cond_proj.weight.zero_()
+    return model
