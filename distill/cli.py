@@ -73,6 +73,10 @@ class DistillTrainer(L.Trainer):
         overwrite: bool = False,
         metrics: Path | None = None,
         weights_only: bool | None = None,
+        format: str = "diffusers",
+        int8: bool = False,
+        onnx_opset: int = 18,
+        int8_eval_samples: int = 1000,
     ) -> Path | None:
         """Write the trained student as a diffusers-format folder (unet/, scheduler/, README.md model card).
 
@@ -85,13 +89,28 @@ class DistillTrainer(L.Trainer):
             overwrite: replace an existing ``output``.
             metrics: an ``eval.json`` from ``distill test`` to put in the model card.
             weights_only: accepted so a run's saved config.yaml parses; checkpoints always load weights only.
+            format: "diffusers" (default) or "onnx" (adds ``onnx/model.onnx``: dynamic batch, checked against
+                PyTorch in onnxruntime; needs the ``export`` extra).
+            int8: also write ``onnx/model_int8.onnx`` (onnxruntime dynamic quantisation).
+            onnx_opset: the ONNX opset to export with.
+            int8_eval_samples: digits students only: samples for the int8-vs-fp32 FID/accuracy in the card
+                (0 skips it).
         """
         from distill.export import export_module
 
         if not self.is_global_zero:
             return None
         path = export_module(
-            model, ckpt_path=ckpt_path, output=output, weights=weights, overwrite=overwrite, metrics=metrics
+            model,
+            ckpt_path=ckpt_path,
+            output=output,
+            weights=weights,
+            overwrite=overwrite,
+            metrics=metrics,
+            format=format,
+            int8=int8,
+            onnx_opset=onnx_opset,
+            int8_eval_samples=int8_eval_samples,
         )
         rank_zero_info(f"exported to {path}")
         return path

@@ -2,7 +2,8 @@
 
 The folder holds ``unet/`` (safetensors, EMA weights by default), ``scheduler/`` (the one the method's student
 samples with: the teacher's for KD, a trailing DDIMScheduler for progressive, an LCMScheduler for consistency)
-and ``README.md``. An existing folder is never touched unless ``overwrite``; the new one is written beside it
+and ``README.md``; ``--format onnx`` adds ``onnx/model.onnx`` (dynamic batch, checked in onnxruntime) and, with
+``int8``, ``onnx/model_int8.onnx`` with its FID/accuracy change on digits. An existing folder is never touched unless ``overwrite``; the new one is written beside it
 and moved into place only when complete.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 
 WEIGHTS = ("ema", "raw")
+FORMATS = ("diffusers", "onnx")
 
 
 def load_checkpoint(module: torch.nn.Module, ckpt_path: str | Path) -> dict[str, Any]:
@@ -104,11 +106,23 @@ def export_module(
     weights: str = "ema",
     overwrite: bool = False,
     metrics: str | Path | None = None,
+    format: str = "diffusers",
+    int8: bool = False,
+    onnx_opset: int = 18,
+    int8_eval_samples: int = 1000,
 ) -> Path:
     """Write ``output`` from ``module`` (built from the run's config) and the checkpoint's weights."""
     output = Path(output)
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if int8 and format != "onnx":
+        raise ValueError("int8 quantises the ONNX file: pass --format onnx with --int8 true")
+    if format == "onnx":
+        from distill.onnx_export import _require_onnx
+
+        _require_onnx()  # before anything is written
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
         raise FileExistsError(
             f"output {output} already exists; choose another folder or pass --overwrite true"
@@ -122,9 +136,10 @@ def export_module(
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
         module.save_pretrained(staging, use_ema=weights == "ema")  # unet/ + the method's scheduler/
-        (staging / "README.md").write_text(
-            model_card(module, checkpoint, weights=weights, metrics=metrics_data)
-        )
+        card = model_card(module, checkpoint, weights=weights, metrics=metrics_data)
+        if format == "onnx":
+            card += onnx_section(staging, opset=onnx_opset, int8=int8, int8_eval_samples=int8_eval_samples)
+        (staging / "README.md").write_text(card)
         if output.exists():
             shutil.rmtree(output) if output.is_dir() else output.unlink()
         staging.rename(output)
@@ -132,3 +147,71 @@ def export_module(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return output
+
+
+def onnx_section(directory: Path, *, opset: int, int8: bool, int8_eval_samples: int) -> str:
+    """Write ``directory/onnx/`` from the exported ``unet/`` and return the model card's ONNX section."""
+    from distill.onnx_export import (
+        INT8_NAME,
+        ONNX_NAME,
+        export_onnx,
+        latency,
+        quantize_int8,
+    )
+    from teachers import DiffusionTeacher
+
+    model = DiffusionTeacher.from_pretrained(directory)
+    report = export_onnx(model.unet, directory / "onnx" / ONNX_NAME, opset=opset)
+    paths = {"onnx": directory / "onnx" / ONNX_NAME}
+    sizes = {"onnx": report.size_bytes}
+    if int8:
+        sizes["onnx int8"] = quantize_int8(paths["onnx"], directory / "onnx" / INT8_NAME)
+        paths["onnx int8"] = directory / "onnx" / INT8_NAME
+    report.latency_ms = {
+        f"{label} batch {batch}": value
+        for batch in (1, 64)
+        for label, value in latency(model.unet, paths, batch_size=batch).items()
+    }
+    lines = [
+        "",
+        "## ONNX",
+        "",
+        f"`onnx/{ONNX_NAME}`: opset {report.opset}, inputs "
+        + ", ".join(f"`{k}` {v}" for k, v in report.inputs.items())
+        + f" (batch dynamic); max abs error vs PyTorch {report.max_abs_error:.2e} (fp32, onnxruntime, "
+        f"batch sizes {report.checked_batch_sizes}).",
+        "",
+        "| file | size | CPU latency batch 1 | batch 64 |",
+        "| --- | ---: | ---: | ---: |",
+        f"| PyTorch (safetensors) | {(directory / 'unet' / 'diffusion_pytorch_model.safetensors').stat().st_size / 1e6:.2f} MB"
+        f" | {report.latency_ms['pytorch batch 1']:.2f} ms | {report.latency_ms['pytorch batch 64']:.2f} ms |",
+    ]
+    for label, path in paths.items():
+        lines.append(
+            f"| `onnx/{path.name}` | {sizes[label] / 1e6:.2f} MB | {report.latency_ms[f'{label} batch 1']:.2f} ms "
+            f"| {report.latency_ms[f'{label} batch 64']:.2f} ms |"
+        )
+    lines.append("")
+    lines.append("Latency: median forward wall time on this machine's CPU at export time, interleaved.")
+    result = {"onnx": json.loads(report.to_json()), "sizes": sizes}
+    if int8 and int8_eval_samples > 0:
+        from distill.onnx_export import compare_int8
+
+        quality = compare_int8(directory, num_samples=int8_eval_samples)
+        result["int8_quality"] = quality
+        if quality:
+            lines += [
+                "",
+                f"int8 vs fp32 ONNX on digits ({quality['num_samples']} samples, "
+                f"{quality['steps']} steps, same noise and labels):",
+                "",
+                "| model | FID vs real | FID vs teacher ref | accuracy |",
+                "| --- | ---: | ---: | ---: |",
+            ]
+            for label in ("fp32", "int8"):
+                m = quality[label]
+                lines.append(
+                    f"| {label} | {m['fid_real']:.3f} | {m['fid_ref']:.3f} | {100 * m['accuracy']:.1f}% |"
+                )
+    (directory / "onnx" / "report.json").write_text(json.dumps(result, indent=2) + "\n")
+    return "\n".join(lines) + "\n"
