@@ -79,3 +79,30 @@ def random_digits_loader(n: int = 32, batch_size: int = 8):
     gen = torch.Generator().manual_seed(0)
     images = torch.rand(n, 1, 8, 8, generator=gen) * 2 - 1
     return DataLoader(TensorDataset(images, torch.arange(n) % 10), batch_size=batch_size)
+
+
+def fit_config_one_step(config: str, tmp_path):
+    """``distill fit -c configs/digits/CONFIG`` for one step into ``tmp_path``; returns (run folder, checkpoint)."""
+    import shutil
+    from pathlib import Path
+
+    from distill.cli import main
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "digits" / config
+    main(
+        [
+            "fit",
+            "-c",
+            str(path),
+            "--trainer.max_steps=1",
+            "--trainer.limit_val_batches=0",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            "--trainer.logger.init_args.name=fit",
+            "--trainer.logger.init_args.version=0",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    run = tmp_path / "fit" / "version_0"
+    ckpt = tmp_path / "one.ckpt"
+    shutil.copy(next((run / "checkpoints").glob("*.ckpt")), ckpt)
+    return run, ckpt

@@ -9,7 +9,7 @@ import pickle
 import lightning as L
 import pytest
 import torch
-from conftest import random_digits_loader, tiny_cond_unet
+from conftest import fit_config_one_step, random_digits_loader, tiny_cond_unet
 
 from distill.export import export_module, load_checkpoint
 from distill.methods.consistency import ConsistencyDistillation
@@ -126,30 +126,13 @@ def test_a_checkpoint_carrying_code_is_refused_and_not_run(tiny_teacher_dir, tmp
 
 
 def test_distill_export_and_sample_commands(tmp_path, monkeypatch):
-    from pathlib import Path
 
     from PIL import Image
 
     from distill.cli import main
 
     monkeypatch.chdir(tmp_path)
-    config = Path(__file__).resolve().parents[1] / "configs" / "digits" / "kd.yaml"
-    main(
-        [
-            "fit",
-            "-c",
-            str(config),
-            "--trainer.max_steps=1",
-            "--trainer.limit_val_batches=0",
-            f"--trainer.logger.init_args.save_dir={tmp_path}",
-            "--trainer.enable_progress_bar=false",
-        ]
-    )
-    run = tmp_path / "digits_kd" / "version_0"
-    ckpt = tmp_path / "one.ckpt"
-    import shutil
-
-    shutil.copy(next((run / "checkpoints").glob("*.ckpt")), ckpt)
+    run, ckpt = fit_config_one_step("kd.yaml", tmp_path)
     main(
         [
             "export",

@@ -4,18 +4,15 @@ and sampling from the ONNX file reproduces the PyTorch export's images."""
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import fit_config_one_step
 
 from distill.export import export_module
 from distill.onnx_export import input_spec, onnx_model
 from distill.pipelines import sample_images
 from teachers import DiffusionTeacher
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_int8_or_a_bad_format_is_refused_before_anything_is_written(tmp_path):
@@ -32,20 +29,7 @@ def test_distill_export_onnx_checks_quantises_and_samples_like_pytorch(tmp_path,
     from distill.cli import main
 
     monkeypatch.chdir(tmp_path)
-    main(
-        [
-            "fit",
-            "-c",
-            str(ROOT / "configs" / "digits" / "consistency.yaml"),
-            "--trainer.max_steps=1",
-            "--trainer.limit_val_batches=0",
-            f"--trainer.logger.init_args.save_dir={tmp_path}",
-            "--trainer.enable_progress_bar=false",
-        ]
-    )
-    run = tmp_path / "digits_consistency" / "version_0"
-    ckpt = tmp_path / "one.ckpt"
-    shutil.copy(next((run / "checkpoints").glob("*.ckpt")), ckpt)
+    run, ckpt = fit_config_one_step("consistency.yaml", tmp_path)
     out = tmp_path / "export"
     main(
         [
