@@ -7,6 +7,7 @@ EMA, projections, target networks) is saved, and loading checks that the only mi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from distill.ema import EMA
@@ -21,6 +23,7 @@ from distill.methods.common import configure
 from teachers.teacher import DiffusionTeacher
 
 TEACHER_PREFIX = "teacher."
+NONFINITE = ("stop", "skip")
 
 
 class DistillationModule(L.LightningModule):
@@ -32,6 +35,9 @@ class DistillationModule(L.LightningModule):
         optimizer: optimizer factory over :meth:`trainable_parameters`.
         lr_scheduler: optional LR scheduler factory, stepped every optimizer step.
         ema_decay: decay of the student's EMA copy (None: no EMA).
+        nonfinite: what a non-finite training loss does: "stop" (raise, naming the step and the loss terms) or
+            "skip" (no optimizer, EMA or target update for that batch; counted in ``train/nonfinite_steps``
+            and in checkpoints). All processes agree, so DDP never deadlocks on one rank's skip.
     """
 
     def __init__(
@@ -41,8 +47,13 @@ class DistillationModule(L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         ema_decay: float | None = 0.999,
+        nonfinite: str = "stop",
     ) -> None:
         super().__init__()
+        if nonfinite not in NONFINITE:
+            raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
+        self.nonfinite = nonfinite
+        self.nonfinite_steps = 0
         if not isinstance(teacher, DiffusionTeacher):
             raise TypeError(
                 f"teacher must be a teachers.DiffusionTeacher (e.g. DiffusionTeacher.from_pretrained(path)), "
@@ -75,13 +86,47 @@ class DistillationModule(L.LightningModule):
         for module in self.extra_trainable_modules():
             yield from module.parameters()
 
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         losses = self.training_losses(batch)
+        if not self._all_finite(losses["loss"]):
+            return self._nonfinite(losses, batch_idx)
         for name, value in losses.items():
             self.log(f"train/{name}", value.detach(), prog_bar=name == "loss")
+        if self.nonfinite_steps:
+            self.log("train/nonfinite_steps", float(self.nonfinite_steps))
         return losses["loss"]
 
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        finite = bool(torch.isfinite(loss.detach()).all())
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:  # every rank skips, or none does
+            finite = bool(trainer.strategy.reduce_boolean_decision(finite, all=True))
+        return finite
+
+    def _nonfinite(self, losses: dict[str, torch.Tensor], batch_idx: int) -> None:
+        terms = {name: float(value.detach().float().mean()) for name, value in losses.items()}
+        bad = [name for name, value in terms.items() if not math.isfinite(value)] or ["loss (another rank)"]
+        message = (
+            f"non-finite training loss at global step {self.global_step} (batch {batch_idx}): {bad} "
+            f"(terms: {terms})"
+        )
+        if self.nonfinite == "stop":
+            raise FloatingPointError(
+                message + ". Lower the learning rate or use fp32/bf16 instead of fp16, or set "
+                "`nonfinite: skip` to skip such batches (counted in train/nonfinite_steps)."
+            )
+        self.nonfinite_steps += 1
+        rank_zero_warn(message + f"; batch skipped ({self.nonfinite_steps} so far)")
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps))
+        return None
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if outputs is None:  # a skipped batch changed nothing
+            return
+        self.after_step()
+
+    def after_step(self) -> None:
+        """After every applied optimizer step: the EMA update (subclasses add target and round updates)."""
         if self.ema is not None:
             self.ema.update(self.student)
 
@@ -115,6 +160,7 @@ class DistillationModule(L.LightningModule):
         for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
             del state[key]
         checkpoint["teacher_source"] = self.teacher.source
+        checkpoint["nonfinite_steps"] = self.nonfinite_steps
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check the checkpoint holds exactly the non-teacher state, then fill in the live teacher's tensors.
@@ -142,3 +188,4 @@ class DistillationModule(L.LightningModule):
             )
         for key, value in self.teacher.state_dict(prefix=TEACHER_PREFIX, keep_vars=False).items():
             state[key] = value
+        self.nonfinite_steps = int(checkpoint.get("nonfinite_steps", 0))

@@ -68,6 +68,8 @@ class ConsistencyDistillation(DistillationModule):
         cond_drop_prob: label dropout for the student's own conditioning (0: none, as LCM).
         evaluator, eval_num_samples, eval_steps, eval_guidance: validation at 1/2/4 consistency steps.
         samples_per_class: rows per class of the validation grid (teacher 25 DDIM steps, then each step count).
+        optimizer, lr_scheduler, ema_decay, nonfinite: as in ``DistillationModule`` (``nonfinite``: "stop"
+            or "skip" on a non-finite loss).
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class ConsistencyDistillation(DistillationModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         ema_decay: float | None = 0.999,
+        nonfinite: str = "stop",
         original_steps: int = 50,
         w_min: float = 0.0,
         w_max: float = 0.0,
@@ -122,7 +125,12 @@ class ConsistencyDistillation(DistillationModule):
             self.init_report = transfer_weights(source=teacher.unet, target=student)
             rank_zero_info(self.init_report.summary())
         super().__init__(
-            teacher, student, optimizer=optimizer, lr_scheduler=lr_scheduler, ema_decay=ema_decay
+            teacher,
+            student,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            ema_decay=ema_decay,
+            nonfinite=nonfinite,
         )
         self.target = EMA(student, decay=target_decay, warmup=False)
         self._ddp_params_and_buffers_to_ignore += [f"target.{k}" for k in self.target.state_dict()]
@@ -198,8 +206,8 @@ class ConsistencyDistillation(DistillationModule):
         loss = consistency_loss(pred, target, kind=self.loss_kind, huber_c=self.huber_c)
         return {"loss": loss, "consistency": loss.detach()}
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        super().on_train_batch_end(outputs, batch, batch_idx)
+    def after_step(self) -> None:
+        super().after_step()
         self.target.update(self.student)
 
     def export_schedule(self):

@@ -77,6 +77,8 @@ class KnowledgeDistillation(DistillationModule):
         evaluator: the digits evaluator for FID/KID/accuracy at validation (None: skip).
         eval_num_samples, eval_steps, eval_guidance: the validation evaluation (balanced labels, seed 0).
         samples_per_class: rows of the validation grid (teacher above, student below, same noise and labels).
+        optimizer, lr_scheduler, ema_decay, nonfinite: as in ``DistillationModule`` (``nonfinite``: "stop"
+            or "skip" on a non-finite loss).
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class KnowledgeDistillation(DistillationModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         ema_decay: float | None = 0.999,
+        nonfinite: str = "stop",
         feature_pairs: list[tuple[str, str]] | None = None,
         task_weight: float = 1.0,
         output_weight: float = 1.0,
@@ -111,7 +114,12 @@ class KnowledgeDistillation(DistillationModule):
             self.init_report = transfer_weights(source=teacher.unet, target=student, mapping=init_mapping)
             rank_zero_info(self.init_report.summary())
         super().__init__(
-            teacher, student, optimizer=optimizer, lr_scheduler=lr_scheduler, ema_decay=ema_decay
+            teacher,
+            student,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            ema_decay=ema_decay,
+            nonfinite=nonfinite,
         )
         for name, weight in (
             ("task_weight", task_weight),

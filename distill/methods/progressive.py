@@ -86,6 +86,8 @@ class ProgressiveDistillation(DistillationModule):
         init_from_teacher: copy teacher tensors where names and shapes match.
         evaluator, eval_num_samples, eval_guidance: validation FID/accuracy with the current round's step count.
         samples_per_class: rows per class of the validation grid.
+        optimizer, lr_scheduler, ema_decay, nonfinite: as in ``DistillationModule`` (``nonfinite``: "stop"
+            or "skip" on a non-finite loss).
     """
 
     def __init__(
@@ -95,6 +97,7 @@ class ProgressiveDistillation(DistillationModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         ema_decay: float | None = 0.999,
+        nonfinite: str = "stop",
         teacher_steps: int = 64,
         final_steps: int = 1,
         round_steps: int = 1000,
@@ -127,7 +130,12 @@ class ProgressiveDistillation(DistillationModule):
             self.init_report = transfer_weights(source=teacher.unet, target=student)
             rank_zero_info(self.init_report.summary())
         super().__init__(
-            teacher, student, optimizer=optimizer, lr_scheduler=lr_scheduler, ema_decay=ema_decay
+            teacher,
+            student,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            ema_decay=ema_decay,
+            nonfinite=nonfinite,
         )
         self.round_teacher = EMA(student, decay=0.0, warmup=False)  # a frozen student-sized copy
         self._ddp_params_and_buffers_to_ignore += [
@@ -227,8 +235,8 @@ class ProgressiveDistillation(DistillationModule):
             "student_steps": torch.tensor(float(self.current_student_steps)),
         }
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        super().on_train_batch_end(outputs, batch, batch_idx)
+    def after_step(self) -> None:
+        super().after_step()
         done = self.trainer.global_step - self.round_start
         if done >= self.round_steps and self.round_index < len(self.rounds) - 1:
             self.next_round()
