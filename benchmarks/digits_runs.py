@@ -29,19 +29,9 @@ def fresh_dir(path: Path, overwrite: bool) -> Path:
     return path
 
 
-def train_export_evaluate(
-    *,
-    config: str,
-    overrides: list[str],
-    out: Path,
-    name: str,
-    seeds: list[int],
-    num_samples: int,
-    eval_steps: list[int],
-) -> dict:
-    """Fit ``config`` (+ overrides) into ``out/fit``, export the EMA student to ``out/student`` and evaluate it
-    with configs/digits/teacher_eval.yaml at ``eval_steps``; returns times and the evaluation's rows."""
-    fit_seconds = run(
+def fit(*, config: str, overrides: list[str], out: Path) -> float:
+    """``distill fit`` into ``out/fit/version_0``; returns wall minutes."""
+    seconds = run(
         [
             "-m",
             "distill.cli",
@@ -55,8 +45,11 @@ def train_export_evaluate(
         ],
         out / "fit.log",
     )
-    run_dir = out / "fit" / "version_0"
-    student = out / "student"
+    return seconds / 60
+
+
+def export(run_dir: Path, ckpt: Path, student: Path, log: Path) -> Path:
+    """The EMA student of ``ckpt`` (with the method's scheduler) as a diffusers folder."""
     run(
         [
             "-m",
@@ -65,15 +58,29 @@ def train_export_evaluate(
             "--config",
             str(run_dir / "config.yaml"),
             "--ckpt",
-            str(run_dir / "checkpoints" / "last.ckpt"),
+            str(ckpt),
             "--out",
             str(student),
             "--overwrite",
         ],
-        out / "export.log",
+        log,
     )
-    eval_json = out / "eval.json"
-    eval_seconds = run(
+    return student
+
+
+def evaluate(
+    student: Path,
+    *,
+    out: Path,
+    tag: str,
+    name: str,
+    seeds: list[int],
+    num_samples: int,
+    eval_steps: list[int],
+) -> dict:
+    """The protocol (configs/digits/teacher_eval.yaml) on ``student`` at ``eval_steps``."""
+    eval_json = out / f"{tag}.json"
+    seconds = run(
         [
             "-m",
             "distill.cli",
@@ -87,19 +94,34 @@ def train_export_evaluate(
             f"--data.init_args.seeds={json.dumps(seeds)}",
             f"--data.init_args.num_samples={num_samples}",
             f"--trainer.logger.init_args.save_dir={out}",
-            "--trainer.logger.init_args.name=eval",
+            f"--trainer.logger.init_args.name={tag}",
             "--trainer.logger.init_args.version=0",
         ],
-        out / "eval.log",
+        out / f"{tag}.log",
     )
     result = json.loads(eval_json.read_text())
-    return {
-        "fit_minutes": fit_seconds / 60,
-        "eval_minutes": eval_seconds / 60,
-        "rows": result["rows"],
-        "noise_floor": result["noise_floor"],
-        "student": str(student),
-    }
+    return {"eval_minutes": seconds / 60, "rows": result["rows"], "noise_floor": result["noise_floor"]}
+
+
+def train_export_evaluate(
+    *,
+    config: str,
+    overrides: list[str],
+    out: Path,
+    name: str,
+    seeds: list[int],
+    num_samples: int,
+    eval_steps: list[int],
+) -> dict:
+    """Fit ``config`` (+ overrides) into ``out/fit``, export the EMA student to ``out/student`` and evaluate it
+    with configs/digits/teacher_eval.yaml at ``eval_steps``; returns times and the evaluation's rows."""
+    fit_minutes = fit(config=config, overrides=overrides, out=out)
+    run_dir = out / "fit" / "version_0"
+    student = export(run_dir, run_dir / "checkpoints" / "last.ckpt", out / "student", out / "export.log")
+    result = evaluate(
+        student, out=out, tag="eval", name=name, seeds=seeds, num_samples=num_samples, eval_steps=eval_steps
+    )
+    return {"fit_minutes": fit_minutes, **result, "student": str(student)}
 
 
 def cell(summary: dict, key: str, scale: float = 1.0, digits: int = 3) -> str:

@@ -14,10 +14,37 @@ import argparse
 import json
 from pathlib import Path
 
-from digits_runs import ROOT, cell, fresh_dir, run, train_export_evaluate
+import yaml
+from digits_runs import ROOT, cell, evaluate, export, fit, fresh_dir, run
 from digits_students import costs, network_costs
 
 CONFIGS = {"progressive": "progressive distillation", "consistency": "consistency distillation (LCM)"}
+
+
+def round_students(run_dir: Path, steps: list[int]) -> dict[int, Path]:
+    """Progressive distillation keeps one student per round: the checkpoint at each round's end (the config saves
+    every ``round_steps``) holds the student that samples in that round's step count."""
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["init_args"]
+    teacher_steps, round_steps = int(config["teacher_steps"]), int(config["round_steps"])
+    found = {}
+    n, index = teacher_steps, 0
+    while n > int(config["final_steps"]):
+        n //= 2
+        index += 1
+        if n in steps:
+            matches = list((run_dir / "checkpoints").glob(f"*step={index * round_steps}.ckpt"))
+            if not matches:
+                raise SystemExit(
+                    f"no checkpoint at the end of round {index} (step {index * round_steps}) in {run_dir}"
+                )
+            found[n] = matches[0]
+    return found
+
+
+def fit_minutes(run_dir: Path) -> float:
+    """Wall minutes from the run's saved config (written at the start) to its last checkpoint."""
+    start = (run_dir / "config.yaml").stat().st_mtime
+    return ((run_dir / "checkpoints" / "last.ckpt").stat().st_mtime - start) / 60
 
 
 def to_markdown(teacher: dict, results: list[dict]) -> str:
@@ -59,6 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("runs/step_distillation"))
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument(
+        "--reuse-fit", action="store_true", help="evaluate the finished runs under --out instead of training"
+    )
     args = parser.parse_args(argv)
     out = args.out if args.out.is_absolute() else ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -83,16 +113,46 @@ def main(argv: list[str] | None = None) -> None:
     teacher_rows = [r for r in json.loads(teacher_eval.read_text())["rows"] if r["steps"] in args.steps]
     results = []
     for name in args.only:
-        result = train_export_evaluate(
-            config=f"configs/digits/{name}.yaml",
-            overrides=["--trainer.limit_val_batches=0"],
-            out=fresh_dir(out / name, args.overwrite),
-            name=CONFIGS[name],
-            seeds=args.seeds,
-            num_samples=args.num_samples,
-            eval_steps=args.steps,
+        out_dir = out / name
+        if args.reuse_fit:
+            if not (out_dir / "fit" / "version_0" / "checkpoints" / "last.ckpt").is_file():
+                raise SystemExit(f"--reuse-fit: no finished run at {out_dir / 'fit' / 'version_0'}")
+        else:
+            fit(
+                config=f"configs/digits/{name}.yaml",
+                overrides=["--trainer.limit_val_batches=0"],
+                out=fresh_dir(out_dir, args.overwrite),
+            )
+        run_dir = out_dir / "fit" / "version_0"
+        ckpts = (
+            round_students(run_dir, args.steps)
+            if name == "progressive"
+            else {None: run_dir / "checkpoints" / "last.ckpt"}
         )
-        result.update(label=CONFIGS[name], costs=costs(Path(result["student"])))
+        rows, noise_floor, students = [], None, {}
+        for steps, ckpt in ckpts.items():
+            tag = "student" if steps is None else f"student_{steps}step"
+            student = export(run_dir, ckpt, out_dir / tag, out_dir / f"export_{tag}.log")
+            result = evaluate(
+                student,
+                out=out_dir,
+                tag=f"eval_{tag}",
+                name=CONFIGS[name],
+                seeds=args.seeds,
+                num_samples=args.num_samples,
+                eval_steps=args.steps if steps is None else [steps],
+            )
+            rows += result["rows"]
+            noise_floor = result["noise_floor"]
+            students[str(steps or "all")] = str(student)
+        result = {
+            "fit_minutes": fit_minutes(run_dir),
+            "rows": sorted(rows, key=lambda r: r["steps"]),
+            "noise_floor": noise_floor,
+            "students": students,
+            "label": CONFIGS[name],
+            "costs": costs(Path(next(iter(students.values())))),
+        }
         results.append(result)
     teacher = {
         "rows": sorted(teacher_rows, key=lambda r: r["steps"]),

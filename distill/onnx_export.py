@@ -106,11 +106,13 @@ class _Forward(nn.Module):
         )
 
 
-def _session(path: Path, threads: int | None = None):
+def _session(path: Path, threads: int | None = None, *, spin: bool = True):
     _, ort = _require_onnx()
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
+    if not spin:  # idle threads sleep instead of spinning (fair when timing interleaved with PyTorch)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -216,7 +218,7 @@ def latency(
     forward = _Forward(unet.float().eval(), names).eval()
     runners = {"pytorch": lambda: forward(*inputs.values())}
     for label, path in paths.items():
-        session = _session(path, threads)
+        session = _session(path, threads, spin=False)
         runners[label] = lambda session=session: session.run(None, feeds)
     times: dict[str, list[float]] = {label: [] for label in runners}
     with torch.no_grad():
