@@ -106,3 +106,20 @@ def fit_config_one_step(config: str, tmp_path):
     ckpt = tmp_path / "one.ckpt"
     shutil.copy(next((run / "checkpoints").glob("*.ckpt")), ckpt)
     return run, ckpt
+
+
+def cpu_trainer(max_steps: int, **overrides):
+    """A quiet CPU Trainer for method tests: no logger, checkpoints, progress bar or validation."""
+    import lightning as L
+
+    options = dict(
+        max_steps=max_steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    options.update(overrides)
+    return L.Trainer(**options)

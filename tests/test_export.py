@@ -6,10 +6,9 @@ from __future__ import annotations
 import os
 import pickle
 
-import lightning as L
 import pytest
 import torch
-from conftest import fit_config_one_step, random_digits_loader, tiny_cond_unet
+from conftest import cpu_trainer, fit_config_one_step, random_digits_loader, tiny_cond_unet
 
 from distill.export import export_module, load_checkpoint
 from distill.methods.consistency import ConsistencyDistillation
@@ -24,14 +23,7 @@ def _loader(n=32):
 
 
 def _train(module, tmp_path, steps=2):
-    trainer = L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-    )
+    trainer = cpu_trainer(steps)
     trainer.fit(module, train_dataloaders=_loader())
     path = tmp_path / "run.ckpt"
     trainer.save_checkpoint(path)

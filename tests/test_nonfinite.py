@@ -3,10 +3,9 @@ counts the batch, and the count survives a checkpoint."""
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
-from conftest import tiny_cond_unet
+from conftest import cpu_trainer, tiny_cond_unet
 from torch.utils.data import DataLoader, TensorDataset
 
 from distill.methods.consistency import ConsistencyDistillation
@@ -20,17 +19,6 @@ def _loader_with_a_corrupt_batch(bad_batch: int = 1, batches: int = 4, batch_siz
     images[bad_batch * batch_size] = float("nan")  # one corrupt image
     labels = torch.arange(batches * batch_size) % 10
     return DataLoader(TensorDataset(images, labels), batch_size=batch_size)
-
-
-def _trainer(steps: int) -> L.Trainer:
-    return L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-    )
 
 
 def _finite(module: torch.nn.Module) -> bool:
@@ -47,12 +35,12 @@ def _kd(teacher_dir, **kwargs):
 def test_stop_names_the_step_and_the_terms(tiny_teacher_dir):
     module = _kd(tiny_teacher_dir)
     with pytest.raises(FloatingPointError, match=r"global step 1 \(batch 1\).*'loss'.*nonfinite: skip"):
-        _trainer(4).fit(module, train_dataloaders=_loader_with_a_corrupt_batch())
+        cpu_trainer(4).fit(module, train_dataloaders=_loader_with_a_corrupt_batch())
 
 
 def test_skip_leaves_every_copy_untouched_and_counts(tiny_teacher_dir, tmp_path):
     module = _kd(tiny_teacher_dir, nonfinite="skip")
-    trainer = _trainer(3)
+    trainer = cpu_trainer(3)
     trainer.fit(module, train_dataloaders=_loader_with_a_corrupt_batch())
     assert module.nonfinite_steps == 1
     assert trainer.global_step == 3  # the skipped batch made no optimizer step; three good ones did
@@ -74,7 +62,7 @@ def test_skip_keeps_the_consistency_target_finite(tiny_teacher_dir):
         samples_per_class=0,
         nonfinite="skip",
     )
-    _trainer(3).fit(module, train_dataloaders=_loader_with_a_corrupt_batch())
+    cpu_trainer(3).fit(module, train_dataloaders=_loader_with_a_corrupt_batch())
     assert module.nonfinite_steps == 1
     assert _finite(module.student) and _finite(module.target.module) and _finite(module.ema.module)
 
