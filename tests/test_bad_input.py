@@ -12,6 +12,13 @@ from distill.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "digits"
 
+NO_W_EMBEDDING = """model:
+  init_args:
+    student:
+      class_path: students.efficient.efficient_unet_digits
+      init_args: {teacher: builtin:digits, time_cond_proj_dim: null}
+"""
+
 # (case id, config, extra YAML or None, overrides, fragments the message must contain)
 CASES = [
     ("config typo", "kd.yaml", None, ["--model.init_args.feature_wieght=1"], ["feature_wieght"]),
@@ -28,6 +35,27 @@ CASES = [
         None,
         ["--data.init_args.image_size=8"],
         ["data.image_size=8", "sample_size=16", "image_size=16"],
+    ),
+    (
+        "student channels vs teacher",
+        "kd.yaml",
+        None,
+        ["--model.init_args.student.init_args.in_channels=3"],
+        ["student.in_channels=3", "teacher's in_channels=1", "in_channels=1"],
+    ),
+    (
+        "student classes vs teacher",
+        "kd.yaml",
+        None,
+        ["--model.init_args.student.init_args.num_class_embeds=5"],
+        ["student.num_class_embeds=5", "teacher's is 11", "num_class_embeds=11"],
+    ),
+    (
+        "guidance without a w embedding",
+        "consistency.yaml",
+        NO_W_EMBEDDING,
+        [],
+        ["timestep_cond", "time_cond_proj_dim", "w_min = w_max = 0"],
     ),
     (
         "negative KD weight",
