@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-KD_EFFICIENT = "runs/digits_students/kd_efficient/student"
+KD_EFFICIENT = "builtin:digits_efficient_kd"
 KD_BK_TINY = "runs/digits_students/kd_bk_tiny/student"
 
 
@@ -111,7 +111,6 @@ def bf16_commands(out: Path, accelerator: str) -> dict[str, list[str]]:
 def latency(device: str) -> dict:
     import torch
 
-    from distill.sampling import ddim_sample  # noqa: F401  (import check of the shared sampler)
     from students.efficient import efficient_unet_digits
     from teachers import DiffusionTeacher
 

@@ -33,35 +33,18 @@ def rows_to_run(teacher_steps: int, student_steps: list[int]) -> list[tuple[str,
     return rows
 
 
-def evaluate(
-    models: dict, rows, *, num_samples: int, batch_size: int = 500, seed: int = 0
-) -> dict[str, dict]:
+def evaluate(models: dict, rows, *, num_samples: int, seed: int = 0) -> dict[str, dict]:
     """Every row from the same per-image noise (seed, index) and balanced labels, scored by the evaluator."""
-    from tqdm.auto import tqdm
-
     from distill.methods.common import balanced_labels
     from distill.metrics import DigitsEvaluator
-    from distill.pipelines import sample_images
+    from distill.pipelines import evaluate_model
 
     evaluator = DigitsEvaluator()
-    evaluator.kid_subset_size = min(evaluator.kid_subset_size, num_samples)
     labels = balanced_labels(num_samples, models["teacher"].num_classes or 10)
-    results = {}
-    for name, role, steps in rows:
-        metrics = evaluator.accumulator()
-        for start in tqdm(range(0, num_samples, batch_size), desc=name, unit="batch"):
-            idx = torch.arange(start, min(start + batch_size, num_samples))
-            images = sample_images(
-                models[role],
-                labels=labels[idx],
-                seeds=torch.full_like(idx, seed),
-                indices=idx,
-                steps=steps,
-                guidance_scale=1.0,
-            )
-            metrics.update(images, labels[idx])
-        results[name] = metrics.compute()
-    return results
+    return {
+        name: evaluate_model(models[role], evaluator, labels=labels, steps=steps, seed=seed, desc=name)
+        for name, role, steps in rows
+    }
 
 
 def grid(models: dict, rows, *, path: Path, per_class: int = 1) -> None:

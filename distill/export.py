@@ -3,8 +3,8 @@
 The folder holds ``unet/`` (safetensors, EMA weights by default), ``scheduler/`` (the one the method's student
 samples with: the teacher's for KD, a trailing DDIMScheduler for progressive, an LCMScheduler for consistency)
 and ``README.md``; ``--format onnx`` adds ``onnx/model.onnx`` (dynamic batch, checked in onnxruntime) and, with
-``int8``, ``onnx/model_int8.onnx`` with its FID/accuracy change on digits. An existing folder is never touched unless ``overwrite``; the new one is written beside it
-and moved into place only when complete.
+``int8``, ``onnx/model_int8.onnx`` with its FID/accuracy change on digits. An existing folder is never touched
+unless ``overwrite``; the new one is written beside it and moved into place only when complete.
 """
 
 from __future__ import annotations
@@ -172,6 +172,7 @@ def onnx_section(directory: Path, *, opset: int, int8: bool, int8_eval_samples: 
         for batch in (1, 64)
         for label, value in latency(model.unet, paths, batch_size=batch).items()
     }
+    torch_size = (directory / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
     lines = [
         "",
         "## ONNX",
@@ -183,8 +184,8 @@ def onnx_section(directory: Path, *, opset: int, int8: bool, int8_eval_samples: 
         "",
         "| file | size | CPU latency batch 1 | batch 64 |",
         "| --- | ---: | ---: | ---: |",
-        f"| PyTorch (safetensors) | {(directory / 'unet' / 'diffusion_pytorch_model.safetensors').stat().st_size / 1e6:.2f} MB"
-        f" | {report.latency_ms['pytorch batch 1']:.2f} ms | {report.latency_ms['pytorch batch 64']:.2f} ms |",
+        f"| PyTorch (safetensors) | {torch_size / 1e6:.2f} MB | {report.latency_ms['pytorch batch 1']:.2f} ms "
+        f"| {report.latency_ms['pytorch batch 64']:.2f} ms |",
     ]
     for label, path in paths.items():
         lines.append(

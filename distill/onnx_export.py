@@ -304,7 +304,7 @@ def compare_int8(
     scheduler's sampler, ``steps`` defaulting to 4 for consistency students and 50 otherwise); None when the
     network is not digits-shaped."""
     from distill.metrics import DigitsEvaluator
-    from distill.pipelines import resolve_sampler, sample_images
+    from distill.pipelines import evaluate_model, resolve_sampler
 
     directory = Path(directory)
     fp32 = onnx_model(directory)
@@ -313,16 +313,8 @@ def compare_int8(
     if steps is None:
         steps = 4 if resolve_sampler(fp32) == "consistency" else 50
     evaluator = DigitsEvaluator()
-    evaluator.kid_subset_size = min(evaluator.kid_subset_size, num_samples)
     labels = torch.arange(num_samples) % 10
     result: dict[str, Any] = {"num_samples": num_samples, "steps": steps}
     for label, model in (("fp32", fp32), ("int8", onnx_model(directory, int8=True))):
-        metrics = evaluator.accumulator()
-        for start in range(0, num_samples, 500):
-            idx = torch.arange(start, min(start + 500, num_samples))
-            images = sample_images(
-                model, labels=labels[idx], seeds=torch.full_like(idx, seed), indices=idx, steps=steps
-            )
-            metrics.update(images, labels[idx])
-        result[label] = metrics.compute()
+        result[label] = evaluate_model(model, evaluator, labels=labels, steps=steps, seed=seed)
     return result

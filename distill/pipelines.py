@@ -103,6 +103,39 @@ def sample_images(
     )
 
 
+def evaluate_model(
+    model: DiffusionTeacher,
+    evaluator,
+    *,
+    labels: torch.Tensor,
+    steps: int,
+    seed: int = 0,
+    guidance_scale: float | None = 1.0,
+    batch_size: int = 500,
+    desc: str | None = None,
+) -> dict[str, float]:
+    """FID/KID/accuracy (``evaluator.accumulator()``) of ``model``'s samples for ``labels``, image ``i`` from
+    noise keyed on ``(seed, i)``: every model scored this way sees the same noise. ``desc`` shows progress."""
+    starts = range(0, labels.shape[0], batch_size)
+    if desc is not None:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=desc, unit="batch")
+    metrics = evaluator.accumulator()
+    for start in starts:
+        idx = torch.arange(start, min(start + batch_size, labels.shape[0]))
+        images = sample_images(
+            model,
+            labels=labels[idx],
+            seeds=torch.full_like(idx, seed),
+            indices=idx,
+            steps=steps,
+            guidance_scale=guidance_scale,
+        )
+        metrics.update(images, labels[idx])
+    return metrics.compute()
+
+
 @dataclass
 class ImagePipelineOutput:
     images: torch.Tensor  # (N, C, H, W) in [0, 1]

@@ -26,6 +26,17 @@ def model_classes() -> dict:
     return {cls.__name__: cls for cls in (EfficientUNet2DConditionModel, TimmUNet)}
 
 
+DIFFUSERS_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
+
+
+def loadable_classes() -> dict:
+    """Every class a saved folder may be loaded as, by ``_class_name``: diffusers' UNets and ours. Loaders look
+    the folder's name up here; nothing the folder names is imported."""
+    import diffusers
+
+    return {**{name: getattr(diffusers, name) for name in DIFFUSERS_CLASSES}, **model_classes()}
+
+
 __all__ = [
     "ENTRY_POINT_GROUP",
     "StudentInfo",
@@ -35,6 +46,7 @@ __all__ = [
     "is_student",
     "list_students",
     "load_entry_points",
+    "loadable_classes",
     "model_classes",
     "register_student",
     "teacher_config",

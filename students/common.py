@@ -17,12 +17,17 @@ TeacherLike = nn.Module | Mapping[str, Any] | str | Path
 _PRIVATE = ("_class_name", "_diffusers_version", "_name_or_path", "_use_default_values")
 
 
+def package_dir(package: str) -> Path:
+    """The folder of an installed package, found without importing it (shipped weights live there)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"the `{package}` package of distill-diffusion is not installed")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def _builtin_dir(name: str) -> Path:
     """``builtin:NAME``: the model shipped inside the ``teachers`` package, found without importing it."""
-    spec = importlib.util.find_spec("teachers")
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"builtin:{name} needs the `teachers` package of distill-diffusion to be installed")
-    path = Path(next(iter(spec.submodule_search_locations))) / name
+    path = package_dir("teachers") / name
     if not path.is_dir():
         raise ValueError(f"there is no builtin teacher {name!r} (looked in {path})")
     return path

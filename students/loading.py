@@ -9,7 +9,6 @@ network computes exactly what it computed before until training moves it.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -17,16 +16,15 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from students.common import package_dir
+
 BUILTIN_PREFIX = "builtin:"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
 
 def builtin_students_dir() -> Path:
     """The folder holding the students shipped with this package (``students/weights/``)."""
-    spec = importlib.util.find_spec("students")
-    if spec is None or not spec.submodule_search_locations:  # pragma: no cover - we are inside students
-        raise ValueError("the students package is not importable")
-    return Path(next(iter(spec.submodule_search_locations))) / "weights"
+    return package_dir("students") / "weights"
 
 
 def list_builtin_students() -> list[str]:
@@ -60,12 +58,9 @@ def resolve_student_dir(path: str | Path) -> Path:
 
 
 def _model_class(class_name: str | None, where: Path) -> type[nn.Module]:
-    import diffusers
+    from students import loadable_classes
 
-    from students import model_classes
-
-    allowed = {"UNet2DConditionModel": diffusers.UNet2DConditionModel, "UNet2DModel": diffusers.UNet2DModel}
-    allowed.update(model_classes())
+    allowed = loadable_classes()
     if class_name not in allowed:
         raise ValueError(
             f"model at {where} is a {class_name!r}; loadable classes are {sorted(allowed)} (the folder never names "

@@ -12,10 +12,11 @@ from torch import nn
 
 from distill.parameterization import Prediction
 from distill.schedule import NoiseSchedule
+from students import DIFFUSERS_CLASSES
 from teachers.network import denoise, num_class_embeds
 
 # diffusers classes a teacher folder may name; loading never imports code from the folder itself.
-SUPPORTED_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
+SUPPORTED_CLASSES = DIFFUSERS_CLASSES
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -92,19 +93,15 @@ class DiffusionTeacher(nn.Module):
         unet_dir, scheduler_file = _locate(root, subfolder)
         config = json.loads((unet_dir / "config.json").read_text())
         class_name = config.get("_class_name")
-        if class_name in SUPPORTED_CLASSES:
-            import diffusers
+        # diffusers' UNets or an exported student of ours: a fixed list, nothing named by the folder is imported
+        from students import loadable_classes, model_classes
 
-            model_class = getattr(diffusers, class_name)
-        else:  # an exported student of ours (a fixed list of classes: nothing named by the folder is imported)
-            from students import model_classes
-
-            model_class = model_classes().get(class_name)
-            if model_class is None:
-                raise ValueError(
-                    f"model at {unet_dir} is a {class_name!r}; supported classes are {SUPPORTED_CLASSES} (diffusers) "
-                    f"and {sorted(model_classes())} (students)"
-                )
+        model_class = loadable_classes().get(class_name)
+        if model_class is None:
+            raise ValueError(
+                f"model at {unet_dir} is a {class_name!r}; supported classes are {SUPPORTED_CLASSES} (diffusers) "
+                f"and {sorted(model_classes())} (students)"
+            )
         unet = model_class.from_pretrained(unet_dir)
         teacher = cls(unet, json.loads(scheduler_file.read_text()), dtype=dtype, null_class=null_class)
         teacher.source = str(path)

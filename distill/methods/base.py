@@ -37,7 +37,8 @@ class DistillationModule(L.LightningModule):
         ema_decay: decay of the student's EMA copy (None: no EMA).
         nonfinite: what a non-finite training loss does: "stop" (raise, naming the step and the loss terms) or
             "skip" (no optimizer, EMA or target update for that batch; counted in ``train/nonfinite_steps``
-            and in checkpoints). All processes agree, so DDP never deadlocks on one rank's skip.
+            and in checkpoints). All processes agree, so DDP never deadlocks on one rank's skip. Deciding
+            needs the loss on the host: one sync per step, as the progress bar's loss display already makes.
     """
 
     def __init__(
