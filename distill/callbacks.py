@@ -1,15 +1,18 @@
-"""Lightning callbacks: the teacher-vs-student FLOP report at the start of training."""
+"""Lightning callbacks: the teacher-vs-student FLOP report at the start of training; RNG state in checkpoints."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import lightning as L
+import numpy as np
+import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from distill.flops import FlopReport, report_for_module, summary_metrics
 
-__all__ = ["FlopReportCallback"]
+__all__ = ["FlopReportCallback", "RNGStateCallback"]
 
 
 class FlopReportCallback(L.Callback):
@@ -74,3 +77,76 @@ def _log_text(logger: Any, tag: str, text: str) -> None:
     experiment = getattr(logger, "experiment", None)
     if hasattr(experiment, "add_text"):
         experiment.add_text(tag, text, global_step=0)
+
+
+def _rng_state() -> dict[str, Any]:
+    """This process's global RNG states (torch CPU and CUDA, NumPy, Python) as tensors and plain values, so
+    the checkpoint still loads with ``weights_only=True``."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [
+            str(name),
+            torch.from_numpy(keys.astype(np.int64)),
+            int(pos),
+            int(has_gauss),
+            float(cached),
+        ],
+        "python": [int(version), torch.tensor(internal, dtype=torch.int64), gauss],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(int(v) for v in internal.tolist()), gauss))
+
+
+class RNGStateCallback(L.Callback):
+    """Saves every process's global RNG state in checkpoints and restores it when a run resumes.
+
+    The methods' own draws (noise, timesteps, guidance scales, label dropout) are keyed on (seed, step, index)
+    and need no state (:mod:`distill.rng`); this covers everything else that reads the global RNGs (dropout in a
+    student, user code). States are gathered from all ranks at save time and each rank gets its own back; the
+    restore happens at the start of training, after the sanity-check validation. ``distill fit`` adds it when a
+    config does not list it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._loaded: dict[str, Any] | None = None
+        self._trainer: L.Trainer | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    def state_dict(self) -> dict[str, Any]:
+        trainer = self._trainer
+        states = [_rng_state()]
+        if trainer is not None and trainer.world_size > 1 and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, states[0])
+            states = gathered
+        return {"world_size": len(states), "states": states}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._loaded = state_dict
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._loaded is None:
+            return
+        states = self._loaded["states"]
+        if len(states) != trainer.world_size:
+            rank_zero_info(
+                f"RNG states were saved by {len(states)} processes and this run has {trainer.world_size}: "
+                "global RNG states not restored (the methods' keyed draws do not depend on them)"
+            )
+        else:
+            _set_rng_state(states[trainer.global_rank])
+        self._loaded = None

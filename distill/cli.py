@@ -128,6 +128,16 @@ class DistillCLI(LightningCLI):
         kwargs.setdefault("auto_configure_optimizers", False)
         super().__init__(L.LightningModule, L.LightningDataModule, *args, **kwargs)
 
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        """Lightning's trainer plus :class:`distill.callbacks.RNGStateCallback` when the config has none, so every
+        checkpoint can resume with its RNG state."""
+        from distill.callbacks import RNGStateCallback
+
+        trainer = super().instantiate_trainer(**kwargs)
+        if not any(isinstance(c, RNGStateCallback) for c in trainer.callbacks):
+            trainer.callbacks.append(RNGStateCallback())
+        return trainer
+
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         return {

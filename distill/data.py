@@ -2,12 +2,143 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 DIGITS_CLASSES = 10
+
+
+class GlobalBatchSampler(DistributedSampler):
+    """Seeded shuffling in global batches, split across processes, resumable mid-epoch.
+
+    Each epoch is one permutation of the dataset seeded by ``(seed, epoch)``, cut into global batches of
+    ``batch_size x world_size x accumulate`` samples (the incomplete last one dropped). Within a global batch,
+    micro-batch ``m`` of rank ``r`` gets the ``batch_size`` samples at ``(m x world_size + r) x batch_size``: the
+    order :func:`distill.rng.global_sample_indices` numbers them in. So one process with batch 64 and two with
+    batch 32 each see the same 64 samples per step. ``skip_samples`` starts the epoch after that many global
+    samples (a resumed run's position, see :class:`ResumableDataLoader`).
+
+    A ``DistributedSampler`` subclass, so Lightning uses it as it is instead of wrapping it.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        batch_size: int,
+        world_size: int = 1,
+        rank: int = 0,
+        accumulate: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+    ) -> None:
+        super().__init__(
+            dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=True
+        )
+        if batch_size < 1 or accumulate < 1:
+            raise ValueError(f"batch_size and accumulate must be >= 1, got {batch_size} and {accumulate}")
+        self.batch_size, self.world_size, self.accumulate = batch_size, world_size, accumulate
+        self.global_batch = batch_size * world_size * accumulate
+        self.num_global_batches = len(dataset) // self.global_batch  # type: ignore[arg-type]
+        if self.num_global_batches == 0:
+            raise ValueError(
+                f"the dataset has {len(dataset)} samples, fewer than one global batch of {self.global_batch} "  # type: ignore[arg-type]
+                f"(batch_size {batch_size} x {world_size} processes x accumulate {accumulate}): "
+                "lower batch_size or add data"
+            )
+        self.skip_samples = 0
+
+    def __len__(self) -> int:
+        return self.num_global_batches * self.accumulate * self.batch_size
+
+    def order(self) -> torch.Tensor:
+        """This epoch's global order of dataset indices."""
+        n = len(self.dataset)  # type: ignore[arg-type]
+        if not self.shuffle:
+            return torch.arange(n)
+        return torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.order()[: self.num_global_batches * self.global_batch]
+        per_rank = order.view(-1, self.accumulate, self.world_size, self.batch_size)[:, :, self.rank]
+        mine = per_rank.reshape(-1)
+        start = self.skip_samples // (self.world_size * self.batch_size) * self.batch_size
+        self.skip_samples = 0  # only the resumed epoch starts late
+        return iter(mine[start:].tolist())
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over a :class:`GlobalBatchSampler` whose position Lightning checkpoints.
+
+    ``state_dict()`` (saved by Lightning's fit loop in every checkpoint) records the epoch and how many global
+    samples of it the training step has consumed; ``load_state_dict()`` makes the next epoch iteration start
+    there. The position is counted in global samples, so a run may resume on a different number of processes
+    as long as the global batch is unchanged (otherwise: a clear error).
+    """
+
+    def __init__(self, dataset: Dataset, *, sampler: GlobalBatchSampler, **kwargs: Any) -> None:
+        super().__init__(dataset, batch_size=sampler.batch_size, sampler=sampler, drop_last=True, **kwargs)
+        self._epoch_started = 0
+        self._consumed = 0  # global samples of the current epoch handed to the training step
+        self._resume: dict[str, int] | None = None
+
+    def __iter__(self):  # type: ignore[override]
+        sampler: GlobalBatchSampler = self.sampler  # type: ignore[assignment]
+        self._epoch_started = sampler.epoch
+        self._consumed = 0
+        if self._resume is not None and self._resume["epoch"] == sampler.epoch:
+            self._consumed = sampler.skip_samples = self._resume["samples"]
+        self._resume = None
+        step = sampler.world_size * sampler.batch_size
+        for batch in super().__iter__():
+            self._consumed += step
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        sampler: GlobalBatchSampler = self.sampler  # type: ignore[assignment]
+        return {
+            "epoch": self._epoch_started,
+            "samples": self._consumed,
+            "global_batch": sampler.global_batch,
+            "dataset_size": len(sampler.dataset),  # type: ignore[arg-type]
+            "seed": sampler.seed,
+        }
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        sampler: GlobalBatchSampler = self.sampler  # type: ignore[assignment]
+        now = {
+            "global_batch": sampler.global_batch,
+            "dataset_size": len(sampler.dataset),
+            "seed": sampler.seed,
+        }  # type: ignore[arg-type]
+        changed = {k: (state.get(k), v) for k, v in now.items() if state.get(k) != v}
+        if changed:
+            detail = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
+            raise ValueError(
+                f"cannot restore the data position: {detail} since the checkpoint. Resume with the same "
+                "dataset, shuffle seed and global batch (batch_size x devices x accumulate_grad_batches), or "
+                "start a new run from the weights (load them with init_args instead of --ckpt_path)."
+            )
+        self._resume = {"epoch": int(state["epoch"]), "samples": int(state["samples"])}
+
+
+def resumable_loader(
+    dataset: Dataset, *, batch_size: int, seed: int, trainer: L.Trainer | None = None, **kwargs: Any
+) -> ResumableDataLoader:
+    """The training loader: :class:`GlobalBatchSampler` over the trainer's processes and accumulation."""
+    world, rank, accumulate = 1, 0, 1
+    if trainer is not None:
+        world, rank = trainer.world_size, trainer.global_rank
+        accumulate = max(int(trainer.accumulate_grad_batches), 1)
+    sampler = GlobalBatchSampler(
+        dataset, batch_size=batch_size, world_size=world, rank=rank, accumulate=accumulate, seed=seed
+    )
+    return ResumableDataLoader(dataset, sampler=sampler, **kwargs)
 
 
 def load_digits_tensors(*, image_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,13 +224,11 @@ class DigitsDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup() first"
-        generator = torch.Generator().manual_seed(self.shuffle_seed)
-        return DataLoader(
+        return resumable_loader(
             self.train_set,
             batch_size=self.batch_size,
-            shuffle=True,
-            drop_last=True,
-            generator=generator,
+            seed=self.shuffle_seed,
+            trainer=self.trainer,
             num_workers=self.num_workers,
         )
 

@@ -64,7 +64,7 @@ def test_target_network_follows_the_student_at_its_rate(teacher):
         for p in cd.student.parameters():
             p.add_(1.0)
     before = [p.clone() for p in cd.target.module.parameters()]
-    cd.after_step()
+    cd.after_step(steps_done=1)
     for old, new, student in zip(before, cd.target.module.parameters(), cd.student.parameters(), strict=True):
         torch.testing.assert_close(new, 0.9 * old + 0.1 * student)
 

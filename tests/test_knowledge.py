@@ -9,6 +9,7 @@ from conftest import random_digits_loader, tiny_cond_unet
 
 from distill.features import default_feature_pairs, transfer_weights
 from distill.methods.knowledge import KnowledgeDistillation
+from distill.rng import GeneratorRandom
 from teachers import DiffusionTeacher
 
 
@@ -77,9 +78,13 @@ def test_fit_lowers_the_kd_loss_and_checkpoints_projections_not_teacher(teacher,
         init_from_teacher=False,
         samples_per_class=0,
     )
-    batch = next(iter(_loader()))
-    torch.manual_seed(0)
-    before = kd.training_losses(batch)["output_kd"].item()
+    images, labels = next(iter(_loader()))
+
+    def fixed_draw_kd_loss():  # the same noise and timesteps before and after training
+        rng = GeneratorRandom(torch.Generator().manual_seed(0))
+        return kd.kd_losses(*kd._noisy_batch(images, labels, rng))["output_kd"].item()
+
+    before = fixed_draw_kd_loss()
     trainer = L.Trainer(
         default_root_dir=tmp_path,
         accelerator="cpu",
@@ -89,8 +94,7 @@ def test_fit_lowers_the_kd_loss_and_checkpoints_projections_not_teacher(teacher,
         enable_model_summary=False,
     )
     trainer.fit(kd, _loader())
-    torch.manual_seed(0)
-    after = kd.training_losses(batch)["output_kd"].item()
+    after = fixed_draw_kd_loss()
     assert after < 0.5 * before
     ckpt = torch.load(next(tmp_path.rglob("*.ckpt")), weights_only=False)
     keys = ckpt["state_dict"].keys()

@@ -8,6 +8,7 @@ EMA, projections, target networks) is saved, and loading checks that the only mi
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from torch import nn
 
 from distill.ema import EMA
 from distill.methods.common import configure
+from distill.rng import GeneratorRandom, KeyedRandom, global_sample_indices
 from teachers.teacher import DiffusionTeacher
 
 TEACHER_PREFIX = "teacher."
@@ -39,6 +41,9 @@ class DistillationModule(L.LightningModule):
             "skip" (no optimizer, EMA or target update for that batch; counted in ``train/nonfinite_steps``
             and in checkpoints). All processes agree, so DDP never deadlocks on one rank's skip. Deciding
             needs the loss on the host: one sync per step, as the progress bar's loss display already makes.
+        seed: the seed of the training draws (noise, timesteps, guidance scales, label dropout), each sample's
+            keyed on (seed, global step, position in the global batch) so that results do not depend on the
+            number of processes (:mod:`distill.rng`). None: the run's ``seed_everything`` value (0 if unset).
     """
 
     def __init__(
@@ -49,8 +54,12 @@ class DistillationModule(L.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         ema_decay: float | None = 0.999,
         nonfinite: str = "stop",
+        seed: int | None = None,
     ) -> None:
         super().__init__()
+        self.seed = seed
+        self._batch_idx = 0
+        self._skipped = False
         if nonfinite not in NONFINITE:
             raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
         self.nonfinite = nonfinite
@@ -88,14 +97,42 @@ class DistillationModule(L.LightningModule):
             yield from module.parameters()
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        self._batch_idx = batch_idx
+        self._skipped = False
         losses = self.training_losses(batch)
         if not self._all_finite(losses["loss"]):
             return self._nonfinite(losses, batch_idx)
         for name, value in losses.items():
-            self.log(f"train/{name}", value.detach(), prog_bar=name == "loss")
+            self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", sync_dist=self._distributed())
         if self.nonfinite_steps:
             self.log("train/nonfinite_steps", float(self.nonfinite_steps))
         return losses["loss"]
+
+    def training_seed(self) -> int:
+        if self.seed is not None:
+            return int(self.seed)
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+    def train_random(self, batch_size: int) -> KeyedRandom | GeneratorRandom:
+        """The draws for this process's training micro-batch, keyed on (seed, global step, global index).
+
+        Outside a trainer (a bare call), the global RNG."""
+        trainer = self._trainer
+        if trainer is None:
+            return GeneratorRandom(None, device=self.device)
+        accumulate = max(int(getattr(trainer, "accumulate_grad_batches", 1)), 1)
+        indices = global_sample_indices(
+            batch_size=batch_size,
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
+            micro_batch=self._batch_idx % accumulate,
+        )
+        return KeyedRandom(
+            seed=self.training_seed(), step=self.global_step, indices=indices, device=self.device
+        )
+
+    def _distributed(self) -> bool:
+        return self._trainer is not None and self._trainer.world_size > 1
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
         finite = bool(torch.isfinite(loss.detach()).all())
@@ -117,17 +154,26 @@ class DistillationModule(L.LightningModule):
                 "`nonfinite: skip` to skip such batches (counted in train/nonfinite_steps)."
             )
         self.nonfinite_steps += 1
+        self._skipped = True
         rank_zero_warn(message + f"; batch skipped ({self.nonfinite_steps} so far)")
         self.log("train/nonfinite_steps", float(self.nonfinite_steps))
         return None
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if outputs is None:  # a skipped batch changed nothing
-            return
-        self.after_step()
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimizer step, then :meth:`after_step` (unless the batch was skipped).
 
-    def after_step(self) -> None:
-        """After every applied optimizer step: the EMA update (subclasses add target and round updates)."""
+        Here rather than in ``on_train_batch_end``: callbacks' batch-end hooks (``ModelCheckpoint``) run before the
+        module's, so a checkpoint would hold a student one EMA/target/round update ahead of its copies, and a
+        run resumed from it would differ. This also updates once per optimizer step under gradient accumulation.
+        """
+        super().optimizer_step(*args, **kwargs)
+        if not self._skipped:  # a skipped batch changes nothing
+            # Lightning counts the step once this hook returns: ``global_step + 1`` steps are done
+            self.after_step(steps_done=self.global_step + 1)
+
+    def after_step(self, steps_done: int) -> None:
+        """After every applied optimizer step (``steps_done`` of them, this one included): the EMA update
+        (subclasses add target and round updates)."""
         if self.ema is not None:
             self.ema.update(self.student)
 

@@ -8,6 +8,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
+from distill.rng import GeneratorRandom, KeyedRandom
 from teachers.network import num_class_embeds
 
 
@@ -52,12 +53,22 @@ def check_data_matches(net: nn.Module, datamodule, *, argument: str) -> None:
 
 
 def drop_labels(
-    labels: torch.Tensor, *, null_class: int, prob: float, generator: torch.Generator | None = None
+    labels: torch.Tensor,
+    *,
+    null_class: int,
+    prob: float,
+    generator: torch.Generator | None = None,
+    rng: KeyedRandom | GeneratorRandom | None = None,
 ):
-    """Replace each label by ``null_class`` with probability ``prob`` (classifier-free guidance training)."""
+    """Replace each label by ``null_class`` with probability ``prob`` (classifier-free guidance training).
+
+    The uniform draws come from ``rng`` (:mod:`distill.rng`) when given, else from ``generator``."""
     if prob <= 0:
         return labels
-    keep = torch.rand(labels.shape, device=labels.device, generator=generator) >= prob
+    if rng is not None:
+        keep = rng.rand(labels.shape[0]).to(labels.device) >= prob
+    else:
+        keep = torch.rand(labels.shape, device=labels.device, generator=generator) >= prob
     return torch.where(keep, labels, torch.full_like(labels, null_class))
 
 

@@ -32,6 +32,7 @@ from distill.methods.common import (
     balanced_labels,
     check_data_matches,
     check_guidance,
+    drop_labels,
     eval_noise,
     evaluate_generator,
     image_grid,
@@ -68,7 +69,7 @@ class ConsistencyDistillation(DistillationModule):
         cond_drop_prob: label dropout for the student's own conditioning (0: none, as LCM).
         evaluator, eval_num_samples, eval_steps, eval_guidance: validation at 1/2/4 consistency steps.
         samples_per_class: rows per class of the validation grid (teacher 25 DDIM steps, then each step count).
-        optimizer, lr_scheduler, ema_decay, nonfinite: as in ``DistillationModule`` (``nonfinite``: "stop"
+        optimizer, lr_scheduler, ema_decay, nonfinite, seed: as in ``DistillationModule`` (``nonfinite``: "stop"
             or "skip" on a non-finite loss).
     """
 
@@ -80,6 +81,7 @@ class ConsistencyDistillation(DistillationModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         ema_decay: float | None = 0.999,
         nonfinite: str = "stop",
+        seed: int | None = None,
         original_steps: int = 50,
         w_min: float = 0.0,
         w_max: float = 0.0,
@@ -131,6 +133,7 @@ class ConsistencyDistillation(DistillationModule):
             lr_scheduler=lr_scheduler,
             ema_decay=ema_decay,
             nonfinite=nonfinite,
+            seed=seed,
         )
         self.target = EMA(student, decay=target_decay, warmup=False)
         self._ddp_params_and_buffers_to_ignore += [f"target.{k}" for k in self.target.state_dict()]
@@ -187,16 +190,16 @@ class ConsistencyDistillation(DistillationModule):
     def training_losses(self, batch) -> dict[str, torch.Tensor]:
         images, labels = batch
         b, device = images.shape[0], images.device
-        index = torch.randint(0, self.original_steps, (b,), device=device)
+        rng = self.train_random(b)
+        index = rng.randint(self.original_steps, b)
         s = self.solver_timesteps.to(device)[index]
         t = (s - self.k).clamp(min=0)
-        w = self.w_min + (self.w_max - self.w_min) * torch.rand(b, device=device)
+        w = self.w_min + (self.w_max - self.w_min) * rng.rand(b)
         w_emb = self.w_embedding(w)
         cond = labels if self.null_class is not None else None
-        if cond is not None and self.cond_drop_prob > 0:
-            drop = torch.rand(b, device=device) < self.cond_drop_prob
-            cond = torch.where(drop, torch.full_like(cond, self.null_class), cond)
-        eps = torch.randn_like(images)
+        if cond is not None:
+            cond = drop_labels(cond, null_class=self.null_class, prob=self.cond_drop_prob, rng=rng)
+        eps = rng.randn(images.shape, dtype=images.dtype)
         alpha_s, sigma_s = self.teacher.schedule.alpha_sigma(s, dtype=images.dtype)
         z_s = q_sample(x0=images, eps=eps, alpha=alpha_s, sigma=sigma_s)
         pred = self.consistency_fn(self.student, z_s, s, cond, w_emb)
@@ -206,8 +209,8 @@ class ConsistencyDistillation(DistillationModule):
         loss = consistency_loss(pred, target, kind=self.loss_kind, huber_c=self.huber_c)
         return {"loss": loss, "consistency": loss.detach()}
 
-    def after_step(self) -> None:
-        super().after_step()
+    def after_step(self, steps_done: int) -> None:
+        super().after_step(steps_done)
         self.target.update(self.student)
 
     def export_schedule(self):

@@ -25,6 +25,7 @@ from distill.methods.common import (
 )
 from distill.metrics import DigitsEvaluator
 from distill.parameterization import target_for
+from distill.rng import GeneratorRandom, KeyedRandom
 from distill.sampling import ddim_sample_steps
 from distill.schedule import q_sample
 from teachers.network import call_denoiser, denoise
@@ -77,7 +78,7 @@ class KnowledgeDistillation(DistillationModule):
         evaluator: the digits evaluator for FID/KID/accuracy at validation (None: skip).
         eval_num_samples, eval_steps, eval_guidance: the validation evaluation (balanced labels, seed 0).
         samples_per_class: rows of the validation grid (teacher above, student below, same noise and labels).
-        optimizer, lr_scheduler, ema_decay, nonfinite: as in ``DistillationModule`` (``nonfinite``: "stop"
+        optimizer, lr_scheduler, ema_decay, nonfinite, seed: as in ``DistillationModule`` (``nonfinite``: "stop"
             or "skip" on a non-finite loss).
     """
 
@@ -89,6 +90,7 @@ class KnowledgeDistillation(DistillationModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         ema_decay: float | None = 0.999,
         nonfinite: str = "stop",
+        seed: int | None = None,
         feature_pairs: list[tuple[str, str]] | None = None,
         task_weight: float = 1.0,
         output_weight: float = 1.0,
@@ -120,6 +122,7 @@ class KnowledgeDistillation(DistillationModule):
             lr_scheduler=lr_scheduler,
             ema_decay=ema_decay,
             nonfinite=nonfinite,
+            seed=seed,
         )
         for name, weight in (
             ("task_weight", task_weight),
@@ -184,13 +187,11 @@ class KnowledgeDistillation(DistillationModule):
         return [self.projections]
 
     # -- training -----------------------------------------------------------------------------------------
-    def _noisy_batch(self, images, labels, generator=None):
+    def _noisy_batch(self, images, labels, rng: KeyedRandom | GeneratorRandom):
         batch = images.shape[0]
         schedule = self.teacher.schedule
-        t = torch.randint(
-            0, schedule.num_train_timesteps, (batch,), device=images.device, generator=generator
-        )
-        eps = torch.randn(images.shape, device=images.device, generator=generator, dtype=images.dtype)
+        t = rng.randint(schedule.num_train_timesteps, batch).to(images.device)
+        eps = rng.randn(images.shape, dtype=images.dtype).to(images.device)
         alpha, sigma = schedule.alpha_sigma(t, dtype=images.dtype)
         z = q_sample(x0=images, eps=eps, alpha=alpha, sigma=sigma)
         target = target_for(
@@ -198,9 +199,7 @@ class KnowledgeDistillation(DistillationModule):
         )
         cond = None
         if self.null_class is not None:
-            cond = drop_labels(
-                labels, null_class=self.null_class, prob=self.cond_drop_prob, generator=generator
-            )
+            cond = drop_labels(labels, null_class=self.null_class, prob=self.cond_drop_prob, rng=rng)
         return z, t, cond, target
 
     def kd_losses(self, z, t, cond, target, student: nn.Module | None = None) -> dict[str, torch.Tensor]:
@@ -226,13 +225,13 @@ class KnowledgeDistillation(DistillationModule):
 
     def training_losses(self, batch) -> dict[str, torch.Tensor]:
         images, labels = batch
-        return self.kd_losses(*self._noisy_batch(images, labels))
+        return self.kd_losses(*self._noisy_batch(images, labels, self.train_random(images.shape[0])))
 
     # -- validation ---------------------------------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> None:
         images, labels = batch
         gen = torch.Generator(self.device).manual_seed(self.eval_seed * 100_003 + batch_idx)
-        z, t, _, target = self._noisy_batch(images, labels, generator=gen)
+        z, t, _, target = self._noisy_batch(images, labels, GeneratorRandom(gen, device=images.device))
         cond = labels if self.null_class is not None else None  # no label dropout at validation
         with torch.no_grad():
             losses = self.kd_losses(z, t, cond, target, student=self.eval_student())

@@ -86,7 +86,7 @@ class ProgressiveDistillation(DistillationModule):
         init_from_teacher: copy teacher tensors where names and shapes match.
         evaluator, eval_num_samples, eval_guidance: validation FID/accuracy with the current round's step count.
         samples_per_class: rows per class of the validation grid.
-        optimizer, lr_scheduler, ema_decay, nonfinite: as in ``DistillationModule`` (``nonfinite``: "stop"
+        optimizer, lr_scheduler, ema_decay, nonfinite, seed: as in ``DistillationModule`` (``nonfinite``: "stop"
             or "skip" on a non-finite loss).
     """
 
@@ -98,6 +98,7 @@ class ProgressiveDistillation(DistillationModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         ema_decay: float | None = 0.999,
         nonfinite: str = "stop",
+        seed: int | None = None,
         teacher_steps: int = 64,
         final_steps: int = 1,
         round_steps: int = 1000,
@@ -136,6 +137,7 @@ class ProgressiveDistillation(DistillationModule):
             lr_scheduler=lr_scheduler,
             ema_decay=ema_decay,
             nonfinite=nonfinite,
+            seed=seed,
         )
         self.round_teacher = EMA(student, decay=0.0, warmup=False)  # a frozen student-sized copy
         self._ddp_params_and_buffers_to_ignore += [
@@ -197,12 +199,13 @@ class ProgressiveDistillation(DistillationModule):
         schedule = self.teacher.schedule
         grid = self.teacher_grid().to(device)
         nxt = previous_timesteps(timesteps=grid)
-        j = 2 * torch.randint(0, len(grid) // 2, (b,), device=device)  # student steps start at even points
+        rng = self.train_random(b)
+        j = 2 * rng.randint(len(grid) // 2, b)  # student steps start at even points
         s, mid, end = grid[j], nxt[j], nxt[j + 1]
         cond = labels if self.null_class is not None else None
-        w = self.w_min + (self.w_max - self.w_min) * torch.rand(b, device=device)
+        w = self.w_min + (self.w_max - self.w_min) * rng.rand(b)
         w_emb = self.w_embedding(w)
-        eps = torch.randn_like(images)
+        eps = rng.randn(images.shape, dtype=images.dtype)
         alpha_s, sigma_s = schedule.alpha_sigma(s, dtype=images.dtype)
         z_s = q_sample(x0=images, eps=eps, alpha=alpha_s, sigma=sigma_s)
         acp = schedule.alphas_cumprod.to(device)
@@ -235,11 +238,10 @@ class ProgressiveDistillation(DistillationModule):
             "student_steps": torch.tensor(float(self.current_student_steps)),
         }
 
-    def after_step(self) -> None:
-        super().after_step()
-        done = self.trainer.global_step - self.round_start
-        if done >= self.round_steps and self.round_index < len(self.rounds) - 1:
-            self.next_round()
+    def after_step(self, steps_done: int) -> None:
+        super().after_step(steps_done)
+        if steps_done - self.round_start >= self.round_steps and self.round_index < len(self.rounds) - 1:
+            self.next_round(steps_done)
 
     def on_save_checkpoint(self, checkpoint) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -255,7 +257,7 @@ class ProgressiveDistillation(DistillationModule):
         self.round_index, self.round_start = int(state["index"]), int(state["start"])
 
     @torch.no_grad()
-    def next_round(self) -> None:
+    def next_round(self, steps_done: int) -> None:
         """The promoted weights become the frozen teacher; the optimizer and LR schedule restart."""
         source = self.ema.module if self.promote == "ema" else self.student
         for dst, src in zip(self.round_teacher.module.parameters(), source.parameters(), strict=True):
@@ -263,10 +265,10 @@ class ProgressiveDistillation(DistillationModule):
         for dst, src in zip(self.round_teacher.module.buffers(), source.buffers(), strict=True):
             dst.copy_(src)
         self.round_index += 1
-        self.round_start = self.trainer.global_step
+        self.round_start = steps_done
         rank_zero_info(
             f"progressive distillation: round {self.round_index + 1}/{len(self.rounds)} at step "
-            f"{self.trainer.global_step}: {self.current_teacher_steps} -> {self.current_student_steps} steps"
+            f"{steps_done}: {self.current_teacher_steps} -> {self.current_student_steps} steps"
         )
         self.trainer.strategy.setup_optimizers(self.trainer)
 

@@ -133,7 +133,10 @@ class DiffusionTraining(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        """The optimizer step, then the EMA update: before callbacks' batch-end hooks, so a checkpoint holds the
+        EMA of exactly the weights it holds (see ``DistillationModule.optimizer_step``)."""
+        super().optimizer_step(*args, **kwargs)
         self.ema.update(self.model)
 
     def configure_optimizers(self):
