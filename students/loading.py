@@ -78,6 +78,9 @@ def load_student(path: str | Path, time_cond_proj_dim: int | None = None) -> nn.
         time_cond_proj_dim: give the network LCM's guidance-scale embedding of this size (``timestep_cond``).
             Added to a network without one as a zero-initialised projection, so outputs are unchanged at load;
             a network that already has one must have this size.
+
+    When the folder has a scheduler config (an export does), the network gets ``trained_prediction_type`` (what
+    its outputs mean); the distillation methods refuse a teacher that predicts something else.
     """
     unet_dir = resolve_student_dir(path)
     config = json.loads((unet_dir / "config.json").read_text())
@@ -113,4 +116,15 @@ def load_student(path: str | Path, time_cond_proj_dim: int | None = None) -> nn.
     if adding:
         with torch.no_grad():
             model.time_embedding.cond_proj.weight.zero_()
+    for scheduler_file in (
+        unet_dir / "scheduler_config.json",
+        unet_dir.parent / "scheduler" / "scheduler_config.json",
+    ):
+        if (
+            scheduler_file.is_file()
+        ):  # what the weights were trained to predict, checked against the teacher's
+            scheduler = json.loads(scheduler_file.read_text())
+            model.trained_prediction_type = scheduler.get("prediction_type", "epsilon")
+            model.trained_prediction_source = str(scheduler_file)
+            break
     return model

@@ -116,6 +116,13 @@ CASES = [
         ["promote='ema' needs ema_decay"],
     ),
     (
+        "a batch larger than the data",
+        "kd.yaml",
+        None,
+        ["--data.init_args.batch_size=2000"],
+        ["1437 samples", "fewer than one global batch of 2000", "lower batch_size"],
+    ),
+    (
         "zero-length rounds",
         "progressive.yaml",
         None,
@@ -187,3 +194,40 @@ def test_a_missing_data_folder_or_empty_student_path_is_named(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="no model config"):
         load_student(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_student_trained_for_another_prediction_type_is_refused(tmp_path, monkeypatch, capsys):
+    """An epsilon-prediction student handed to the v-prediction digits teacher (as an SD-2 student to an SD-1.5
+    teacher would be): its outputs mean something else, so the run stops before the first step."""
+    import json
+    import shutil
+
+    from students.loading import builtin_students_dir
+
+    folder = tmp_path / "eps_student"
+    shutil.copytree(builtin_students_dir() / "digits_efficient_kd", folder)
+    config_file = folder / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_file.read_text())
+    config["prediction_type"] = "epsilon"
+    config_file.write_text(json.dumps(config))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises((ValueError, SystemExit)) as info:
+        main(
+            [
+                "fit",
+                "-c",
+                str(CONFIGS / "consistency.yaml"),
+                f"--model.init_args.student.init_args.path={folder}",
+                f"--trainer.logger.init_args.save_dir={tmp_path}",
+            ]
+        )
+    message = f"{info.value} {capsys.readouterr().err}"
+    for fragment in [
+        "'epsilon'",
+        "teacher predicts 'v_prediction'",
+        str(config_file),
+        "exported from this teacher",
+    ]:
+        assert fragment in message, message[:2000]
+    assert not list(tmp_path.rglob("*.ckpt"))

@@ -69,6 +69,15 @@ class DistillationModule(L.LightningModule):
                 f"teacher must be a teachers.DiffusionTeacher (e.g. DiffusionTeacher.from_pretrained(path)), "
                 f"got {type(teacher).__name__}"
             )
+        trained = getattr(student, "trained_prediction_type", None)
+        if trained is not None and trained != teacher.prediction_type:
+            raise ValueError(
+                f"student: its weights were trained to predict {trained!r} "
+                f"({getattr(student, 'trained_prediction_source', 'its scheduler config')}) but the teacher "
+                f"predicts {teacher.prediction_type!r}; a student must start from weights of its teacher's "
+                "parameterisation. Start from a student exported from this teacher, or from scratch / the teacher's "
+                "weights (a students.* builder)"
+            )
         if student is teacher.unet:
             raise ValueError("student must be a separate network, not the teacher's own (copy it first)")
         self.teacher = teacher
