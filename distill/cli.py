@@ -115,6 +115,49 @@ class DistillTrainer(L.Trainer):
         rank_zero_info(f"exported to {path}")
         return path
 
+    def precompute(
+        self,
+        model: L.LightningModule,
+        output: Path,
+        datamodule: L.LightningDataModule | None = None,
+        shard_size: int = 1024,
+        batch_size: int = 16,
+        dtype: str = "float16",
+        overwrite: bool = False,
+    ) -> Path:
+        """Encode the config's caption folder with its teacher's VAE and text encoder(s) into safetensors shards,
+        for ``distill.data_t2i.LatentShardDataModule`` (the fast path: no VAE or text encoder while training).
+
+        Args:
+            model: the method from the config (its ``.teacher`` does the encoding).
+            output: the shard folder to write (refused if it exists, unless ``overwrite``).
+            datamodule: the config's ``CaptionFolderDataModule``.
+            shard_size: samples per shard file.
+            batch_size: images encoded per forward.
+            dtype: stored dtype of latents and embeddings (float16, bfloat16 or float32).
+            overwrite: replace an existing ``output``.
+        """
+        from distill.data_t2i import CaptionFolderDataModule, precompute
+
+        if not isinstance(datamodule, CaptionFolderDataModule):
+            raise ValueError(
+                f"distill precompute reads a caption folder: set data.class_path to distill.data_t2i.CaptionFolderDataModule "
+                f"(got {type(datamodule).__name__})"
+            )
+        teacher = getattr(model, "teacher", None)
+        if teacher is None:
+            raise ValueError("distill precompute needs a method with a teacher (model.init_args.teacher)")
+        teacher.to(self.strategy.root_device)
+        return precompute(
+            teacher,
+            datamodule,
+            output,
+            shard_size=shard_size,
+            batch_size=batch_size,
+            dtype=dtype,
+            overwrite=overwrite,
+        )
+
 
 class DistillCLI(LightningCLI):
     """``distill fit|validate|test|flops -c CONFIG``; any model or data class is chosen by ``class_path``."""
@@ -144,6 +187,7 @@ class DistillCLI(LightningCLI):
             **LightningCLI.subcommands(),
             "flops": {"model", "datamodule"},
             "export": {"model", "datamodule"},
+            "precompute": {"model", "datamodule"},
         }
 
 

@@ -50,7 +50,14 @@ def _student_and_schedule(module) -> tuple[torch.nn.Module, Any]:
     return student, schedule
 
 
-def model_card(module, checkpoint: dict[str, Any], *, weights: str, metrics: dict | None = None) -> str:
+def model_card(
+    module,
+    checkpoint: dict[str, Any],
+    *,
+    weights: str,
+    metrics: dict | None = None,
+    output_dir: Path | None = None,
+) -> str:
     """README.md for the export: what it is, how to sample it, what it costs, what it scored."""
     from distill.flops import count_macs, example_inputs
 
@@ -77,15 +84,39 @@ def model_card(module, checkpoint: dict[str, Any], *, weights: str, metrics: dic
         f"- MACs per forward (batch 1): {s_macs.total / 1e6:.1f}M (teacher {t_macs.total / 1e6:.1f}M, "
         f"{s_macs.total / t_macs.total:.2f}x)",
         "",
-        "Load and sample without remote code:",
-        "",
-        "```python",
-        "from distill.pipelines import ClassConditionalPipeline",
-        "",
-        'pipe = ClassConditionalPipeline.from_pretrained("THIS_FOLDER")',
-        "images = pipe(class_labels=[0, 1, 2], seed=0).images  # (N, C, H, W) in [0, 1]",
-        "```",
     ]
+    if getattr(module.teacher, "is_latent", False):
+        pipeline = (
+            json.loads((Path(output_dir) / "model_index.json").read_text())["_class_name"]
+            if output_dir
+            else ""
+        )
+        call = (
+            'images = pipe("a photo of a cat", num_inference_steps=4, guidance_scale=8.0).images'
+            if consistency
+            else 'images = pipe("a photo of a cat", num_inference_steps=25).images'
+        )
+        lines += [
+            "A complete diffusers pipeline folder (the teacher's VAE and text encoder beside the student):",
+            "",
+            "```python",
+            f"from diffusers import {pipeline or 'DiffusionPipeline'}",
+            "",
+            f'pipe = {pipeline or "DiffusionPipeline"}.from_pretrained("THIS_FOLDER")',
+            call,
+            "```",
+        ]
+    else:
+        lines += [
+            "Load and sample without remote code:",
+            "",
+            "```python",
+            "from distill.pipelines import ClassConditionalPipeline",
+            "",
+            'pipe = ClassConditionalPipeline.from_pretrained("THIS_FOLDER")',
+            "images = pipe(class_labels=[0, 1, 2], seed=0).images  # (N, C, H, W) in [0, 1]",
+            "```",
+        ]
     if metrics:
         from distill.metrics import format_table
 
@@ -136,7 +167,7 @@ def export_module(
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
         module.save_pretrained(staging, use_ema=weights == "ema")  # unet/ + the method's scheduler/
-        card = model_card(module, checkpoint, weights=weights, metrics=metrics_data)
+        card = model_card(module, checkpoint, weights=weights, metrics=metrics_data, output_dir=staging)
         if format == "onnx":
             card += onnx_section(staging, opset=onnx_opset, int8=int8, int8_eval_samples=int8_eval_samples)
         (staging / "README.md").write_text(card)

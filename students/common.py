@@ -46,7 +46,14 @@ def teacher_config(teacher: TeacherLike) -> dict[str, Any]:
         config = dict(teacher)
     else:
         text = str(teacher)
-        path = _builtin_dir(text.split(":", 1)[1]) if text.startswith("builtin:") else Path(text)
+        path = _builtin_dir(text.split(":", 1)[1]) if text.startswith("builtin:") else Path(text).expanduser()
+        if not path.exists() and text.count("/") == 1 and not text.startswith((".", "/", "~")):
+            try:  # a Hugging Face id already in the user's cache; never downloads
+                from huggingface_hub import snapshot_download
+
+                path = Path(snapshot_download(text, local_files_only=True, allow_patterns=["unet/config.json"]))
+            except Exception:
+                pass
         candidates = (
             [path] if path.suffix == ".json" else [path / "config.json", path / "unet" / "config.json"]
         )

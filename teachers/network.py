@@ -1,8 +1,9 @@
 """Calling a diffusers-style denoiser with our conditioning convention.
 
 Teachers and students share one call signature, diffusers': ``net(sample, timestep, encoder_hidden_states=...,
-class_labels=..., timestep_cond=...)``. ``cond`` is an integer tensor of class labels (B,) or a float tensor of
-encoder hidden states (B, L, D); a network without conditioning takes ``cond=None``.
+class_labels=..., timestep_cond=...)``. ``cond`` is an integer tensor of class labels (B,), a float tensor of
+encoder hidden states (B, L, D), or SDXL's dict with ``added_cond_kwargs`` (``teachers.conditioning``); a network
+without conditioning takes ``cond=None``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 
 from distill.parameterization import Prediction, cfg_combine, to_prediction
 from distill.schedule import NoiseSchedule
+from teachers.conditioning import Cond, cat_cond, cond_to, denoiser_kwargs
 
 
 @functools.lru_cache(maxsize=64)
@@ -26,21 +28,16 @@ def call_denoiser(
     net: nn.Module,
     sample: torch.Tensor,
     timestep: torch.Tensor,
-    cond: torch.Tensor | None = None,
+    cond: Cond = None,
     *,
     timestep_cond: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Run ``net`` and return its output tensor (``.sample`` of a diffusers output)."""
+    """Run ``net`` and return its output tensor (``.sample`` of a diffusers output). Text conditions are cast to
+    the network's dtype (a half-precision teacher gets half-precision embeddings)."""
     params = _forward_params(type(net))
-    kwargs: dict[str, torch.Tensor | None] = {}
-    if cond is not None and not torch.is_floating_point(cond):
-        kwargs["class_labels"] = cond
-        if "encoder_hidden_states" in params:
-            kwargs["encoder_hidden_states"] = None
-    elif cond is not None:
-        kwargs["encoder_hidden_states"] = cond
-    elif "encoder_hidden_states" in params:
-        kwargs["encoder_hidden_states"] = None
+    if cond is not None and (isinstance(cond, dict) or torch.is_floating_point(cond)):
+        cond = cond_to(cond, dtype=sample.dtype)
+    kwargs = denoiser_kwargs(cond, params)
     if timestep_cond is not None:
         kwargs["timestep_cond"] = timestep_cond
     out = net(sample, timestep, **kwargs)
@@ -62,10 +59,10 @@ def denoise(
     schedule: NoiseSchedule,
     x_t: torch.Tensor,
     t: torch.Tensor,
-    cond: torch.Tensor | None = None,
+    cond: Cond = None,
     *,
     guidance_scale: float | torch.Tensor | None = None,
-    uncond: torch.Tensor | None = None,
+    uncond: Cond = None,
     timestep_cond: torch.Tensor | None = None,
 ) -> Prediction:
     """One denoiser evaluation as a :class:`Prediction`, with classifier-free guidance in one batched forward.
@@ -90,7 +87,7 @@ def denoise(
             net,
             torch.cat([x_t, x_t]).to(net_dtype),
             torch.cat([t, t]),
-            torch.cat([cond, uncond]),
+            cat_cond(cond, uncond),
             timestep_cond=tc,
         ).to(x_t.dtype)
         out_c, out_u = out.chunk(2)

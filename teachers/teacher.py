@@ -13,6 +13,7 @@ from torch import nn
 from distill.parameterization import Prediction
 from distill.schedule import NoiseSchedule
 from students import DIFFUSERS_CLASSES
+from teachers.conditioning import Cond, expand_cond, is_text
 from teachers.network import denoise, num_class_embeds
 
 # diffusers classes a teacher folder may name; loading never imports code from the folder itself.
@@ -52,6 +53,11 @@ class DiffusionTeacher(nn.Module):
         dtype: dtype the network is held and run in.
         null_class: the class label of the unconditional branch for class-conditional teachers
             (default: the last class embedding, as the digits teacher is trained).
+        vae: a latent teacher's autoencoder (``AutoencoderKL``); images are encoded to
+            ``(mean - shift_factor) * scaling_factor`` and decoded back.
+        text_encoders, tokenizers: a text-conditioned teacher's encoder/tokenizer pairs (one for SD 1.x/2.x, two
+            for SDXL, whose hidden states are concatenated and whose second encoder gives the pooled embedding).
+        vae_dtype: dtype of the VAE and text encoders (fp32 by default even when the UNet is half precision).
     """
 
     def __init__(
@@ -61,8 +67,25 @@ class DiffusionTeacher(nn.Module):
         *,
         dtype: str | torch.dtype | None = None,
         null_class: int | None = None,
+        vae: nn.Module | None = None,
+        text_encoders: list[nn.Module] | None = None,
+        tokenizers: list[Any] | None = None,
+        vae_dtype: str | torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        text_encoders, tokenizers = list(text_encoders or []), list(tokenizers or [])
+        if len(text_encoders) != len(tokenizers):
+            raise ValueError(
+                f"{len(text_encoders)} text encoders but {len(tokenizers)} tokenizers: pass one per encoder"
+            )
+        side = resolve_dtype(vae_dtype)
+        def held(module: nn.Module) -> nn.Module:
+            return module if next(module.parameters()).dtype == side else module.to(side)
+
+        self.vae = None if vae is None else held(vae)
+        self.text_encoders = nn.ModuleList([held(e) for e in text_encoders])
+        self.tokenizers = tokenizers
+        self._uncond: Cond = None
         target = resolve_dtype(dtype)
         current = next(unet.parameters()).dtype
         self.unet = unet if current == target else unet.to(target)
@@ -82,12 +105,17 @@ class DiffusionTeacher(nn.Module):
         subfolder: str | None = None,
         dtype: str | torch.dtype | None = None,
         null_class: int | None = None,
+        latent_parts: bool = True,
+        vae_dtype: str | torch.dtype | None = None,
     ) -> DiffusionTeacher:
         """Load from a diffusers pipeline folder (``unet/`` + ``scheduler/``) or a model folder.
 
         ``path`` is a local folder, ``builtin:digits`` for the teacher shipped with this package, or a Hugging
         Face id already in the local cache (never downloaded). A model folder needs its scheduler config beside
-        it (``scheduler_config.json``) or in a sibling ``scheduler/`` folder.
+        it (``scheduler_config.json``) or in a sibling ``scheduler/`` folder. A Stable-Diffusion-style pipeline
+        folder also gives the teacher its ``vae/``, ``text_encoder/`` (+ ``_2``) and ``tokenizer/`` (+ ``_2``)
+        unless ``latent_parts`` is false (e.g. when training from precomputed latents and embeddings, which
+        carry the empty-prompt embedding themselves).
         """
         root = _resolve_root(path)
         unet_dir, scheduler_file = _locate(root, subfolder)
@@ -103,15 +131,41 @@ class DiffusionTeacher(nn.Module):
                 f"and {sorted(model_classes())} (students)"
             )
         unet = model_class.from_pretrained(unet_dir)
-        teacher = cls(unet, json.loads(scheduler_file.read_text()), dtype=dtype, null_class=null_class)
+        parts = None
+        if latent_parts and unet_dir == root / "unet":
+            from teachers.latent import load_latent_parts
+
+            parts = load_latent_parts(root)
+        teacher = cls(
+            unet,
+            json.loads(scheduler_file.read_text()),
+            dtype=dtype,
+            null_class=null_class,
+            vae=None if parts is None else parts.vae,
+            text_encoders=None if parts is None else parts.text_encoders,
+            tokenizers=None if parts is None else parts.tokenizers,
+            vae_dtype=vae_dtype,
+        )
         teacher.source = str(path)
         return teacher
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """Write a pipeline-style folder: ``unet/`` (safetensors) and ``scheduler/scheduler_config.json``."""
+        """Write a pipeline-style folder: ``unet/`` (safetensors) and ``scheduler/scheduler_config.json``, plus
+        the latent parts (``vae/``, ``text_encoder*/``, ``tokenizer*/``) of a latent teacher."""
         directory = Path(directory)
         self.unet.save_pretrained(directory / "unet")
         self.schedule.save_pretrained(directory / "scheduler")
+        self.save_latent_parts(directory)
+
+    def save_latent_parts(self, directory: str | Path) -> None:
+        """Write this teacher's VAE, text encoders and tokenizers into a pipeline folder (nothing if pixel-space)."""
+        directory = Path(directory)
+        if self.vae is not None:
+            self.vae.save_pretrained(directory / "vae")
+        for i, (encoder, tokenizer) in enumerate(zip(self.text_encoders, self.tokenizers, strict=True)):
+            suffix = "" if i == 0 else f"_{i + 1}"
+            encoder.save_pretrained(directory / f"text_encoder{suffix}")
+            tokenizer.save_pretrained(directory / f"tokenizer{suffix}")
 
     # -- properties ---------------------------------------------------------------------------------------
     @property
@@ -137,16 +191,145 @@ class DiffusionTeacher(nn.Module):
         size = self.unet.config.sample_size
         return int(size[0] if isinstance(size, list | tuple) else size)
 
+    @property
+    def cond_kind(self) -> str | None:
+        """"class" (class labels), "text" (encoder hidden states) or None (unconditional)."""
+        if self.null_class is not None:
+            return "class"
+        if self.text_encoders or self._uncond is not None:
+            return "text"
+        blocks = getattr(self.unet.config, "down_block_types", None) or []
+        return "text" if any("CrossAttn" in b for b in blocks) else None
+
+    @property
+    def is_sdxl(self) -> bool:
+        return getattr(self.unet.config, "addition_embed_type", None) == "text_time"
+
+    # -- latents --------------------------------------------------------------------------------------------
+    @property
+    def is_latent(self) -> bool:
+        return self.vae is not None
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent pixel (8 for SD)."""
+        if self.vae is None:
+            return 1
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def image_size(self) -> int:
+        """The pixel size the teacher generates."""
+        return self.sample_size * self.vae_scale_factor
+
+    def _latent_scaling(self) -> tuple[float, float]:
+        assert self.vae is not None
+        scale = float(getattr(self.vae.config, "scaling_factor", 1.0) or 1.0)
+        shift = float(getattr(self.vae.config, "shift_factor", None) or 0.0)
+        return scale, shift
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Pixel images in [-1, 1] (B, 3, H, W) -> scaled latents (the posterior mean), float32."""
+        if self.vae is None:
+            raise ValueError("this teacher has no VAE (not a latent teacher): train on pixels directly")
+        scale, shift = self._latent_scaling()
+        vae_dtype = next(self.vae.parameters()).dtype
+        encoded = self.vae.encode(images.to(vae_dtype))
+        dist = getattr(encoded, "latent_dist", None)
+        latents = dist.mean if dist is not None else encoded.latents
+        return ((latents.float() - shift) * scale).float()
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> pixel images in [-1, 1], float32."""
+        if self.vae is None:
+            raise ValueError("this teacher has no VAE (not a latent teacher)")
+        scale, shift = self._latent_scaling()
+        vae_dtype = next(self.vae.parameters()).dtype
+        images = self.vae.decode((latents.float() / scale + shift).to(vae_dtype)).sample
+        return images.float().clamp(-1.0, 1.0)
+
+    # -- text -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompt(self, prompts: list[str] | tuple[str, ...]) -> Cond:
+        """Prompts -> the UNet's condition: hidden states (B, L, D) for SD 1.x/2.x; for SDXL a dict with both
+        encoders' penultimate hidden states concatenated, the pooled ``text_embeds`` and ``time_ids``."""
+        if not self.text_encoders:
+            raise ValueError(
+                "this teacher has no text encoder: load it from a pipeline folder with text_encoder/ and tokenizer/ "
+                "(latent_parts=true), or train from precomputed embeddings (distill precompute)"
+            )
+        device = next(self.text_encoders[0].parameters()).device
+        hidden, pooled = [], None
+        for tokenizer, encoder in zip(self.tokenizers, self.text_encoders, strict=True):
+            ids = tokenizer(
+                list(prompts),
+                padding="max_length",
+                max_length=tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(device)
+            if self.is_sdxl:
+                out = encoder(ids, output_hidden_states=True)
+                hidden.append(out.hidden_states[-2])
+                pooled = out.text_embeds if hasattr(out, "text_embeds") else out[0]
+            else:
+                hidden.append(encoder(ids)[0])
+        states = torch.cat(hidden, dim=-1).float()
+        if not self.is_sdxl:
+            return states
+        size = self.image_size
+        time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32, device=device)
+        return {
+            "encoder_hidden_states": states,
+            "text_embeds": pooled.float(),
+            "time_ids": time_ids.expand(len(prompts), 6),
+        }
+
+    def set_uncond(self, cond: Cond) -> None:
+        """The unconditional (empty-prompt) condition, batch 1, e.g. from precomputed embeddings."""
+        self._uncond = cond
+
+    def uncond(self) -> Cond:
+        """The empty-prompt condition (batch 1), encoded once."""
+        if self._uncond is None:
+            self._uncond = self.encode_prompt([""])
+        return self._uncond
+
     # -- the contract -------------------------------------------------------------------------------------
-    def null_cond(self, cond: torch.Tensor) -> torch.Tensor:
-        """The unconditional counterpart of ``cond`` (the null class for class-conditional teachers)."""
-        if cond is not None and not torch.is_floating_point(cond):
+    def null_cond(self, cond: Cond) -> Cond:
+        """The unconditional counterpart of ``cond``: the null class for class-conditional teachers, the
+        empty-prompt embeddings for text-conditioned ones."""
+        if cond is not None and not is_text(cond):
             if self.null_class is None:
                 raise ValueError("this teacher has no class embeddings, so it has no null class for guidance")
             return torch.full_like(cond, self.null_class)
-        raise ValueError(
-            "guidance on encoder hidden states needs the unconditional embeddings: pass uncond=... to predict()"
-        )
+        if cond is not None:
+            if not self.text_encoders and self._uncond is None:
+                raise ValueError(
+                    "guidance on encoder hidden states needs the empty-prompt embeddings: load the teacher with its "
+                    "text encoder, or call set_uncond() (precomputed shards carry it)"
+                )
+            batch = cond["encoder_hidden_states"].shape[0] if isinstance(cond, dict) else cond.shape[0]
+            uncond = self.uncond()
+            if isinstance(uncond, dict):
+                device = cond["encoder_hidden_states"].device  # type: ignore[index]
+                return {k: v.to(device) for k, v in expand_cond(uncond, batch).items()}  # type: ignore[union-attr]
+            return expand_cond(uncond, batch).to(cond.device)  # type: ignore[union-attr]
+        raise ValueError("guidance needs a condition (cond is None)")
+
+    def dummy_cond(self, batch: int, device: torch.device | str = "cpu") -> Cond:
+        """A condition of the right kind and shape (for probing networks)."""
+        kind = self.cond_kind
+        if kind == "class":
+            return torch.zeros(batch, dtype=torch.long, device=device)
+        if kind == "text":
+            if self.text_encoders or self._uncond is not None:
+                return self.null_cond(torch.zeros(batch, 1, 1, device=device))
+            dim = int(self.unet.config.cross_attention_dim)
+            return torch.zeros(batch, 1, dim, device=device)
+        return None
 
     @torch.no_grad()
     def predict(

@@ -123,3 +123,12 @@ def cpu_trainer(max_steps: int, **overrides):
     )
     options.update(overrides)
     return L.Trainer(**options)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory):
+    """A tiny SD-1.x-shaped pipeline folder and a 24-image caption folder, built offline once per session."""
+    from distill.tiny_pipeline import build_tiny_sd, write_caption_folder
+
+    root = tmp_path_factory.mktemp("tiny_sd")
+    return build_tiny_sd(root / "pipeline"), write_caption_folder(root / "captions")

@@ -47,6 +47,19 @@ CHEAP = {
         "--model.init_args.evaluator.init_args.kid_subsets=5",
     ],
 }
+# configs/sd15 run against the tiny offline SD pipeline and caption folder (conftest.tiny_sd), on the CPU
+SD15 = [
+    "--model.init_args.teacher.init_args.path={pipeline}",
+    "--data.init_args.root={captions}",
+    "--data.init_args.image_size=16",
+    "--data.init_args.batch_size=2",
+    "--data.init_args.num_workers=0",
+    "--trainer.accelerator=cpu",
+]
+CHEAP["configs/sd15/kd_bk_small.yaml"] = [*SD15, "--model.init_args.student.init_args.teacher={pipeline}"]
+CHEAP["configs/sd15/lcm_bk_small.yaml"] = [*SD15, "--model.init_args.student.init_args.teacher={pipeline}"]
+CHEAP["configs/sd15/lcm.yaml"] = [*SD15, "--model.init_args.student.init_args.path={pipeline}"]
+OVERLAYS = {"configs/sd15/shards.yaml"}  # not standalone: tested with lcm.yaml after distill precompute
 
 
 def test_configs_exist():
@@ -54,9 +67,35 @@ def test_configs_exist():
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[2])))
-def test_config_fast_dev_run(config, tmp_path, monkeypatch):
+def test_config_fast_dev_run(config, tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)
     rel = str(config.relative_to(config.parents[2]))
+    if rel in OVERLAYS:
+        pipeline, captions = request.getfixturevalue("tiny_sd")
+        base = [str(config.parents[1] / "sd15" / "lcm.yaml")]
+        cheap = [a.format(pipeline=pipeline, captions=captions) for a in CHEAP["configs/sd15/lcm.yaml"]]
+        main(["precompute", "-c", *base, *cheap, f"--output={tmp_path / 'shards'}", "--shard_size=10"])
+        main(
+            [
+                "fit",
+                "-c",
+                *base,
+                "-c",
+                str(config),
+                *[a for a in cheap if not a.startswith("--data.")],
+                f"--data.init_args.root={tmp_path / 'shards'}",
+                "--data.init_args.batch_size=2",
+                "--data.init_args.num_workers=0",
+                "--trainer.fast_dev_run=1",
+                f"--trainer.default_root_dir={tmp_path}",
+                "--trainer.enable_progress_bar=false",
+            ]
+        )
+        return
+    extra = CHEAP.get(rel, [])
+    if rel.startswith("configs/sd15/"):
+        pipeline, captions = request.getfixturevalue("tiny_sd")
+        extra = [a.format(pipeline=pipeline, captions=captions) for a in extra]
     # evaluation configs (*_eval.yaml) run `distill test`, the others `distill fit`
     command = "test" if config.stem.endswith("_eval") else "fit"
     main(
@@ -67,6 +106,6 @@ def test_config_fast_dev_run(config, tmp_path, monkeypatch):
             "--trainer.fast_dev_run=1",
             f"--trainer.default_root_dir={tmp_path}",
             "--trainer.enable_progress_bar=false",
-            *CHEAP.get(rel, []),
+            *extra,
         ]
     )

@@ -22,6 +22,7 @@ from torch import nn
 from distill.ema import EMA
 from distill.methods.common import configure
 from distill.rng import GeneratorRandom, KeyedRandom, global_sample_indices
+from teachers.conditioning import Cond, where_cond
 from teachers.teacher import DiffusionTeacher
 
 TEACHER_PREFIX = "teacher."
@@ -44,6 +45,8 @@ class DistillationModule(L.LightningModule):
         seed: the seed of the training draws (noise, timesteps, guidance scales, label dropout), each sample's
             keyed on (seed, global step, position in the global batch) so that results do not depend on the
             number of processes (:mod:`distill.rng`). None: the run's ``seed_everything`` value (0 if unset).
+        gradient_checkpointing: recompute the student's activations in the backward pass (diffusers students):
+            less memory, about a third more compute.
     """
 
     def __init__(
@@ -55,9 +58,17 @@ class DistillationModule(L.LightningModule):
         ema_decay: float | None = 0.999,
         nonfinite: str = "stop",
         seed: int | None = None,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.seed = seed
+        if gradient_checkpointing:
+            if not hasattr(student, "enable_gradient_checkpointing"):
+                raise ValueError(
+                    f"gradient_checkpointing: the student ({type(student).__name__}) has no "
+                    "enable_gradient_checkpointing(); use a diffusers-based student or set it false"
+                )
+            student.enable_gradient_checkpointing()
         self._batch_idx = 0
         self._skipped = False
         if nonfinite not in NONFINITE:
@@ -98,6 +109,55 @@ class DistillationModule(L.LightningModule):
     def extra_trainable_modules(self) -> list[nn.Module]:
         """Method-owned trainable modules besides the student (e.g. KD projections)."""
         return []
+
+    # -- data and conditions ------------------------------------------------------------------------------
+    @property
+    def conditional(self) -> bool:
+        """Whether the teacher takes a condition (class labels or text)."""
+        return self.teacher.cond_kind is not None
+
+    def setup(self, stage: str) -> None:
+        """Precomputed text embeddings carry the empty-prompt condition: hand it to a teacher loaded without its
+        text encoder, so guidance and condition dropout work."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        uncond = getattr(datamodule, "uncond_cond", None)
+        if callable(uncond) and not self.teacher.text_encoders and self.teacher.cond_kind != "class":
+            self.teacher.set_uncond(uncond())
+
+    def prepare_batch(self, batch: Any) -> tuple[torch.Tensor, Cond]:
+        """``(x0, cond)`` from any data module's batch: ``(images, labels)`` (pixel space, class labels); a
+        caption-folder dict ``{"images", "captions"}`` (encoded here by the teacher's VAE and text encoder); or a
+        precomputed-shard dict ``{"latents", "prompt_embeds"[, "text_embeds", "time_ids"]}`` (the fast path)."""
+        if isinstance(batch, dict):
+            if "latents" in batch:
+                x0 = batch["latents"].float()
+                embeds = batch["prompt_embeds"].float()
+                if "text_embeds" in batch:
+                    return x0, {
+                        "encoder_hidden_states": embeds,
+                        "text_embeds": batch["text_embeds"].float(),
+                        "time_ids": batch["time_ids"].float(),
+                    }
+                return x0, embeds
+            images = batch["images"]
+            x0 = self.teacher.encode_images(images) if self.teacher.is_latent else images
+            return x0, self.teacher.encode_prompt(list(batch["captions"]))
+        images, labels = batch
+        return images, (labels if self.conditional else None)
+
+    def drop_cond(self, cond: Cond, *, prob: float, rng: KeyedRandom | GeneratorRandom) -> Cond:
+        """Replace each sample's condition by the unconditional one with probability ``prob`` (CFG training)."""
+        if cond is None or prob <= 0:
+            return cond
+        batch = cond["encoder_hidden_states"].shape[0] if isinstance(cond, dict) else cond.shape[0]
+        keep = rng.rand(batch) >= prob
+        return where_cond(keep, cond, self.teacher.null_cond(cond))
+
+    def eval_random(self, batch_idx: int) -> GeneratorRandom:
+        """Fixed draws for validation batch ``batch_idx`` (the same at every validation)."""
+        eval_seed = int(getattr(self, "eval_seed", 0))
+        gen = torch.Generator(self.device).manual_seed(eval_seed * 100_003 + batch_idx)
+        return GeneratorRandom(gen, device=self.device)
 
     # -- training -----------------------------------------------------------------------------------------
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
@@ -203,7 +263,15 @@ class DistillationModule(L.LightningModule):
                 f"{type(student).__name__} has no save_pretrained(); only diffusers students export"
             )
         student.save_pretrained(directory / "unet")
-        self.export_schedule().save_pretrained(directory / "scheduler")
+        schedule = self.export_schedule()
+        schedule.save_pretrained(directory / "scheduler")
+        if (
+            self.teacher.is_latent
+        ):  # a full pipeline folder: the teacher's VAE and text encoder(s) beside the student
+            self.teacher.save_latent_parts(directory)
+            write_model_index(
+                directory, student=student, scheduler_class=schedule.scheduler_class, teacher=self.teacher
+            )
 
     def export_schedule(self):
         """The scheduler config an export carries: the teacher's (methods that change how the student samples,
@@ -245,3 +313,41 @@ class DistillationModule(L.LightningModule):
         for key, value in self.teacher.state_dict(prefix=TEACHER_PREFIX, keep_vars=False).items():
             state[key] = value
         self.nonfinite_steps = int(checkpoint.get("nonfinite_steps", 0))
+
+
+def write_model_index(
+    directory: Path, *, student: nn.Module, scheduler_class: str, teacher: DiffusionTeacher
+) -> None:
+    """``model_index.json`` so that diffusers loads the export as a whole pipeline: ``StableDiffusionPipeline``
+    (``StableDiffusionXLPipeline`` for SDXL teachers) or, for consistency students (``LCMScheduler``),
+    ``LatentConsistencyModelPipeline``. A student class of this package is named by its module (importable
+    wherever distill-diffusion is installed)."""
+    import json
+
+    module = type(student).__module__
+    library = "diffusers" if module.startswith("diffusers") else module
+    if teacher.is_sdxl:
+        pipeline = "StableDiffusionXLPipeline"
+    elif scheduler_class == "LCMScheduler":
+        pipeline = "LatentConsistencyModelPipeline"
+    else:
+        pipeline = "StableDiffusionPipeline"
+    index: dict[str, Any] = {
+        "_class_name": pipeline,
+        "unet": [library, type(student).__name__],
+        "scheduler": ["diffusers", scheduler_class],
+        "vae": ["diffusers", type(teacher.vae).__name__],
+    }
+    for i, (encoder, tokenizer) in enumerate(zip(teacher.text_encoders, teacher.tokenizers, strict=True)):
+        suffix = "" if i == 0 else f"_{i + 1}"
+        index[f"text_encoder{suffix}"] = ["transformers", type(encoder).__name__]
+        index[f"tokenizer{suffix}"] = ["transformers", type(tokenizer).__name__]
+    if not teacher.is_sdxl:
+        index.update(
+            {
+                "safety_checker": [None, None],
+                "feature_extractor": [None, None],
+                "requires_safety_checker": False,
+            }
+        )
+    (Path(directory) / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")

@@ -30,20 +30,37 @@ def null_class_of(net: nn.Module, num_classes: int | None, *, argument: str) -> 
     return num_classes
 
 
-def check_data_matches(net: nn.Module, datamodule, *, argument: str) -> None:
-    """Fail before any step when the data's image size or channels differ from the network's."""
+def check_data_matches(net: nn.Module, datamodule, *, argument: str, teacher=None) -> None:
+    """Fail before any step when the data's image size or channels differ from what the network takes.
+
+    Pixel data for a latent teacher (``teacher.is_latent``) is compared in pixels (the network's sample size x the
+    VAE's factor, 3 channels in); precomputed latents (``datamodule.is_latent``) and pixel teachers directly.
+    """
     config = getattr(net, "config", None)
     if datamodule is None or config is None:
         return
     size = getattr(config, "sample_size", None)
     size = size[0] if isinstance(size, list | tuple) else size
-    data_size = getattr(datamodule, "image_size", None)
-    if size is not None and data_size is not None and int(size) != int(data_size):
-        raise ValueError(
-            f"data.image_size={data_size} but {argument}.sample_size={size}: set both to the same size "
-            f"(e.g. --data.init_args.image_size={size})"
-        )
     channels = getattr(config, "in_channels", None)
+    pixels_for_latents = (
+        teacher is not None and teacher.is_latent and not getattr(datamodule, "is_latent", False)
+    )
+    if pixels_for_latents:
+        factor = teacher.vae_scale_factor
+        size = None if size is None else int(size) * factor
+        channels = int(teacher.vae.config.in_channels)
+    data_size = getattr(datamodule, "image_size", None)
+    if getattr(datamodule, "is_latent", False):
+        data_size = getattr(datamodule, "latent_size", None)
+    if size is not None and data_size is not None and int(size) != int(data_size):
+        latent_data = getattr(datamodule, "is_latent", False)
+        what = f"the latents' size {data_size}" if latent_data else f"data.image_size={data_size}"
+        where = f"{argument}.sample_size={config.sample_size}" + (
+            f" x the VAE's factor {teacher.vae_scale_factor} = {size} pixels" if pixels_for_latents else ""
+        )
+        raise ValueError(
+            f"{what} but {where}: set both to the same size (e.g. --data.init_args.image_size={size})"
+        )
     data_channels = getattr(datamodule, "channels", None)
     if channels is not None and data_channels is not None and int(channels) != int(data_channels):
         raise ValueError(
@@ -154,7 +171,7 @@ def check_guidance(
             f"guidance w in [{w_min}, {w_max}] needs a student with a timestep_cond input: build it with "
             "time_cond_proj_dim (e.g. 64), or set w_min = w_max = 0"
         )
-    if (w_max > 0 or eval_guidance > 0) and getattr(teacher, "null_class", None) is None:
+    if (w_max > 0 or eval_guidance > 0) and getattr(teacher, "cond_kind", None) is None:
         raise ValueError(
             "guidance (w_max or eval_guidance > 0) needs a teacher with an unconditional branch (a null class or "
             "empty-prompt embeddings); this teacher has none: set w_min = w_max = eval_guidance = 0"

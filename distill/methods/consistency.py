@@ -32,7 +32,6 @@ from distill.methods.common import (
     balanced_labels,
     check_data_matches,
     check_guidance,
-    drop_labels,
     eval_noise,
     evaluate_generator,
     image_grid,
@@ -46,6 +45,7 @@ from distill.parameterization import (
     ddim_step,
     guidance_scale_embedding,
 )
+from distill.rng import GeneratorRandom, KeyedRandom
 from distill.sampling import consistency_sample, ddim_sample_steps
 from distill.schedule import lcm_skipping_timesteps, lcm_timesteps, q_sample
 from teachers.network import denoise
@@ -69,7 +69,8 @@ class ConsistencyDistillation(DistillationModule):
         cond_drop_prob: label dropout for the student's own conditioning (0: none, as LCM).
         evaluator, eval_num_samples, eval_steps, eval_guidance: validation at 1/2/4 consistency steps.
         samples_per_class: rows per class of the validation grid (teacher 25 DDIM steps, then each step count).
-        optimizer, lr_scheduler, ema_decay, nonfinite, seed: as in ``DistillationModule`` (``nonfinite``: "stop"
+        optimizer, lr_scheduler, ema_decay, nonfinite, seed, gradient_checkpointing: as in
+            ``DistillationModule`` (``nonfinite``: "stop"
             or "skip" on a non-finite loss).
     """
 
@@ -82,6 +83,7 @@ class ConsistencyDistillation(DistillationModule):
         ema_decay: float | None = 0.999,
         nonfinite: str = "stop",
         seed: int | None = None,
+        gradient_checkpointing: bool = False,
         original_steps: int = 50,
         w_min: float = 0.0,
         w_max: float = 0.0,
@@ -134,6 +136,7 @@ class ConsistencyDistillation(DistillationModule):
             ema_decay=ema_decay,
             nonfinite=nonfinite,
             seed=seed,
+            gradient_checkpointing=gradient_checkpointing,
         )
         self.target = EMA(student, decay=target_decay, warmup=False)
         self._ddp_params_and_buffers_to_ignore += [f"target.{k}" for k in self.target.state_dict()]
@@ -159,7 +162,10 @@ class ConsistencyDistillation(DistillationModule):
         self.eval_seed = eval_seed
 
     def setup(self, stage: str) -> None:
-        check_data_matches(self.student, getattr(self.trainer, "datamodule", None), argument="student")
+        super().setup(stage)
+        check_data_matches(
+            self.student, getattr(self.trainer, "datamodule", None), argument="student", teacher=self.teacher
+        )
 
     # -- pieces -------------------------------------------------------------------------------------------
     def w_embedding(self, w: torch.Tensor) -> torch.Tensor | None:
@@ -178,7 +184,7 @@ class ConsistencyDistillation(DistillationModule):
     @torch.no_grad()
     def teacher_solver_step(self, z_s, s, t, cond, w) -> torch.Tensor:
         """One DDIM step of the teacher from ``s`` to ``t`` with CFG at scale ``1 + w`` (per sample)."""
-        guided = cond is not None and self.null_class is not None and self.w_max > 0
+        guided = cond is not None and self.w_max > 0
         pred = self.teacher.predict(
             z_s.to(self.teacher.dtype), s, cond, guidance_scale=(1.0 + w) if guided else None
         )
@@ -187,23 +193,23 @@ class ConsistencyDistillation(DistillationModule):
             x0=pred.x0.to(z_s.dtype), eps=pred.eps.to(z_s.dtype), alpha_next=alpha_t, sigma_next=sigma_t
         )
 
-    def training_losses(self, batch) -> dict[str, torch.Tensor]:
-        images, labels = batch
+    def training_losses(
+        self, batch, rng: KeyedRandom | GeneratorRandom | None = None
+    ) -> dict[str, torch.Tensor]:
+        images, labels = self.prepare_batch(batch)
         b, device = images.shape[0], images.device
-        rng = self.train_random(b)
+        rng = self.train_random(b) if rng is None else rng
         index = rng.randint(self.original_steps, b)
         s = self.solver_timesteps.to(device)[index]
         t = (s - self.k).clamp(min=0)
         w = self.w_min + (self.w_max - self.w_min) * rng.rand(b)
         w_emb = self.w_embedding(w)
-        cond = labels if self.null_class is not None else None
-        if cond is not None:
-            cond = drop_labels(cond, null_class=self.null_class, prob=self.cond_drop_prob, rng=rng)
+        cond = self.drop_cond(labels, prob=self.cond_drop_prob, rng=rng)
         eps = rng.randn(images.shape, dtype=images.dtype)
         alpha_s, sigma_s = self.teacher.schedule.alpha_sigma(s, dtype=images.dtype)
         z_s = q_sample(x0=images, eps=eps, alpha=alpha_s, sigma=sigma_s)
         pred = self.consistency_fn(self.student, z_s, s, cond, w_emb)
-        z_t = self.teacher_solver_step(z_s, s, t, labels if self.null_class is not None else None, w)
+        z_t = self.teacher_solver_step(z_s, s, t, labels, w)
         with torch.no_grad():
             target = self.consistency_fn(self.target.module, z_t, t, cond, w_emb)
         loss = consistency_loss(pred, target, kind=self.loss_kind, huber_c=self.huber_c)
@@ -257,15 +263,12 @@ class ConsistencyDistillation(DistillationModule):
         return eval_noise(self.teacher, n, seed=self.eval_seed, device=self.device)
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        images, labels = batch
-        with torch.random.fork_rng():
-            torch.manual_seed(self.eval_seed * 100_003 + batch_idx)
-            losses = self.training_losses((images, labels))
+        losses = self.training_losses(batch, rng=self.eval_random(batch_idx))
         self.log("val/consistency", losses["loss"])
 
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
-            return
+        if self.trainer.sanity_checking or self.teacher.cond_kind == "text":
+            return  # sample grids and the digits evaluator are class-conditional; text students: distill sample
         classes = self.teacher.num_classes or 1
         conditional = self.null_class is not None
         if self.samples_per_class > 0:

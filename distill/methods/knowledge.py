@@ -16,7 +16,6 @@ from distill.methods.base import DistillationModule
 from distill.methods.common import (
     balanced_labels,
     check_data_matches,
-    drop_labels,
     eval_noise,
     evaluate_generator,
     image_grid,
@@ -78,7 +77,8 @@ class KnowledgeDistillation(DistillationModule):
         evaluator: the digits evaluator for FID/KID/accuracy at validation (None: skip).
         eval_num_samples, eval_steps, eval_guidance: the validation evaluation (balanced labels, seed 0).
         samples_per_class: rows of the validation grid (teacher above, student below, same noise and labels).
-        optimizer, lr_scheduler, ema_decay, nonfinite, seed: as in ``DistillationModule`` (``nonfinite``: "stop"
+        optimizer, lr_scheduler, ema_decay, nonfinite, seed, gradient_checkpointing: as in
+            ``DistillationModule`` (``nonfinite``: "stop"
             or "skip" on a non-finite loss).
     """
 
@@ -91,6 +91,7 @@ class KnowledgeDistillation(DistillationModule):
         ema_decay: float | None = 0.999,
         nonfinite: str = "stop",
         seed: int | None = None,
+        gradient_checkpointing: bool = False,
         feature_pairs: list[tuple[str, str]] | None = None,
         task_weight: float = 1.0,
         output_weight: float = 1.0,
@@ -123,6 +124,7 @@ class KnowledgeDistillation(DistillationModule):
             ema_decay=ema_decay,
             nonfinite=nonfinite,
             seed=seed,
+            gradient_checkpointing=gradient_checkpointing,
         )
         for name, weight in (
             ("task_weight", task_weight),
@@ -161,7 +163,7 @@ class KnowledgeDistillation(DistillationModule):
         t = self.teacher
         x = torch.zeros(1, t.in_channels, t.sample_size, t.sample_size)
         step = torch.tensor([500])
-        cond = torch.tensor([0]) if self.null_class is not None else None
+        cond = t.dummy_cond(1)
         with self._teacher_features.recording() as t_feats, self._student_features.recording() as s_feats:
             call_denoiser(t.unet, x.to(t.dtype), step, cond)
             was_training = self.student.training
@@ -181,13 +183,16 @@ class KnowledgeDistillation(DistillationModule):
         return projections
 
     def setup(self, stage: str) -> None:
-        check_data_matches(self.student, getattr(self.trainer, "datamodule", None), argument="student")
+        super().setup(stage)
+        check_data_matches(
+            self.student, getattr(self.trainer, "datamodule", None), argument="student", teacher=self.teacher
+        )
 
     def extra_trainable_modules(self) -> list[nn.Module]:
         return [self.projections]
 
     # -- training -----------------------------------------------------------------------------------------
-    def _noisy_batch(self, images, labels, rng: KeyedRandom | GeneratorRandom):
+    def _noisy_batch(self, images, cond, rng: KeyedRandom | GeneratorRandom):
         batch = images.shape[0]
         schedule = self.teacher.schedule
         t = rng.randint(schedule.num_train_timesteps, batch).to(images.device)
@@ -197,9 +202,7 @@ class KnowledgeDistillation(DistillationModule):
         target = target_for(
             prediction_type=schedule.prediction_type, x0=images, eps=eps, alpha=alpha, sigma=sigma
         )
-        cond = None
-        if self.null_class is not None:
-            cond = drop_labels(labels, null_class=self.null_class, prob=self.cond_drop_prob, rng=rng)
+        cond = self.drop_cond(cond, prob=self.cond_drop_prob, rng=rng)
         return z, t, cond, target
 
     def kd_losses(self, z, t, cond, target, student: nn.Module | None = None) -> dict[str, torch.Tensor]:
@@ -223,16 +226,19 @@ class KnowledgeDistillation(DistillationModule):
         losses["loss"] = sum(self.weights[k] * losses[k] for k in ("task", "output_kd", "feature_kd"))
         return losses
 
-    def training_losses(self, batch) -> dict[str, torch.Tensor]:
-        images, labels = batch
-        return self.kd_losses(*self._noisy_batch(images, labels, self.train_random(images.shape[0])))
+    def training_losses(
+        self, batch, rng: KeyedRandom | GeneratorRandom | None = None
+    ) -> dict[str, torch.Tensor]:
+        x0, cond = self.prepare_batch(batch)
+        rng = self.train_random(x0.shape[0]) if rng is None else rng
+        return self.kd_losses(*self._noisy_batch(x0, cond, rng))
 
     # -- validation ---------------------------------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> None:
-        images, labels = batch
-        gen = torch.Generator(self.device).manual_seed(self.eval_seed * 100_003 + batch_idx)
-        z, t, _, target = self._noisy_batch(images, labels, GeneratorRandom(gen, device=images.device))
-        cond = labels if self.null_class is not None else None  # no label dropout at validation
+        x0, cond = self.prepare_batch(batch)
+        # fixed draws; the same dropout draw as before, but no condition is dropped at validation
+        rng = self.eval_random(batch_idx)
+        z, t, _, target = self._noisy_batch(x0, cond, rng)
         with torch.no_grad():
             losses = self.kd_losses(z, t, cond, target, student=self.eval_student())
         self.log("val/task", losses["task"])
@@ -263,8 +269,8 @@ class KnowledgeDistillation(DistillationModule):
         return eval_noise(self.teacher, n, seed=self.eval_seed, device=self.device)
 
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
-            return
+        if self.trainer.sanity_checking or self.teacher.cond_kind == "text":
+            return  # sample grids and the digits evaluator are class-conditional; text students: distill sample
         classes = self.teacher.num_classes or 1
         guidance = self.eval_guidance if self.null_class is not None else None
         if self.samples_per_class > 0:

@@ -44,6 +44,7 @@ from distill.parameterization import (
     progressive_x_target,
     truncated_snr_weight,
 )
+from distill.rng import GeneratorRandom, KeyedRandom
 from distill.sampling import ddim_sample
 from distill.schedule import alpha_sigma, previous_timesteps, q_sample, timestep_grid
 from teachers.network import denoise
@@ -86,7 +87,8 @@ class ProgressiveDistillation(DistillationModule):
         init_from_teacher: copy teacher tensors where names and shapes match.
         evaluator, eval_num_samples, eval_guidance: validation FID/accuracy with the current round's step count.
         samples_per_class: rows per class of the validation grid.
-        optimizer, lr_scheduler, ema_decay, nonfinite, seed: as in ``DistillationModule`` (``nonfinite``: "stop"
+        optimizer, lr_scheduler, ema_decay, nonfinite, seed, gradient_checkpointing: as in
+            ``DistillationModule`` (``nonfinite``: "stop"
             or "skip" on a non-finite loss).
     """
 
@@ -99,6 +101,7 @@ class ProgressiveDistillation(DistillationModule):
         ema_decay: float | None = 0.999,
         nonfinite: str = "stop",
         seed: int | None = None,
+        gradient_checkpointing: bool = False,
         teacher_steps: int = 64,
         final_steps: int = 1,
         round_steps: int = 1000,
@@ -138,6 +141,7 @@ class ProgressiveDistillation(DistillationModule):
             ema_decay=ema_decay,
             nonfinite=nonfinite,
             seed=seed,
+            gradient_checkpointing=gradient_checkpointing,
         )
         self.round_teacher = EMA(student, decay=0.0, warmup=False)  # a frozen student-sized copy
         self._ddp_params_and_buffers_to_ignore += [
@@ -157,7 +161,10 @@ class ProgressiveDistillation(DistillationModule):
         self.eval_seed = eval_seed
 
     def setup(self, stage: str) -> None:
-        check_data_matches(self.student, getattr(self.trainer, "datamodule", None), argument="student")
+        super().setup(stage)
+        check_data_matches(
+            self.student, getattr(self.trainer, "datamodule", None), argument="student", teacher=self.teacher
+        )
 
     # -- rounds --------------------------------------------------------------------------------------------
     @property
@@ -187,22 +194,24 @@ class ProgressiveDistillation(DistillationModule):
     @torch.no_grad()
     def _teacher_pred(self, z, t, labels, w, w_emb):
         if self.round_index == 0:
-            guided = labels is not None and self.null_class is not None and self.w_max > 0
+            guided = labels is not None and self.w_max > 0
             return self.teacher.predict(
                 z.to(self.teacher.dtype), t, labels, guidance_scale=(1.0 + w) if guided else None
             )
         return denoise(self.round_teacher.module, self.teacher.schedule, z, t, labels, timestep_cond=w_emb)
 
-    def training_losses(self, batch) -> dict[str, torch.Tensor]:
-        images, labels = batch
+    def training_losses(
+        self, batch, rng: KeyedRandom | GeneratorRandom | None = None
+    ) -> dict[str, torch.Tensor]:
+        images, labels = self.prepare_batch(batch)
         b, device = images.shape[0], images.device
         schedule = self.teacher.schedule
         grid = self.teacher_grid().to(device)
         nxt = previous_timesteps(timesteps=grid)
-        rng = self.train_random(b)
+        rng = self.train_random(b) if rng is None else rng
         j = 2 * rng.randint(len(grid) // 2, b)  # student steps start at even points
         s, mid, end = grid[j], nxt[j], nxt[j + 1]
-        cond = labels if self.null_class is not None else None
+        cond = labels
         w = self.w_min + (self.w_max - self.w_min) * rng.rand(b)
         w_emb = self.w_embedding(w)
         eps = rng.randn(images.shape, dtype=images.dtype)
@@ -309,14 +318,12 @@ class ProgressiveDistillation(DistillationModule):
         return eval_noise(self.teacher, n, seed=self.eval_seed, device=self.device)
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        with torch.random.fork_rng():
-            torch.manual_seed(self.eval_seed * 100_003 + batch_idx)
-            losses = self.training_losses(batch)
+        losses = self.training_losses(batch, rng=self.eval_random(batch_idx))
         self.log("val/loss", losses["loss"])
 
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
-            return
+        if self.trainer.sanity_checking or self.teacher.cond_kind == "text":
+            return  # sample grids and the digits evaluator are class-conditional; text students: distill sample
         classes = self.teacher.num_classes or 1
         conditional = self.null_class is not None
         steps = self.current_student_steps

@@ -1,0 +1,100 @@
+"""Conditioning values and the few operations methods need on them, whatever the teacher is conditioned on.
+
+A condition is one of:
+
+* ``None`` (an unconditional network);
+* an integer tensor (B,) of class labels (the digits teacher; the null class is the unconditional branch);
+* a float tensor (B, L, D) of text-encoder hidden states (SD 1.x / 2.x);
+* a dict of tensors with ``encoder_hidden_states`` (B, L, D) plus SDXL's ``text_embeds`` (B, D') and
+  ``time_ids`` (B, 6), which go to the UNet as ``added_cond_kwargs``.
+
+Every operation keeps the batch dimension first, so classifier-free guidance (concatenate cond and uncond),
+condition dropout (select rows of the unconditional value) and batching work the same for all of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+Cond = torch.Tensor | dict[str, torch.Tensor] | None
+ADDED_COND_KEYS = ("text_embeds", "time_ids")
+
+
+def cond_batch_size(cond: Cond) -> int | None:
+    if cond is None:
+        return None
+    if isinstance(cond, dict):
+        return int(cond["encoder_hidden_states"].shape[0])
+    return int(cond.shape[0])
+
+
+def is_text(cond: Cond) -> bool:
+    return isinstance(cond, dict) or (cond is not None and torch.is_floating_point(cond))
+
+
+def cat_cond(a: Cond, b: Cond) -> Cond:
+    """``a`` then ``b`` along the batch (the cond and uncond halves of one guided forward)."""
+    if a is None or b is None:
+        return None
+    if isinstance(a, dict):
+        return {k: torch.cat([a[k], b[k]]) for k in a}
+    return torch.cat([a, b])
+
+
+def where_cond(keep: torch.Tensor, cond: Cond, other: Cond) -> Cond:
+    """Row i of ``cond`` where ``keep[i]``, else row i of ``other`` (condition dropout for guidance)."""
+    if cond is None:
+        return None
+
+    def pick(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        mask = keep.to(x.device).view(-1, *([1] * (x.ndim - 1)))
+        return torch.where(mask, x, y.to(x.dtype))
+
+    if isinstance(cond, dict):
+        return {k: pick(cond[k], other[k]) for k in cond}  # type: ignore[index]
+    return pick(cond, other)  # type: ignore[arg-type]
+
+
+def expand_cond(cond: Cond, batch: int) -> Cond:
+    """A batch-1 condition repeated to ``batch`` rows."""
+    if cond is None:
+        return None
+    if isinstance(cond, dict):
+        return {k: v.expand(batch, *v.shape[1:]) for k, v in cond.items()}
+    return cond.expand(batch, *cond.shape[1:])
+
+
+def cond_to(
+    cond: Cond, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> Cond:
+    """Move a condition; ``dtype`` applies to floating-point parts only (labels stay integers)."""
+    if cond is None:
+        return None
+
+    def move(x: torch.Tensor) -> torch.Tensor:
+        return x.to(device=device, dtype=dtype if (dtype is not None and x.is_floating_point()) else None)
+
+    if isinstance(cond, dict):
+        return {k: move(v) for k, v in cond.items()}
+    return move(cond)
+
+
+def denoiser_kwargs(cond: Cond, params: frozenset[str]) -> dict[str, Any]:
+    """Keyword arguments for a diffusers-style network whose forward takes ``params``."""
+    kwargs: dict[str, Any] = {}
+    if isinstance(cond, dict):
+        kwargs["encoder_hidden_states"] = cond["encoder_hidden_states"]
+        added = {k: cond[k] for k in ADDED_COND_KEYS if k in cond}
+        if added:
+            kwargs["added_cond_kwargs"] = added
+    elif cond is not None and not torch.is_floating_point(cond):
+        kwargs["class_labels"] = cond
+        if "encoder_hidden_states" in params:
+            kwargs["encoder_hidden_states"] = None
+    elif cond is not None:
+        kwargs["encoder_hidden_states"] = cond
+    elif "encoder_hidden_states" in params:
+        kwargs["encoder_hidden_states"] = None
+    return kwargs

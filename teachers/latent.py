@@ -1,0 +1,81 @@
+"""The latent side of a Stable-Diffusion-style pipeline folder: VAE, text encoder(s) and tokenizer(s).
+
+Loaded through fixed class allowlists (nothing a folder names is imported beyond these), from local folders
+only. Text encoders need the ``t2i`` extra (transformers).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+VAE_CLASSES = ("AutoencoderKL", "AutoencoderTiny")
+TEXT_ENCODER_CLASSES = ("CLIPTextModel", "CLIPTextModelWithProjection")
+TOKENIZER_CLASSES = ("CLIPTokenizer", "CLIPTokenizerFast")
+TEXT_PARTS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
+
+
+@dataclass
+class LatentParts:
+    vae: nn.Module | None = None
+    text_encoders: list[nn.Module] = field(default_factory=list)
+    tokenizers: list[Any] = field(default_factory=list)
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError as error:  # pragma: no cover - exercised only without the extra
+        raise ImportError(
+            "this teacher has a text encoder; install the t2i extra: pip install 'distill-diffusion[t2i]'"
+        ) from error
+    return transformers
+
+
+def load_vae(folder: Path) -> nn.Module:
+    import diffusers
+
+    config = json.loads((folder / "config.json").read_text())
+    name = config.get("_class_name")
+    if name not in VAE_CLASSES:
+        raise ValueError(f"the VAE at {folder} is a {name!r}; supported: {VAE_CLASSES}")
+    return getattr(diffusers, name).from_pretrained(folder)
+
+
+def load_text_encoder(folder: Path) -> nn.Module:
+    config = json.loads((folder / "config.json").read_text())
+    names = config.get("architectures") or []
+    name = names[0] if names else None
+    if name not in TEXT_ENCODER_CLASSES:
+        raise ValueError(f"the text encoder at {folder} is a {name!r}; supported: {TEXT_ENCODER_CLASSES}")
+    return getattr(_transformers(), name).from_pretrained(folder)
+
+
+def load_tokenizer(folder: Path) -> Any:
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    name = config.get("tokenizer_class", "CLIPTokenizer")
+    if name not in TOKENIZER_CLASSES:
+        raise ValueError(f"the tokenizer at {folder} is a {name!r}; supported: {TOKENIZER_CLASSES}")
+    return _transformers().CLIPTokenizer.from_pretrained(folder)
+
+
+def load_latent_parts(root: Path) -> LatentParts:
+    """The VAE and text encoder/tokenizer pairs of a pipeline folder (whichever it has)."""
+    parts = LatentParts()
+    if (root / "vae" / "config.json").is_file():
+        parts.vae = load_vae(root / "vae")
+    for encoder_name, tokenizer_name in TEXT_PARTS:
+        encoder_dir, tokenizer_dir = root / encoder_name, root / tokenizer_name
+        if (encoder_dir / "config.json").is_file():
+            if not tokenizer_dir.is_dir():
+                raise FileNotFoundError(
+                    f"{encoder_dir} has no tokenizer beside it (expected {tokenizer_dir})"
+                )
+            parts.text_encoders.append(load_text_encoder(encoder_dir))
+            parts.tokenizers.append(load_tokenizer(tokenizer_dir))
+    return parts
