@@ -231,3 +231,47 @@ def test_a_student_trained_for_another_prediction_type_is_refused(tmp_path, monk
     ]:
         assert fragment in message, message[:2000]
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["corrupt image", "empty folder", "missing shards"])
+def test_corrupt_or_empty_text_to_image_data_fails_before_the_first_step(
+    case, tiny_sd, tmp_path, monkeypatch
+):
+    """The SD recipe on the tiny offline pipeline, pointed at bad data: named before any step, nothing written."""
+    import shutil
+
+    pipeline, captions = tiny_sd
+    data = tmp_path / "data"
+    args = []
+    if case == "corrupt image":
+        shutil.copytree(captions, data)
+        (data / "0003.png").write_bytes(b"truncated")
+        fragments = ["0003.png: unreadable image", "on_error=skip"]
+    elif case == "empty folder":
+        data.mkdir()
+        fragments = ["no usable image-caption pairs", str(data)]
+    else:
+        data.mkdir()
+        args = ["--data=distill.data_t2i.LatentShardDataModule"]
+        fragments = ["no index.json", "distill precompute"]
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises((ValueError, FileNotFoundError, SystemExit)) as info:
+        main(
+            [
+                "fit",
+                "-c",
+                str(CONFIGS.parent / "sd15" / "kd_bk_small.yaml"),
+                f"--model.init_args.teacher.init_args.path={pipeline}",
+                f"--model.init_args.student.init_args.teacher={pipeline}",
+                "--trainer.accelerator=cpu",
+                f"--trainer.logger.init_args.save_dir={tmp_path}",
+                *args,
+                f"--data.init_args.root={data}",
+                *([] if args else ["--data.init_args.image_size=16", "--data.init_args.num_workers=0"]),
+            ]
+        )
+    message = f"{info.value} {info.value.__context__ or ''}"
+    for fragment in fragments:
+        assert fragment in message, message[:2000]
+    assert not list(tmp_path.rglob("*.ckpt"))
