@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint format clean
+.PHONY: demo test test-slow bench reproduce lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,18 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow -p no:cacheprovider
+
+# Benchmarks behind the README's tables (under 20 minutes on 2 cores), then the tables copied into README.md.
+bench: $(STAMP)
+	$(BIN)/pip install -q -e ".[bench]"
+	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/overhead.py
+	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/sampling_quality.py
+	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/scaling.py --batches 16 64 --repeats 3
+	$(BIN)/python benchmarks/update_readme.py
+
+# Retrain the shipped teacher, evaluator and students from their configs into runs/reproduce (hours on a CPU).
+reproduce: $(STAMP)
+	$(BIN)/python benchmarks/reproduce.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

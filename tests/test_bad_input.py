@@ -54,7 +54,7 @@ CASES = [
         "guidance without a w embedding",
         "consistency.yaml",
         NO_W_EMBEDDING,
-        [],
+        ["--model.init_args.w_max=1"],
         ["timestep_cond", "time_cond_proj_dim", "w_min = w_max = 0"],
     ),
     (
