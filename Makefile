@@ -31,6 +31,7 @@ bench: $(STAMP)
 	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/overhead.py
 	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/sampling_quality.py
 	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/scaling.py --batches 16 64 --repeats 3
+	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/speed_features.py
 	$(BIN)/python benchmarks/update_readme.py
 
 # Retrain the shipped teacher, evaluator and students from their configs into runs/reproduce (hours on a CPU).

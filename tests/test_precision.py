@@ -58,3 +58,41 @@ def test_bf16_mixed_training_steps_keep_fp32_weights(method, tiny_teacher_dir):
     assert all(p.dtype == torch.float32 for p in after)
     assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True)), "the student did not train"
     assert all(torch.isfinite(p).all() for p in after)
+
+
+def test_channels_last_student_trains_to_the_same_loss(tiny_teacher_dir):
+    teacher = DiffusionTeacher.from_pretrained(tiny_teacher_dir)
+    plain = METHODS["kd"](teacher)
+    fast = KnowledgeDistillation(
+        teacher, tiny_cond_unet(seed=3), init_from_teacher=False, samples_per_class=0, channels_last=True
+    )
+    conv = next(
+        m for m in fast.student.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)
+    )
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    images, labels = next(iter(random_digits_loader(16)))
+    from distill.rng import GeneratorRandom
+
+    losses = [
+        m.training_losses((images, labels), rng=GeneratorRandom(torch.Generator().manual_seed(0)))["loss"]
+        for m in (plain, fast)
+    ]
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_compiled_student_keeps_its_names_hooks_and_loss(tiny_teacher_dir):
+    teacher = DiffusionTeacher.from_pretrained(tiny_teacher_dir)
+    module = KnowledgeDistillation(
+        teacher, tiny_cond_unet(seed=3), init_from_teacher=False, samples_per_class=0, compile_student=True
+    )
+    keys = set(module.state_dict())
+    cpu_trainer(2).fit(module, random_digits_loader(32))
+    assert module._compiled and set(module.state_dict()) == keys  # no _orig_mod prefixes
+    images, labels = next(iter(random_digits_loader(16)))
+    from distill.rng import GeneratorRandom
+
+    losses = module.training_losses((images, labels), rng=GeneratorRandom(torch.Generator().manual_seed(0)))
+    assert torch.isfinite(losses["loss"]) and float(losses["feature_kd"]) > 0, (
+        "feature hooks fire when compiled"
+    )

@@ -47,6 +47,10 @@ class DistillationModule(L.LightningModule):
             number of processes (:mod:`distill.rng`). None: the run's ``seed_everything`` value (0 if unset).
         gradient_checkpointing: recompute the student's activations in the backward pass (diffusers students):
             less memory, about a third more compute.
+        channels_last: hold the student's weights in channels-last memory format (faster convolutions on
+            tensor-core GPUs and some CPUs; measured in ``benchmarks/speed_features.py``).
+        compile_student: ``torch.compile`` the student in place at fit start (``nn.Module.compile``: parameter
+            names, checkpoints and feature hooks unchanged); the first steps pay the compilation.
     """
 
     def __init__(
@@ -59,9 +63,14 @@ class DistillationModule(L.LightningModule):
         nonfinite: str = "stop",
         seed: int | None = None,
         gradient_checkpointing: bool = False,
+        channels_last: bool = False,
+        compile_student: bool = False,
     ) -> None:
         super().__init__()
         self.seed = seed
+        self.compile_student = compile_student
+        if channels_last:
+            student.to(memory_format=torch.channels_last)
         if gradient_checkpointing:
             if not hasattr(student, "enable_gradient_checkpointing"):
                 raise ValueError(
@@ -115,6 +124,11 @@ class DistillationModule(L.LightningModule):
     def conditional(self) -> bool:
         """Whether the teacher takes a condition (class labels or text)."""
         return self.teacher.cond_kind is not None
+
+    def configure_model(self) -> None:
+        if self.compile_student and not getattr(self, "_compiled", False):
+            self.student.compile()
+            self._compiled = True
 
     def setup(self, stage: str) -> None:
         """Precomputed text embeddings carry the empty-prompt condition: hand it to a teacher loaded without its

@@ -69,7 +69,8 @@ class ConsistencyDistillation(DistillationModule):
         cond_drop_prob: label dropout for the student's own conditioning (0: none, as LCM).
         evaluator, eval_num_samples, eval_steps, eval_guidance: validation at 1/2/4 consistency steps.
         samples_per_class: rows per class of the validation grid (teacher 25 DDIM steps, then each step count).
-        optimizer, lr_scheduler, ema_decay, nonfinite, seed, gradient_checkpointing: as in
+        optimizer, lr_scheduler, ema_decay, nonfinite, seed, gradient_checkpointing, channels_last,
+            compile_student: as in
             ``DistillationModule`` (``nonfinite``: "stop"
             or "skip" on a non-finite loss).
     """
@@ -84,6 +85,8 @@ class ConsistencyDistillation(DistillationModule):
         nonfinite: str = "stop",
         seed: int | None = None,
         gradient_checkpointing: bool = False,
+        channels_last: bool = False,
+        compile_student: bool = False,
         original_steps: int = 50,
         w_min: float = 0.0,
         w_max: float = 0.0,
@@ -137,6 +140,8 @@ class ConsistencyDistillation(DistillationModule):
             nonfinite=nonfinite,
             seed=seed,
             gradient_checkpointing=gradient_checkpointing,
+            channels_last=channels_last,
+            compile_student=compile_student,
         )
         self.target = EMA(student, decay=target_decay, warmup=False)
         self._ddp_params_and_buffers_to_ignore += [f"target.{k}" for k in self.target.state_dict()]

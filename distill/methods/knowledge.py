@@ -77,7 +77,8 @@ class KnowledgeDistillation(DistillationModule):
         evaluator: the digits evaluator for FID/KID/accuracy at validation (None: skip).
         eval_num_samples, eval_steps, eval_guidance: the validation evaluation (balanced labels, seed 0).
         samples_per_class: rows of the validation grid (teacher above, student below, same noise and labels).
-        optimizer, lr_scheduler, ema_decay, nonfinite, seed, gradient_checkpointing: as in
+        optimizer, lr_scheduler, ema_decay, nonfinite, seed, gradient_checkpointing, channels_last,
+            compile_student: as in
             ``DistillationModule`` (``nonfinite``: "stop"
             or "skip" on a non-finite loss).
     """
@@ -92,6 +93,8 @@ class KnowledgeDistillation(DistillationModule):
         nonfinite: str = "stop",
         seed: int | None = None,
         gradient_checkpointing: bool = False,
+        channels_last: bool = False,
+        compile_student: bool = False,
         feature_pairs: list[tuple[str, str]] | None = None,
         task_weight: float = 1.0,
         output_weight: float = 1.0,
@@ -125,6 +128,8 @@ class KnowledgeDistillation(DistillationModule):
             nonfinite=nonfinite,
             seed=seed,
             gradient_checkpointing=gradient_checkpointing,
+            channels_last=channels_last,
+            compile_student=compile_student,
         )
         for name, weight in (
             ("task_weight", task_weight),

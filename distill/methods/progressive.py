@@ -87,7 +87,8 @@ class ProgressiveDistillation(DistillationModule):
         init_from_teacher: copy teacher tensors where names and shapes match.
         evaluator, eval_num_samples, eval_guidance: validation FID/accuracy with the current round's step count.
         samples_per_class: rows per class of the validation grid.
-        optimizer, lr_scheduler, ema_decay, nonfinite, seed, gradient_checkpointing: as in
+        optimizer, lr_scheduler, ema_decay, nonfinite, seed, gradient_checkpointing, channels_last,
+            compile_student: as in
             ``DistillationModule`` (``nonfinite``: "stop"
             or "skip" on a non-finite loss).
     """
@@ -102,6 +103,8 @@ class ProgressiveDistillation(DistillationModule):
         nonfinite: str = "stop",
         seed: int | None = None,
         gradient_checkpointing: bool = False,
+        channels_last: bool = False,
+        compile_student: bool = False,
         teacher_steps: int = 64,
         final_steps: int = 1,
         round_steps: int = 1000,
@@ -142,6 +145,8 @@ class ProgressiveDistillation(DistillationModule):
             nonfinite=nonfinite,
             seed=seed,
             gradient_checkpointing=gradient_checkpointing,
+            channels_last=channels_last,
+            compile_student=compile_student,
         )
         self.round_teacher = EMA(student, decay=0.0, warmup=False)  # a frozen student-sized copy
         self._ddp_params_and_buffers_to_ignore += [
