@@ -51,7 +51,9 @@ def teacher_config(teacher: TeacherLike) -> dict[str, Any]:
             try:  # a Hugging Face id already in the user's cache; never downloads
                 from huggingface_hub import snapshot_download
 
-                path = Path(snapshot_download(text, local_files_only=True, allow_patterns=["unet/config.json"]))
+                path = Path(
+                    snapshot_download(text, local_files_only=True, allow_patterns=["unet/config.json"])
+                )
             except Exception:
                 pass
         candidates = (

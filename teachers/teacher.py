@@ -79,6 +79,7 @@ class DiffusionTeacher(nn.Module):
                 f"{len(text_encoders)} text encoders but {len(tokenizers)} tokenizers: pass one per encoder"
             )
         side = resolve_dtype(vae_dtype)
+
         def held(module: nn.Module) -> nn.Module:
             return module if next(module.parameters()).dtype == side else module.to(side)
 
@@ -193,7 +194,7 @@ class DiffusionTeacher(nn.Module):
 
     @property
     def cond_kind(self) -> str | None:
-        """"class" (class labels), "text" (encoder hidden states) or None (unconditional)."""
+        """ "class" (class labels), "text" (encoder hidden states) or None (unconditional)."""
         if self.null_class is not None:
             return "class"
         if self.text_encoders or self._uncond is not None:
