@@ -234,10 +234,14 @@ class StepTimer(L.Callback):
         self.stamps.append(time.perf_counter())
 
 
-def lightning_block(module, steps: int, warmup: int) -> list[float]:
+def timed_fit(module, steps: int, warmup: int, *, precision: str = "32-true") -> tuple[list[float], float]:
+    """``warmup + steps`` more training steps in a quiet CPU Trainer: the per-step times after the warm-up, and the
+    seconds from the call to the end of the first step (set-up and compilation included)."""
     timer = StepTimer()
+    start = time.perf_counter()
     trainer = L.Trainer(
         accelerator="cpu",
+        precision=precision,
         max_steps=module.global_step + warmup + steps,
         logger=False,
         enable_checkpointing=False,
@@ -247,7 +251,12 @@ def lightning_block(module, steps: int, warmup: int) -> list[float]:
         callbacks=[timer],
     )
     trainer.fit(module, train_dataloaders=loader())
-    return [b - a for a, b in zip(timer.stamps[warmup:], timer.stamps[warmup + 1 :], strict=False)]
+    first = timer.stamps[0] - start if timer.stamps else float("nan")
+    return [b - a for a, b in zip(timer.stamps[warmup:], timer.stamps[warmup + 1 :], strict=False)], first
+
+
+def lightning_block(module, steps: int, warmup: int) -> list[float]:
+    return timed_fit(module, steps, warmup)[0]
 
 
 def hand_block(step, steps: int, warmup: int) -> list[float]:

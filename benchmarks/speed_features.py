@@ -15,12 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
-import lightning as L
 import torch
-from overhead import StepTimer, loader
+from overhead import timed_fit
 
 ROOT = Path(__file__).resolve().parent
 VARIANTS = {
@@ -47,25 +45,6 @@ def build(options: dict):
     )
 
 
-def block(module, precision: str, steps: int, warmup: int) -> tuple[list[float], float]:
-    timer = StepTimer()
-    start = time.perf_counter()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        precision=precision,
-        max_steps=module.global_step + warmup + steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[timer],
-    )
-    trainer.fit(module, train_dataloaders=loader())
-    first = timer.stamps[0] - start if timer.stamps else float("nan")
-    return [b - a for a, b in zip(timer.stamps[warmup:], timer.stamps[warmup + 1 :], strict=False)], first
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=10)
@@ -78,7 +57,7 @@ def main() -> None:
     first: dict[str, float] = {}
     for _ in range(args.rounds):
         for name, (_, precision) in VARIANTS.items():
-            t, f = block(modules[name], precision, args.steps, args.warmup)
+            t, f = timed_fit(modules[name], args.steps, args.warmup, precision=precision)
             times[name] += t
             first.setdefault(name, f)
     base = statistics.median(times["fp32"])

@@ -32,6 +32,17 @@ SHARD_INDEX = "index.json"
 UNCOND_FILE = "uncond.safetensors"
 
 
+def _train_loader(datamodule) -> DataLoader:
+    """The resumable, process-aware training loader over ``datamodule.dataset()``."""
+    return resumable_loader(
+        datamodule.dataset(),
+        batch_size=datamodule.batch_size,
+        seed=datamodule.shuffle_seed,
+        trainer=datamodule.trainer,
+        num_workers=datamodule.num_workers,
+    )
+
+
 # -- the caption folder ---------------------------------------------------------------------------------------
 def scan_caption_folder(
     root: Path, *, caption_column: str = "text"
@@ -207,13 +218,7 @@ class CaptionFolderDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return resumable_loader(
-            self.dataset(),
-            batch_size=self.batch_size,
-            seed=self.shuffle_seed,
-            trainer=self.trainer,
-            num_workers=self.num_workers,
-        )
+        return _train_loader(self)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.num_val <= 0:
@@ -419,13 +424,7 @@ class LatentShardDataModule(L.LightningDataModule):
         return LatentShardDataset(self.root, self.index["shards"])
 
     def train_dataloader(self) -> DataLoader:
-        return resumable_loader(
-            self.dataset(),
-            batch_size=self.batch_size,
-            seed=self.shuffle_seed,
-            trainer=self.trainer,
-            num_workers=self.num_workers,
-        )
+        return _train_loader(self)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.num_val <= 0:

@@ -66,31 +66,36 @@ def write_tiny_clip_tokenizer(folder: Path, *, max_length: int = 16) -> int:
     return len(vocab)
 
 
+def tiny_text_config(tokenizer_dir: Path, *, num_hidden_layers: int):
+    """Write the tiny tokenizer into ``tokenizer_dir`` and return a 32-wide ``CLIPTextConfig`` matching it."""
+    from transformers import CLIPTextConfig
+
+    vocab_size = write_tiny_clip_tokenizer(tokenizer_dir)
+    vocab = json.loads((tokenizer_dir / "vocab.json").read_text())
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=4,
+        max_position_embeddings=16,
+        bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"],
+    )
+
+
 def build_tiny_sd(
     path: str | Path, *, seed: int = 0, image_size: int = 16, prediction_type: str = "epsilon"
 ) -> Path:
     """Write a tiny SD-1.x-style pipeline folder at ``path`` (loadable by ``StableDiffusionPipeline``)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
     path = Path(path)
     torch.manual_seed(seed)
-    vocab_size = write_tiny_clip_tokenizer(path / "tokenizer")
     text_dim = 32
-    vocab = json.loads((path / "tokenizer" / "vocab.json").read_text())
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=vocab_size,
-            hidden_size=text_dim,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=16,
-            bos_token_id=vocab["<|startoftext|>"],
-            eos_token_id=vocab["<|endoftext|>"],
-            pad_token_id=vocab["<|endoftext|>"],
-        )
-    )
+    text_encoder = CLIPTextModel(tiny_text_config(path / "tokenizer", num_hidden_layers=2))
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -146,23 +151,11 @@ def build_tiny_sd(
 
 def build_tiny_clip(path: str | Path, *, seed: int = 0) -> Path:
     """A tiny ``CLIPModel`` (32 px images, 16-d projections) with the tiny tokenizer, for CLIP-score plumbing tests."""
-    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+    from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
 
     path = Path(path)
     torch.manual_seed(seed)
-    vocab_size = write_tiny_clip_tokenizer(path)
-    vocab = json.loads((path / "vocab.json").read_text())
-    text = CLIPTextConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        max_position_embeddings=16,
-        bos_token_id=vocab["<|startoftext|>"],
-        eos_token_id=vocab["<|endoftext|>"],
-        pad_token_id=vocab["<|endoftext|>"],
-    )
+    text = tiny_text_config(path, num_hidden_layers=1)
     vision = CLIPVisionConfig(
         hidden_size=32,
         intermediate_size=64,
