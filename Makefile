@@ -25,14 +25,11 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow -p no:cacheprovider
 
-# Benchmarks behind the README's tables (under 20 minutes on 2 cores), then the tables copied into README.md.
+# Benchmarks behind the README's tables (under 20 minutes on 2 idle cores): each script timed, every ratio compared
+# with the previous run (benchmarks/results/rerun.md), then the tables copied into README.md.
 bench: $(STAMP)
 	$(BIN)/pip install -q -e ".[bench]"
-	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/overhead.py --steps 10 --rounds 2 --warmup 2
-	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/sampling_quality.py --repeats 3
-	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/scaling.py --batches 16 64 --sizes 16 32 64 --repeats 3
-	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/speed_features.py --steps 5 --rounds 1
-	$(BIN)/python benchmarks/update_readme.py
+	$(BIN)/python benchmarks/run_all.py
 
 # Retrain the shipped teacher, evaluator and students from their configs into runs/reproduce (hours on a CPU).
 reproduce: $(STAMP)

@@ -4,9 +4,11 @@ PyTorch loop doing the same math with the same teacher, student, batch and optim
 Run:  OMP_NUM_THREADS=2 python benchmarks/overhead.py [--methods kd consistency progressive] [--steps 30]
 Writes ``benchmarks/results/overhead.json`` and ``overhead.md``.
 
-Time: both variants train in one process, alternated in blocks (Lightning block, hand block, ...), each block
-after its own warm-up; the per-step wall time (data, forward, backward, optimizer, EMA/target updates, our logging
-and keyed random draws) is the median over all timed steps. Memory: each variant runs alone in a fresh process
+Time: both variants train in one process, alternated step by step (a hand-loop step runs after every
+Lightning step, see :class:`Interleaved`), so drift in the machine's speed hits both alike; after a warm-up, the
+time ratio is the median over steps of (Lightning step / the hand step beside it), with the per-variant medians
+beside it. A step is its data fetch, forward, backward, optimizer step and EMA/target updates, plus (Lightning)
+the hooks, our logging and the keyed random draws. Memory: each variant runs alone in a fresh process
 (peaks only grow, so variants never share a process) and reports its peak resident set size during training
 (VmHWM, reset after the teacher and student are built, so imports and loading do not hide the difference).
 
@@ -242,7 +244,7 @@ def timed_fit(module, steps: int, warmup: int, *, precision: str = "32-true") ->
     trainer = L.Trainer(
         accelerator="cpu",
         precision=precision,
-        max_steps=module.global_step + warmup + steps,
+        max_steps=warmup + steps + 1,  # a fresh Trainer counts from 0; steps + 1 stamps give steps intervals
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -261,34 +263,70 @@ def lightning_block(module, steps: int, warmup: int) -> list[float]:
 
 def hand_block(step, steps: int, warmup: int) -> list[float]:
     stamps = []
-    data = loader()
-    it = iter(data)
+    batches = endless(loader())
     for _ in range(warmup + steps + 1):
-        try:
-            images, labels = next(it)
-        except StopIteration:
-            it = iter(data)
-            images, labels = next(it)
-        step(images, labels)
+        step(*next(batches))
         stamps.append(time.perf_counter())
     return [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1 :], strict=False)]
 
 
-def time_method(method: str, *, steps: int, rounds: int, warmup: int) -> dict:
+def endless(data):
+    while True:
+        yield from data
+
+
+class Interleaved(L.Callback):
+    """One hand-loop step after every Lightning step, so the two alternate step by step and any drift in the
+    machine's speed (other processes, frequency scaling) hits both alike.
+
+    A Lightning interval runs from the end of the previous hand step to the end of this Lightning step: the
+    module's own batch-end hooks, Lightning's bookkeeping, the data fetch and the whole optimisation step, each
+    counted once. A hand interval is its data fetch and step."""
+
+    def __init__(self, hand_step) -> None:
+        self.hand_step = hand_step
+        self.batches = endless(loader())
+        self.mark: float | None = None
+        self.lightning: list[float] = []
+        self.hand: list[float] = []
+
+    def on_train_batch_end(self, *args) -> None:
+        now = time.perf_counter()
+        if self.mark is not None:
+            self.lightning.append(now - self.mark)
+        start = time.perf_counter()
+        with torch.enable_grad():
+            self.hand_step(*next(self.batches))
+        self.hand.append(time.perf_counter() - start)
+        self.mark = time.perf_counter()
+
+
+def time_method(method: str, *, steps: int, warmup: int) -> dict:
     lightning_module = build(method)
-    hand_module = build(method)
-    step = hand_step_fn(hand_module, method)
-    lt, ht = [], []
-    for _ in range(rounds):
-        lt += lightning_block(lightning_module, steps, warmup)
-        ht += hand_block(step, steps, warmup)
+    step = hand_step_fn(build(method), method)
+    timer = Interleaved(step)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=warmup + steps + 1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[timer],
+    )
+    trainer.fit(lightning_module, train_dataloaders=loader())
+    lt = timer.lightning[warmup:]
+    ht = timer.hand[warmup + 1 :]  # pair each Lightning interval with the hand step that follows it
+    pairs = [a / b for a, b in zip(lt, ht, strict=False)]
     ml, mh = statistics.median(lt), statistics.median(ht)
     return {
         "method": method,
         "lightning_ms": 1000 * ml,
         "hand_ms": 1000 * mh,
-        "time_ratio": ml / mh,
-        "n": len(lt),
+        "time_ratio": statistics.median(pairs),
+        "time_ratio_q1_q3": [float(q) for q in torch.tensor(pairs).quantile(torch.tensor([0.25, 0.75]))],
+        "n": len(pairs),
     }
 
 
@@ -335,8 +373,9 @@ def memory_probe(method: str, variant: str, steps: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per block")
-    parser.add_argument("--rounds", type=int, default=3, help="alternated blocks per variant")
+    parser.add_argument(
+        "--steps", type=int, default=30, help="timed steps per variant (alternated step by step)"
+    )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     parser.add_argument("--memory-probe", nargs=2, metavar=("METHOD", "VARIANT"), help=argparse.SUPPRESS)
@@ -346,7 +385,7 @@ def main() -> None:
         return
     rows = []
     for method in args.methods:
-        row = time_method(method, steps=args.steps, rounds=args.rounds, warmup=args.warmup)
+        row = time_method(method, steps=args.steps, warmup=args.warmup)
         row["lightning_mib"] = peak_memory(method, "lightning", 10)
         row["hand_mib"] = peak_memory(method, "hand", 10)
         row["memory_ratio"] = row["lightning_mib"] / row["hand_mib"]

@@ -1,0 +1,93 @@
+"""``make bench``: rerun every benchmark behind the README's tables, time each, compare with the previous run and
+copy the tables into README.md.
+
+Run:  python benchmarks/run_all.py [--only overhead scaling ...] [--threads 2]
+
+1. the previous results (``benchmarks/results/*.json``) are kept in ``benchmarks/results/previous/``;
+2. each script runs in its own process with ``OMP_NUM_THREADS`` set, its wall time recorded
+   (``benchmarks/results/bench_times.{json,md}``);
+3. every ratio is compared with the previous run (``benchmarks/compare.py`` -> ``benchmarks/results/rerun.md``);
+4. ``benchmarks/update_readme.py`` copies the Markdown tables into README.md.
+
+A failing script stops the run before anything is compared or copied, so README never mixes runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+
+# (name, arguments): the settings the README's tables were measured with
+SCRIPTS: list[tuple[str, list[str]]] = [
+    ("overhead", ["benchmarks/overhead.py", "--steps", "30", "--warmup", "3"]),
+    ("sampling_quality", ["benchmarks/sampling_quality.py", "--repeats", "3"]),
+    (
+        "scaling",
+        ["benchmarks/scaling.py", "--batches", "16", "64", "--sizes", "16", "32", "64", "--repeats", "3"],
+    ),
+    ("speed_features", ["benchmarks/speed_features.py", "--steps", "4", "--rounds", "3"]),
+]
+
+
+def keep_previous(results: Path = RESULTS) -> Path:
+    """Copy the current ``*.json`` results into ``results/previous`` (replacing what was there)."""
+    previous = results / "previous"
+    current = sorted(results.glob("*.json"))
+    if current:
+        if previous.exists():
+            shutil.rmtree(previous)
+        previous.mkdir(parents=True)
+        for path in current:
+            shutil.copy2(path, previous / path.name)
+    return previous
+
+
+def times_markdown(times: dict[str, float]) -> str:
+    lines = ["| benchmark | wall time (min) |", "| --- | ---: |"]
+    lines += [f"| `{name}` | {seconds / 60:.1f} |" for name, seconds in times.items()]
+    lines.append(f"| **all** | **{sum(times.values()) / 60:.1f}** |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", choices=[name for name, _ in SCRIPTS], help="a subset")
+    parser.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of every script")
+    args = parser.parse_args(argv)
+    repo = ROOT.parent
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(ROOT))
+    previous = keep_previous()
+    times: dict[str, float] = {}
+    for name, command in SCRIPTS:
+        if args.only and name not in args.only:
+            continue
+        print(f"== {name}: {' '.join(command)}", flush=True)
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, *command], cwd=repo, env=env)
+        if done.returncode != 0:
+            print(f"{name} failed (exit {done.returncode}); README left unchanged", file=sys.stderr)
+            return done.returncode
+        times[name] = time.perf_counter() - start
+        print(f"== {name}: {times[name] / 60:.1f} min", flush=True)
+    if not args.only:  # a partial run's total would not be make bench's wall time
+        (RESULTS / "bench_times.json").write_text(
+            json.dumps({"threads": args.threads, "seconds": times}, indent=2) + "\n"
+        )
+        (RESULTS / "bench_times.md").write_text(times_markdown(times))
+    compare = [sys.executable, "benchmarks/compare.py", str(previous), str(RESULTS)]
+    subprocess.run([*compare, "--md", str(RESULTS / "rerun.md")], cwd=repo, check=True)
+    subprocess.run([sys.executable, "benchmarks/update_readme.py"], cwd=repo, check=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
