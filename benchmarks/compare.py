@@ -3,7 +3,7 @@
 Run:  python benchmarks/compare.py OLD_DIR NEW_DIR [--tolerance 0.10] [--md rerun.md] [--strict]
 
 A ratio is anything the README quotes as "x vs y" measured side by side: the library-overhead time and memory
-ratios, the sampling speed-ups, the training-speed-feature speed-ups, the teacher/student scaling ratios; the
+ratios, the sampling speed-ups, the training-speed-feature and teacher-reuse speed-ups, the teacher/student scaling ratios; the
 seeded FIDs of the quality table are compared too (they should not move at all). The change is
 ``new / old - 1``; ``--strict`` exits 1 when any exceeds the tolerance.
 """
@@ -39,13 +39,20 @@ def ratios(folder: str | Path) -> dict[str, float]:
             out[f"sampling {r['model']}, {r['steps']} steps: speed-up"] = r["speedup_vs_teacher"]
     for r in _rows(folder, "quality_cost"):
         out[f"quality {r['model']}, {r['steps']} steps: FID vs real"] = r["fid_real"]
+    reuse = folder / "teacher_reuse.json"
+    if reuse.is_file():
+        data = json.loads(reuse.read_text())
+        out["teacher reuse, precomputed text-to-image data: speed-up"] = data["t2i"]["speedup"]
+        out["teacher reuse, validation grid: speed-up"] = data["validation"]["speedup"]
     scaling: dict[tuple[int, int], dict[str, dict]] = {}
     for r in _rows(folder, "scaling"):
         scaling.setdefault((r["size"], r["batch"]), {})[r["network"]] = r
     for (size, batch), pair in sorted(scaling.items()):
         if {"teacher", "student"} <= pair.keys():
             t, s = pair["teacher"], pair["student"]
-            out[f"scaling {size} px, batch {batch}: time ratio"] = t["step_ms"] / s["step_ms"]
+            out[f"scaling {size} px, batch {batch}: time ratio"] = t.get(
+                "time_ratio", t["step_ms"] / s["step_ms"]
+            )
             out[f"scaling {size} px, batch {batch}: memory ratio"] = t["activation_mib"] / s["activation_mib"]
     return out
 

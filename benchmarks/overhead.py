@@ -85,6 +85,9 @@ def loader():
 
 # -- the hand-written loops ----------------------------------------------------------------------------------
 def hand_step_fn(module, method: str):
+    """A hand-written training step ``step(images, labels) -> loss`` for ``module``'s networks: the same math
+    as ``module.training_losses`` with the global RNG drawn in the same order (tested), then AdamW and the
+    EMA/target updates."""
     teacher, student = module.teacher, module.student
     schedule = teacher.schedule
     params = list(module.trainable_parameters())
@@ -131,6 +134,7 @@ def hand_step_fn(module, method: str):
             loss.backward()
             opt.step()
             module.ema.update(student)
+            return loss.detach()
 
         return step
 
@@ -180,6 +184,7 @@ def hand_step_fn(module, method: str):
             opt.step()
             module.ema.update(student)
             module.target.update(student)
+            return loss.detach()
 
         return step
 
@@ -223,6 +228,7 @@ def hand_step_fn(module, method: str):
         loss.backward()
         opt.step()
         module.ema.update(student)
+        return loss.detach()
 
     return step
 
@@ -236,7 +242,9 @@ class StepTimer(L.Callback):
         self.stamps.append(time.perf_counter())
 
 
-def timed_fit(module, steps: int, warmup: int, *, precision: str = "32-true") -> tuple[list[float], float]:
+def timed_fit(
+    module, steps: int, warmup: int, *, precision: str = "32-true", datamodule=None
+) -> tuple[list[float], float]:
     """``warmup + steps`` more training steps in a quiet CPU Trainer: the per-step times after the warm-up, and the
     seconds from the call to the end of the first step (set-up and compilation included)."""
     timer = StepTimer()
@@ -252,7 +260,10 @@ def timed_fit(module, steps: int, warmup: int, *, precision: str = "32-true") ->
         limit_val_batches=0,
         callbacks=[timer],
     )
-    trainer.fit(module, train_dataloaders=loader())
+    if datamodule is not None:
+        trainer.fit(module, datamodule=datamodule)
+    else:
+        trainer.fit(module, train_dataloaders=loader())
     first = timer.stamps[0] - start if timer.stamps else float("nan")
     return [b - a for a, b in zip(timer.stamps[warmup:], timer.stamps[warmup + 1 :], strict=False)], first
 

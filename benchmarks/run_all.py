@@ -29,12 +29,13 @@ RESULTS = ROOT / "results"
 # (name, arguments): the settings the README's tables were measured with
 SCRIPTS: list[tuple[str, list[str]]] = [
     ("overhead", ["benchmarks/overhead.py", "--steps", "30", "--warmup", "3"]),
-    ("sampling_quality", ["benchmarks/sampling_quality.py", "--repeats", "3"]),
+    ("sampling_quality", ["benchmarks/sampling_quality.py", "--repeats", "5"]),
     (
         "scaling",
-        ["benchmarks/scaling.py", "--batches", "16", "64", "--sizes", "16", "32", "64", "--repeats", "3"],
+        ["benchmarks/scaling.py", "--batches", "16", "64", "--sizes", "16", "32", "64", "--repeats", "5"],
     ),
     ("speed_features", ["benchmarks/speed_features.py", "--steps", "4", "--rounds", "3"]),
+    ("teacher_reuse", ["benchmarks/teacher_reuse.py", "--steps", "6", "--repeats", "3"]),
 ]
 
 

@@ -9,16 +9,27 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def fill(text: str, tables: dict[str, str]) -> tuple[str, list[str]]:
+    """``text`` with each ``<!-- bench:NAME -->`` block's content replaced by ``tables[NAME]``; and the names
+    replaced. Markers without a table keep their content."""
+    done = []
+    for name, table in sorted(tables.items()):
+        pattern = re.compile(
+            rf"(<!-- bench:{re.escape(name)} -->\n).*?(<!-- /bench:{re.escape(name)} -->)", re.S
+        )
+        if pattern.search(text):
+            text = pattern.sub(lambda m, t=table: m.group(1) + t + m.group(2), text)
+            done.append(name)
+    return text, done
+
+
 def main() -> None:
     readme = ROOT / "README.md"
-    text = readme.read_text()
-    for table in sorted((ROOT / "benchmarks" / "results").glob("*.md")):
-        name = table.stem
-        pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)", re.S)
-        if pattern.search(text):
-            text = pattern.sub(lambda m, t=table: m.group(1) + t.read_text() + m.group(2), text)
-            print(f"README: {name} updated")
+    tables = {path.stem: path.read_text() for path in (ROOT / "benchmarks" / "results").glob("*.md")}
+    text, done = fill(readme.read_text(), tables)
     readme.write_text(text)
+    for name in done:
+        print(f"README: {name} updated")
 
 
 if __name__ == "__main__":

@@ -162,3 +162,37 @@ def test_student_exports_as_a_loadable_denoiser(teacher, tmp_path):
     assert loaded.schedule.config["prediction_type"] == teacher.prediction_type
     torch.testing.assert_close(loaded.schedule.alphas_cumprod, teacher.schedule.alphas_cumprod)
     assert not (tmp_path / "student" / "unet" / "projections").exists()
+
+
+def test_validation_reuses_the_teacher_samples(teacher, tmp_path, monkeypatch):
+    """The teacher's half of the validation grid (fixed noise and labels, frozen teacher) is sampled once; later
+    validations reuse it, and what is reused is what the teacher would sample again."""
+    kd = KnowledgeDistillation(
+        teacher,
+        tiny_cond_unet(seed=5, block_out_channels=[16, 16]),
+        init_from_teacher=False,
+        samples_per_class=1,
+        eval_steps=3,
+    )
+    calls = []
+    predict = kd.teacher.predict
+    monkeypatch.setattr(kd.teacher, "predict", lambda *a, **k: calls.append(1) or predict(*a, **k))
+    trainer = L.Trainer(
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        max_steps=6,
+        val_check_interval=2,
+        num_sanity_val_steps=0,
+        logger=L.pytorch.loggers.TensorBoardLogger(tmp_path),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(kd, _loader(), _loader(8))
+    assert len(calls) == 3  # three validations, one teacher sampling of three steps
+    ((key, cached),) = kd._teacher_samples.items()
+    assert key[:3] == ("grid", 10, 3)
+    noise = kd._noise(10)
+    labels = torch.arange(10)
+    fresh = kd.generate(labels, noise, steps=3, guidance_scale=kd.eval_guidance, teacher=True)
+    torch.testing.assert_close(cached, fresh)

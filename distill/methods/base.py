@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,7 @@ class DistillationModule(L.LightningModule):
                 )
             student.enable_gradient_checkpointing()
         self._batch_idx = 0
+        self._teacher_samples: dict[tuple, torch.Tensor] = {}
         self._skipped = False
         if nonfinite not in NONFINITE:
             raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
@@ -172,6 +173,15 @@ class DistillationModule(L.LightningModule):
         eval_seed = int(getattr(self, "eval_seed", 0))
         gen = torch.Generator(self.device).manual_seed(eval_seed * 100_003 + batch_idx)
         return GeneratorRandom(gen, device=self.device)
+
+    def teacher_samples(self, key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Teacher output reuse for validation: the frozen teacher's samples from the fixed validation noise and
+        labels are the same at every validation, so ``make()`` runs once per ``key`` (with the device and the
+        teacher's dtype added) and later validations reuse its result. Not written to checkpoints."""
+        key = (*key, str(self.device), self.teacher.dtype)
+        if key not in self._teacher_samples:
+            self._teacher_samples[key] = make().detach()
+        return self._teacher_samples[key]
 
     # -- training -----------------------------------------------------------------------------------------
     def trainable_parameters(self) -> Iterator[nn.Parameter]:

@@ -282,11 +282,14 @@ class ConsistencyDistillation(DistillationModule):
             noise = self._noise(n)
             teacher_scale = 1.0 + self.eval_guidance if conditional and self.eval_guidance > 0 else None
             rows = [
-                ddim_sample_steps(
-                    denoiser=partial(self.teacher.predict, cond=labels, guidance_scale=teacher_scale),
-                    noise=noise,
-                    schedule=self.teacher.schedule,
-                    steps=25,
+                self.teacher_samples(
+                    ("grid", n, 25, teacher_scale, self.eval_seed),
+                    lambda: ddim_sample_steps(
+                        denoiser=partial(self.teacher.predict, cond=labels, guidance_scale=teacher_scale),
+                        noise=noise,
+                        schedule=self.teacher.schedule,
+                        steps=25,
+                    ),
                 )
             ]
             rows += [

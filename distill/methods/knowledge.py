@@ -282,8 +282,11 @@ class KnowledgeDistillation(DistillationModule):
             n = classes * self.samples_per_class
             labels = balanced_labels(n, classes, device=self.device) if self.null_class is not None else None
             noise = self._noise(n)
-            teacher_imgs = self.generate(
-                labels, noise, steps=self.eval_steps, guidance_scale=guidance, teacher=True
+            teacher_imgs = self.teacher_samples(
+                ("grid", n, self.eval_steps, guidance, self.eval_seed),
+                lambda: self.generate(
+                    labels, noise, steps=self.eval_steps, guidance_scale=guidance, teacher=True
+                ),
             )
             student_imgs = self.generate(labels, noise, steps=self.eval_steps, guidance_scale=guidance)
             log_image(

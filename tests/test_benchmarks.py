@@ -1,0 +1,105 @@
+"""The benchmark tooling: the overhead benchmark's hand loops compute the library's losses, reruns are compared
+ratio by ratio, and README's tables are filled from the results."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import compare  # noqa: E402
+import overhead  # noqa: E402
+import run_all  # noqa: E402
+import update_readme  # noqa: E402
+
+from distill.rng import GeneratorRandom  # noqa: E402
+
+
+@pytest.mark.parametrize("method", overhead.METHODS)
+def test_hand_loop_computes_the_library_loss(method):
+    """The overhead ratio compares like with like: from the same weights, batch and global-RNG draws, the hand
+    loop's first loss equals the LightningModule's ``training_losses``."""
+    library = overhead.build(method)
+    step = overhead.hand_step_fn(overhead.build(method), method)
+    images, labels = next(iter(overhead.loader()))
+    images, labels = images[:8], labels[:8]
+    torch.manual_seed(1)
+    expected = library.training_losses((images, labels), rng=GeneratorRandom(None))["loss"].detach()
+    torch.manual_seed(1)
+    got = step(images, labels)
+    assert got.shape == expected.shape == ()
+    assert torch.isfinite(expected) and expected > 0
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def _write(folder: Path, name: str, rows: list[dict]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps({"rows": rows}))
+
+
+def _results(folder: Path, *, kd_time: float, teacher_ms: float) -> Path:
+    _write(folder, "overhead", [{"method": "kd", "time_ratio": kd_time, "memory_ratio": 1.0}])
+    _write(
+        folder,
+        "scaling",
+        [
+            {"network": "teacher", "size": 16, "batch": 16, "step_ms": teacher_ms, "activation_mib": 40.0},
+            {"network": "student", "size": 16, "batch": 16, "step_ms": 100.0, "activation_mib": 20.0},
+        ],
+    )
+    _write(folder, "speed_features", [{"variant": "fp32", "speedup_vs_fp32": 1.0}])
+    return folder
+
+
+def test_compare_reports_every_ratio_and_flags_changes(tmp_path, capsys):
+    old = _results(tmp_path / "old", kd_time=1.00, teacher_ms=200.0)
+    new = _results(tmp_path / "new", kd_time=1.02, teacher_ms=250.0)
+    values = compare.ratios(old)
+    assert values == {
+        "overhead kd: time ratio": 1.0,
+        "overhead kd: memory ratio": 1.0,
+        "scaling 16 px, batch 16: time ratio": 2.0,
+        "scaling 16 px, batch 16: memory ratio": 2.0,
+    }  # fp32's own 1.0 is not a comparison
+    rows = {r[0]: r[3] for r in compare.compare(values, compare.ratios(new))}
+    assert rows["overhead kd: time ratio"] == pytest.approx(0.02)
+    assert rows["scaling 16 px, batch 16: time ratio"] == pytest.approx(0.25)
+    md = tmp_path / "rerun.md"
+    assert compare.main([str(old), str(new), "--md", str(md)]) == 0  # reports, does not fail by default
+    assert compare.main([str(old), str(new), "--strict"]) == 1  # the 25% change is outside 10%
+    assert compare.main([str(old), str(new), "--strict", "--tolerance", "0.3"]) == 0
+    text = md.read_text()
+    assert "largest change 25.0%; 1 outside +-10%" in text
+    assert "| scaling 16 px, batch 16: time ratio | 2.000 | 2.500 | +25.0% |" in text
+    assert compare.main([str(tmp_path / "none"), str(new), "--strict"]) == 1  # nothing in common
+    capsys.readouterr()
+
+
+def test_keep_previous_copies_the_last_results(tmp_path):
+    results = _results(tmp_path / "results", kd_time=1.0, teacher_ms=200.0)
+    previous = run_all.keep_previous(results)
+    assert sorted(p.name for p in previous.iterdir()) == ["overhead.json", "scaling.json", "speed_features.json"]
+    (results / "overhead.json").write_text("{}")
+    run_all.keep_previous(results)  # replaced, not merged
+    assert (previous / "overhead.json").read_text() == "{}"
+    assert "| **all** | **1.5** |" in run_all.times_markdown({"a": 60.0, "b": 30.0})
+
+
+def test_readme_markers_are_filled_from_tables():
+    text = "intro\n<!-- bench:a -->\nold a\n<!-- /bench:a -->\nmid\n<!-- bench:b -->\nold b\n<!-- /bench:b -->\n"
+    out, done = update_readme.fill(text, {"a": "| new |\n", "c": "unused\n"})
+    assert done == ["a"]
+    assert out == "intro\n<!-- bench:a -->\n| new |\n<!-- /bench:a -->\nmid\n<!-- bench:b -->\nold b\n<!-- /bench:b -->\n"
+
+
+def test_readme_has_a_marker_for_every_benchmark_table():
+    readme = (BENCH.parent / "README.md").read_text()
+    for table in sorted((BENCH / "results").glob("*.md")):
+        assert f"<!-- bench:{table.stem} -->" in readme, f"README shows no {table.name}"
+        assert table.read_text() in readme, f"README's {table.stem} table is not the one in {table}"
