@@ -242,17 +242,13 @@ class StepTimer(L.Callback):
         self.stamps.append(time.perf_counter())
 
 
-def timed_fit(
-    module, steps: int, warmup: int, *, precision: str = "32-true", datamodule=None
-) -> tuple[list[float], float]:
-    """``warmup + steps`` more training steps in a quiet CPU Trainer: the per-step times after the warm-up, and the
-    seconds from the call to the end of the first step (set-up and compilation included)."""
-    timer = StepTimer()
-    start = time.perf_counter()
-    trainer = L.Trainer(
+def quiet_trainer(max_steps: int, timer: L.Callback, *, precision: str = "32-true") -> L.Trainer:
+    """A CPU Trainer that only trains: no logger, checkpoints, progress bar or validation. A fresh Trainer counts
+    from step 0, so ``max_steps = warmup + steps + 1`` stamps give ``steps`` intervals after the warm-up."""
+    return L.Trainer(
         accelerator="cpu",
         precision=precision,
-        max_steps=warmup + steps + 1,  # a fresh Trainer counts from 0; steps + 1 stamps give steps intervals
+        max_steps=max_steps,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -260,6 +256,16 @@ def timed_fit(
         limit_val_batches=0,
         callbacks=[timer],
     )
+
+
+def timed_fit(
+    module, steps: int, warmup: int, *, precision: str = "32-true", datamodule=None
+) -> tuple[list[float], float]:
+    """``warmup + steps`` more training steps in a quiet CPU Trainer: the per-step times after the warm-up, and the
+    seconds from the call to the end of the first step (set-up and compilation included)."""
+    timer = StepTimer()
+    start = time.perf_counter()
+    trainer = quiet_trainer(warmup + steps + 1, timer, precision=precision)
     if datamodule is not None:
         trainer.fit(module, datamodule=datamodule)
     else:
@@ -316,16 +322,7 @@ def time_method(method: str, *, steps: int, warmup: int) -> dict:
     lightning_module = build(method)
     step = hand_step_fn(build(method), method)
     timer = Interleaved(step)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=warmup + steps + 1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[timer],
-    )
+    trainer = quiet_trainer(warmup + steps + 1, timer)
     trainer.fit(lightning_module, train_dataloaders=loader())
     lt = timer.lightning[warmup:]
     ht = timer.hand[warmup + 1 :]  # pair each Lightning interval with the hand step that follows it

@@ -34,7 +34,7 @@ SCRIPTS: list[tuple[str, list[str]]] = [
         "scaling",
         ["benchmarks/scaling.py", "--batches", "16", "64", "--sizes", "16", "32", "64", "--repeats", "5"],
     ),
-    ("speed_features", ["benchmarks/speed_features.py", "--steps", "4", "--rounds", "3"]),
+    ("speed_features", ["benchmarks/speed_features.py", "--steps", "8", "--warmup", "3"]),
     ("teacher_reuse", ["benchmarks/teacher_reuse.py", "--steps", "6", "--repeats", "3"]),
 ]
 

@@ -83,9 +83,12 @@ def speed(all_models, *, batch: int, repeats: int) -> list[dict]:
         case
     ) in cases:  # warm-up; then each timing repeats a fast case until it lasts about MIN_TIMING seconds
         loops[case] = max(1, math.ceil(MIN_TIMING / (run(case) * batch)))
-    for _ in range(repeats):  # alternated
-        for case in cases:
-            timings[case].append(run(case))
+    for _ in range(repeats):  # alternated: each student timed before and after the teacher, the two averaged,
+        # so a drift in the machine's speed during the teacher's long run cancels in the ratio
+        before = {case: run(case) for case in cases[1:]}
+        timings[cases[0]].append(run(cases[0]))
+        for case in cases[1:]:
+            timings[case].append((before[case] + run(case)) / 2)
     rows = []
     teacher_model = all_models["teacher (DDIM)"][0]
     teacher_macs = macs_per_forward(teacher_model) * 50 * 2
@@ -102,7 +105,7 @@ def speed(all_models, *, batch: int, repeats: int) -> list[dict]:
                 "forwards_per_step": cfg,
                 "ms_per_image": ms,
                 "macs_per_image": macs,
-                # the median of per-repeat ratios (teacher and case timed one after the other): drift cancels
+                # the median of per-repeat ratios (each student timed around the teacher): drift cancels
                 "speedup_vs_teacher": statistics.median(
                     a / b for a, b in zip(timings[cases[0]], timings[case], strict=True)
                 ),

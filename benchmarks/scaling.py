@@ -5,16 +5,18 @@ Run:  OMP_NUM_THREADS=2 python benchmarks/scaling.py [--repeats 5]
 Writes ``benchmarks/results/scaling.{json,md}``.
 
 One step = forward, MSE loss, backward and an AdamW step of the network alone (what a student costs to train; the
-teacher's row is what training it cost), on random data, median of ``--repeats`` after two warm-ups, teacher and
-student alternated; the time ratio is the median of the per-repeat ratios. Memory: the bytes autograd saves for
-the backward pass (activations, counted exactly with ``saved_tensors_hooks``), plus weights, gradients and AdamW moments (16 bytes per parameter). Both UNets are
-convolutional, so they run at any size that the down-sampling divides.
+teacher's row is what training it cost), on random data, median of ``--repeats`` after two warm-ups (fast
+configurations time several steps per measurement, about a second each), teacher and student alternated; the
+time ratio is the median of the per-repeat ratios. Memory: the bytes autograd saves for the backward pass
+(activations, counted exactly with ``saved_tensors_hooks``), plus weights, gradients and AdamW moments (16 bytes
+per parameter). Both UNets are convolutional, so they run at any size that the down-sampling divides.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -23,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent
+MIN_TIMING = 1.0  # seconds per timed measurement: fast configurations run several steps per measurement
 
 
 def networks():
@@ -79,14 +82,18 @@ def main() -> None:
             t = torch.randint(0, 1000, (batch,))
             y = torch.arange(batch) % 10
             timings: dict[str, list[float]] = {name: [] for name in nets}
-            for name in nets:  # warm-up
-                for _ in range(2):
-                    steps[name](x, t, y)
+            loops = {}
+            for name in nets:  # warm-up; a fast step is repeated until a measurement lasts about MIN_TIMING
+                steps[name](x, t, y)
+                start = time.perf_counter()
+                steps[name](x, t, y)
+                loops[name] = max(1, math.ceil(MIN_TIMING / (time.perf_counter() - start)))
             for _ in range(args.repeats):
                 for name in nets:
                     start = time.perf_counter()
-                    steps[name](x, t, y)
-                    timings[name].append(time.perf_counter() - start)
+                    for _ in range(loops[name]):
+                        steps[name](x, t, y)
+                    timings[name].append((time.perf_counter() - start) / loops[name])
             # teacher and student timed one after the other: the median of the per-repeat ratios cancels drift
             paired = statistics.median(
                 a / b for a, b in zip(timings["teacher"], timings["student"], strict=True)

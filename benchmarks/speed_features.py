@@ -1,12 +1,16 @@
 """Training speed features on this machine: one knowledge-distillation step (digits teacher -> efficient UNet,
-batch 64, inside Lightning's Trainer) in fp32, with bf16 autocast (``precision: bf16-mixed``), with a channels-last
-student (``channels_last: true``) and with a compiled student (``compile_student: true``).
+batch 64) in fp32, with bf16 autocast (``precision: bf16-mixed``), with a channels-last student
+(``channels_last: true``) and with a compiled student (``compile_student: true``).
 
-Run:  OMP_NUM_THREADS=2 python benchmarks/speed_features.py [--steps 15]
-Writes ``benchmarks/results/speed_features.{json,md}``. Each variant is timed after its warm-up (compilation
-excluded, and reported separately); variants alternate in short rounds (so drift in the machine's speed
-hits all alike); medians. On a GPU the same flags apply:
-``--trainer.precision=bf16-mixed``, ``--model.init_args.channels_last=true``,
+Run:  OMP_NUM_THREADS=2 python benchmarks/speed_features.py [--steps 8]
+Writes ``benchmarks/results/speed_features.{json,md}``. Each variant is its own KnowledgeDistillation module
+(the method's ``training_losses``, AdamW, the EMA update: what a Trainer step runs, whose own overhead
+``overhead.py`` measures), and the variants take turns step by step, so drift in the machine's speed hits all
+alike; after the warm-up (compilation is paid there and reported separately), the speed-up of a variant is the
+median over steps of (fp32 step / that variant's step in the same turn). bf16 autocast wraps the forward
+passes and the loss as Lightning's ``bf16-mixed`` does; the backward pass runs outside it.
+
+On a GPU the same flags apply: ``--trainer.precision=bf16-mixed``, ``--model.init_args.channels_last=true``,
 ``--model.init_args.compile_student=true``; with a teacher ``dtype: bfloat16`` and ``gradient_checkpointing``
 for memory.
 """
@@ -14,19 +18,23 @@ for memory.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
+import time
 from pathlib import Path
 
 import torch
-from overhead import timed_fit
+from overhead import endless, loader
+
+from distill.rng import GeneratorRandom
 
 ROOT = Path(__file__).resolve().parent
 VARIANTS = {
-    "fp32": ({}, "32-true"),
-    "bf16 autocast": ({}, "bf16-mixed"),
-    "channels_last student": ({"channels_last": True}, "32-true"),
-    "compiled student": ({"compile_student": True}, "32-true"),
+    "fp32": ({}, False),
+    "bf16 autocast": ({}, True),
+    "channels_last student": ({"channels_last": True}, False),
+    "compiled student": ({"compile_student": True}, False),
 }
 
 
@@ -46,39 +54,57 @@ def build(options: dict):
     )
 
 
+def step_fn(module, *, bf16: bool):
+    """One training step of ``module`` as its Trainer would run it (fit-start hook, autocast, AdamW, EMA)."""
+    module.configure_model()  # compiles the student when asked; modes stay as built (teacher and EMA in eval)
+    opt = torch.optim.AdamW(module.trainable_parameters(), lr=2e-4)
+
+    def step(images, labels):
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with autocast:
+            loss = module.training_losses((images, labels), rng=GeneratorRandom(None))["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        module.after_step(steps_done=1)
+
+    return step
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per variant (variants take turns)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     args = parser.parse_args()
-    modules = {name: build(options) for name, (options, _) in VARIANTS.items()}
+    steps = {name: step_fn(build(options), bf16=bf16) for name, (options, bf16) in VARIANTS.items()}
+    batches = endless(loader())
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
     first: dict[str, float] = {}
-    for round_ in range(args.rounds):
-        for name, (_, precision) in VARIANTS.items():
-            # the first round pays the warm-up (and compilation); later ones one step for the new Trainer
-            warmup = args.warmup if round_ == 0 else 1
-            t, f = timed_fit(modules[name], args.steps, warmup, precision=precision)
-            times[name] += t
-            first.setdefault(name, f)
-    base = statistics.median(times["fp32"])
+    for i in range(args.warmup + args.steps):
+        images, labels = next(batches)
+        for name, step in steps.items():  # every variant on the same batch, one after the other
+            start = time.perf_counter()
+            step(images, labels)
+            elapsed = time.perf_counter() - start
+            first.setdefault(name, elapsed)
+            if i >= args.warmup:
+                times[name].append(elapsed)
     rows = [
         {
             "variant": name,
             "step_ms": 1000 * statistics.median(t),
-            "speedup_vs_fp32": base / statistics.median(t),
+            "speedup_vs_fp32": statistics.median(a / b for a, b in zip(times["fp32"], t, strict=True)),
             "first_step_s": first[name],
         }
         for name, t in times.items()
     ]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speed_features.json").write_text(
-        json.dumps({"threads": torch.get_num_threads(), "rows": rows}, indent=2) + "\n"
+        json.dumps({"threads": torch.get_num_threads(), "steps": args.steps, "rows": rows}, indent=2) + "\n"
     )
     lines = [
-        "| KD step, batch 64, CPU | step (ms) | vs fp32 | first step incl. set-up (s) |",
+        "| KD step, batch 64, CPU | step (ms) | vs fp32 | first step incl. compilation (s) |",
         "| --- | ---: | ---: | ---: |",
     ]
     for r in rows:

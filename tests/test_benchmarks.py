@@ -84,7 +84,11 @@ def test_compare_reports_every_ratio_and_flags_changes(tmp_path, capsys):
 def test_keep_previous_copies_the_last_results(tmp_path):
     results = _results(tmp_path / "results", kd_time=1.0, teacher_ms=200.0)
     previous = run_all.keep_previous(results)
-    assert sorted(p.name for p in previous.iterdir()) == ["overhead.json", "scaling.json", "speed_features.json"]
+    assert sorted(p.name for p in previous.iterdir()) == [
+        "overhead.json",
+        "scaling.json",
+        "speed_features.json",
+    ]
     (results / "overhead.json").write_text("{}")
     run_all.keep_previous(results)  # replaced, not merged
     assert (previous / "overhead.json").read_text() == "{}"
@@ -92,10 +96,15 @@ def test_keep_previous_copies_the_last_results(tmp_path):
 
 
 def test_readme_markers_are_filled_from_tables():
-    text = "intro\n<!-- bench:a -->\nold a\n<!-- /bench:a -->\nmid\n<!-- bench:b -->\nold b\n<!-- /bench:b -->\n"
+    text = (
+        "intro\n<!-- bench:a -->\nold a\n<!-- /bench:a -->\nmid\n<!-- bench:b -->\nold b\n<!-- /bench:b -->\n"
+    )
     out, done = update_readme.fill(text, {"a": "| new |\n", "c": "unused\n"})
     assert done == ["a"]
-    assert out == "intro\n<!-- bench:a -->\n| new |\n<!-- /bench:a -->\nmid\n<!-- bench:b -->\nold b\n<!-- /bench:b -->\n"
+    assert (
+        out
+        == "intro\n<!-- bench:a -->\n| new |\n<!-- /bench:a -->\nmid\n<!-- bench:b -->\nold b\n<!-- /bench:b -->\n"
+    )
 
 
 def test_readme_has_a_marker_for_every_benchmark_table():
@@ -103,3 +112,34 @@ def test_readme_has_a_marker_for_every_benchmark_table():
     for table in sorted((BENCH / "results").glob("*.md")):
         assert f"<!-- bench:{table.stem} -->" in readme, f"README shows no {table.name}"
         assert table.read_text() in readme, f"README's {table.stem} table is not the one in {table}"
+
+
+def test_reproduce_plan_runs_existing_configs_and_scripts(tmp_path):
+    """``make reproduce`` (hours, not run here) names configs and scripts that exist, with options they accept."""
+    import subprocess
+
+    import reproduce
+
+    plan = reproduce.stages(tmp_path)
+    assert list(plan) == [
+        "teacher",
+        "classifier",
+        "kd_efficient",
+        "kd_efficient_long",
+        "consistency",
+        "progressive",
+    ]
+    scripts = set()
+    for commands in plan.values():
+        for command in commands:
+            for arg in command:
+                if arg.startswith(("configs/", "benchmarks/")):
+                    assert (BENCH.parent / arg).is_file(), arg
+                    if arg.endswith(".py"):
+                        scripts.add((arg, tuple(a for a in command if a.startswith("--"))))
+    for script, options in scripts:
+        usage = subprocess.run(
+            [sys.executable, script, "--help"], cwd=BENCH.parent, capture_output=True, text=True, check=True
+        ).stdout
+        for option in options:
+            assert option in usage, f"{script} does not accept {option}"
