@@ -5,9 +5,9 @@ Run:  OMP_NUM_THREADS=2 python benchmarks/scaling.py [--repeats 5]
 Writes ``benchmarks/results/scaling.{json,md}``.
 
 One step = forward, MSE loss, backward and an AdamW step of the network alone (what a student costs to train; the
-teacher's row is what training it cost), on random data, median of ``--repeats`` after two warm-ups (fast
-configurations time several steps per measurement, about a second each), teacher and student alternated; the
-time ratio is the median of the per-repeat ratios. Memory: the bytes autograd saves for the backward pass
+teacher's row is what training it cost), on random data, median of ``--repeats`` passes over all configurations after a
+warm-up pass (fast configurations time several steps per measurement, about a second each), teacher and student
+alternated; the time ratio is the median of the per-pass ratios. Memory: the bytes autograd saves for the backward pass
 (activations, counted exactly with ``saved_tensors_hooks``), plus weights, gradients and AdamW moments (16 bytes
 per parameter). Both UNets are convolutional, so they run at any size that the down-sampling divides.
 """
@@ -75,43 +75,51 @@ def main() -> None:
     args = parser.parse_args()
     nets = networks()
     steps = {name: step_fn(net) for name, net in nets.items()}
-    rows = []
-    for size in args.sizes:
-        for batch in args.batches:
-            x = torch.randn(batch, 1, size, size)
-            t = torch.randint(0, 1000, (batch,))
-            y = torch.arange(batch) % 10
-            timings: dict[str, list[float]] = {name: [] for name in nets}
-            loops = {}
-            for name in nets:  # warm-up; a fast step is repeated until a measurement lasts about MIN_TIMING
-                steps[name](x, t, y)
+    configs = [(size, batch) for size in args.sizes for batch in args.batches]
+    data = {}
+    loops: dict[tuple, int] = {}
+    for size, batch in configs:  # warm-up pass; a fast step is repeated until a measurement lasts MIN_TIMING
+        data[size, batch] = (
+            torch.randn(batch, 1, size, size),
+            torch.randint(0, 1000, (batch,)),
+            torch.arange(batch) % 10,
+        )
+        for name in nets:
+            steps[name](*data[size, batch])
+            start = time.perf_counter()
+            steps[name](*data[size, batch])
+            loops[name, size, batch] = max(1, math.ceil(MIN_TIMING / (time.perf_counter() - start)))
+    timings: dict[tuple, list[float]] = {(name, *c): [] for name in nets for c in configs}
+    # whole passes over every configuration, so each one's measurements are spread over the run (a process's
+    # speed at one size drifts as it runs others); within a pass, teacher and student in turn, first alternating
+    for p in range(args.repeats):
+        for size, batch in configs:
+            for name in list(nets) if p % 2 == 0 else list(nets)[::-1]:
+                n = loops[name, size, batch]
                 start = time.perf_counter()
-                steps[name](x, t, y)
-                loops[name] = max(1, math.ceil(MIN_TIMING / (time.perf_counter() - start)))
-            for _ in range(args.repeats):
-                for name in nets:
-                    start = time.perf_counter()
-                    for _ in range(loops[name]):
-                        steps[name](x, t, y)
-                    timings[name].append((time.perf_counter() - start) / loops[name])
-            # teacher and student timed one after the other: the median of the per-repeat ratios cancels drift
-            paired = statistics.median(
-                a / b for a, b in zip(timings["teacher"], timings["student"], strict=True)
+                for _ in range(n):
+                    steps[name](*data[size, batch])
+                timings[name, size, batch].append((time.perf_counter() - start) / n)
+    rows = []
+    for size, batch in configs:
+        paired = statistics.median(
+            a / b
+            for a, b in zip(timings["teacher", size, batch], timings["student", size, batch], strict=True)
+        )
+        for name, net in nets.items():
+            params = sum(p.numel() for p in net.parameters())
+            rows.append(
+                {
+                    "network": name,
+                    "size": size,
+                    "batch": batch,
+                    "step_ms": 1000 * statistics.median(timings[name, size, batch]),
+                    "activation_mib": saved_bytes(net, *data[size, batch]) / 2**20,
+                    "state_mib": params * 16 / 2**20,
+                    "time_ratio": paired,
+                }
             )
-            for name, net in nets.items():
-                params = sum(p.numel() for p in net.parameters())
-                rows.append(
-                    {
-                        "network": name,
-                        "size": size,
-                        "batch": batch,
-                        "step_ms": 1000 * statistics.median(timings[name]),
-                        "activation_mib": saved_bytes(net, x, t, y) / 2**20,
-                        "state_mib": params * 16 / 2**20,
-                        "time_ratio": paired,
-                    }
-                )
-                print(json.dumps(rows[-1]), flush=True)
+            print(json.dumps(rows[-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scaling.json").write_text(
         json.dumps({"threads": torch.get_num_threads(), "repeats": args.repeats, "rows": rows}, indent=2)
