@@ -61,8 +61,7 @@ def speed(all_models, *, batch: int, repeats: int) -> list[dict]:
     cases += [("consistency student", k, 1.0) for k in (1, 2, 4)]
     cases += [(f"progressive student ({k}-step)", k, 1.0) for k in (1, 2, 4)]
     timings: dict[tuple, list[float]] = {c: [] for c in cases}
-
-    loops: dict[tuple, int] = {}
+    loops: dict[tuple, int] = {}  # fast cases are sampled several times per measurement (about MIN_TIMING s)
 
     def run(case):
         model = all_models[case[0]][0]
@@ -79,12 +78,11 @@ def speed(all_models, *, batch: int, repeats: int) -> list[dict]:
                 )
         return (time.perf_counter() - start) / (batch * loops.get(case, 1))
 
-    for (
-        case
-    ) in cases:  # warm-up; then each timing repeats a fast case until it lasts about MIN_TIMING seconds
+    for case in cases:  # warm-up, which also sizes each case's loop
         loops[case] = max(1, math.ceil(MIN_TIMING / (run(case) * batch)))
-    for _ in range(repeats):  # alternated: each student timed before and after the teacher, the two averaged,
-        # so a drift in the machine's speed during the teacher's long run cancels in the ratio
+    # alternated: each student timed before and after the teacher, the two averaged, so a drift in the machine's
+    # speed during the teacher's long run cancels in the ratio
+    for _ in range(repeats):
         before = {case: run(case) for case in cases[1:]}
         timings[cases[0]].append(run(cases[0]))
         for case in cases[1:]:

@@ -5,11 +5,12 @@ Run:  OMP_NUM_THREADS=2 python benchmarks/scaling.py [--repeats 5]
 Writes ``benchmarks/results/scaling.{json,md}``.
 
 One step = forward, MSE loss, backward and an AdamW step of the network alone (what a student costs to train; the
-teacher's row is what training it cost), on random data, median of ``--repeats`` passes over all configurations after a
-warm-up pass (fast configurations time several steps per measurement, about a second each), teacher and student
-alternated; the time ratio is the median of the per-pass ratios. Memory: the bytes autograd saves for the backward pass
-(activations, counted exactly with ``saved_tensors_hooks``), plus weights, gradients and AdamW moments (16 bytes
-per parameter). Both UNets are convolutional, so they run at any size that the down-sampling divides.
+teacher's row is what training it cost), on random data. After a warm-up pass, ``--repeats`` passes over all
+configurations, teacher and student in turn (fast configurations time several steps per measurement, about a
+second each); step times are medians and the time ratio is the median of the per-pass ratios. Memory: the bytes
+autograd saves for the backward pass (activations, counted exactly with ``saved_tensors_hooks``), plus weights,
+gradients and AdamW moments (16 bytes per parameter). Both UNets are convolutional, so they run at any size that
+the down-sampling divides.
 """
 
 from __future__ import annotations

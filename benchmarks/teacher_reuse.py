@@ -176,7 +176,7 @@ def validation_times(*, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=6, help="timed training steps per block")
-    parser.add_argument("--repeats", type=int, default=3, help="alternated blocks / validations per variant")
+    parser.add_argument("--repeats", type=int, default=3, help="alternated training blocks per data module")
     parser.add_argument("--val-repeats", type=int, default=5, help="alternated validations per variant")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "results")
