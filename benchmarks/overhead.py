@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from distill.data import DigitsDataModule
 from distill.losses import pseudo_huber
-from distill.parameterization import (
+from teachers.parameterization import (
     consistency_output,
     consistency_scalings,
     ddim_step,
@@ -45,7 +45,7 @@ from distill.parameterization import (
     to_prediction,
     truncated_snr_weight,
 )
-from distill.schedule import previous_timesteps, q_sample
+from teachers.schedule import previous_timesteps, q_sample
 
 ROOT = Path(__file__).resolve().parent
 METHODS = ("kd", "consistency", "progressive")

@@ -1,6 +1,6 @@
 """distill-diffusion: the training side (methods, data, metrics, FLOPs, export, CLI).
 
-Top-level names load lazily so ``import distill.schedule`` and ``import distill.sampling`` stay free of
+Top-level names load lazily so ``import teachers.schedule`` and ``import teachers.sampling`` stay free of
 lightning; importing a method pulls in the trainer.
 """
 
@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from distill.methods.knowledge import KnowledgeDistillation
     from distill.methods.progressive import ProgressiveDistillation
     from distill.methods.training import DiffusionTraining
-    from distill.parameterization import Prediction
-    from distill.schedule import NoiseSchedule
+    from teachers.parameterization import Prediction
+    from teachers.schedule import NoiseSchedule
 
 _LAZY = {
     "ConsistencyDistillation": "distill.methods.consistency",
@@ -36,8 +36,8 @@ _LAZY = {
     "KnowledgeDistillation": "distill.methods.knowledge",
     "ProgressiveDistillation": "distill.methods.progressive",
     "DigitsDataModule": "distill.data",
-    "NoiseSchedule": "distill.schedule",
-    "Prediction": "distill.parameterization",
+    "NoiseSchedule": "teachers.schedule",
+    "Prediction": "teachers.parameterization",
 }
 
 

@@ -31,43 +31,20 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise SystemExit(f"{out} already holds files; pass --overwrite to replace them")
 
 
-def _module_from_config(config: Path):
-    """Instantiate a run's LightningModule from its saved config (fit-time keys dropped)."""
-    import tempfile
-
-    import yaml
-
-    from distill.cli import DistillCLI
-
-    saved = yaml.safe_load(Path(config).read_text())
-    for key in ("ckpt_path", "weights_only"):  # fit-time keys; this parser builds the objects only
-        saved.pop(key, None)
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
-        yaml.safe_dump(saved, handle)
-    cli = DistillCLI(args=["-c", handle.name, "--trainer.logger=false"], run=False)
-    Path(handle.name).unlink()
-    return cli.model
-
-
-def _module_from_run(config: Path, ckpt: Path):
-    """Instantiate the run's LightningModule from its saved config and load the checkpoint's weights."""
-    from distill.export import load_checkpoint
-
-    module = _module_from_config(config)
-    state = load_checkpoint(module, ckpt)  # weights only; the method checks the keys, fills in the teacher
-    return module, state
-
-
 def export_teacher(args) -> None:
+    from distill.lightning_cli import module_from_run
+
     _check_out(args.out, args.overwrite)
-    module, state = _module_from_run(args.config, args.ckpt)
+    module, state = module_from_run(args.config, args.ckpt)
     module.save_pretrained(args.out, use_ema=True)
     print(f"wrote the EMA weights of step {state['global_step']} to {args.out}")
 
 
 def export_classifier(args) -> None:
+    from distill.lightning_cli import module_from_run
+
     _check_out(args.out, args.overwrite)
-    module, state = _module_from_run(args.config, args.ckpt)
+    module, state = module_from_run(args.config, args.ckpt)
     module.classifier.save_pretrained(args.out)
     from distill.metrics import DigitsEvaluator
 

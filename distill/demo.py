@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from distill.cli import DistillCLI
+from distill.lightning_cli import DistillCLI
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "digits" / "consistency.yaml"

@@ -149,7 +149,7 @@ class DigitsEvaluator:
         kid_subset_size: int = 300,
         kid_subsets: int = 100,
     ) -> None:
-        from distill.data import load_digits_tensors, stratified_split
+        from distill.digits import load_digits_tensors, stratified_split
 
         self.classifier = DigitsClassifier.from_pretrained(classifier)
         self.feature_net = FeatureNet(self.classifier)

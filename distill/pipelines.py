@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from distill.parameterization import guidance_scale_embedding
-from distill.sampling import consistency_sample, ddim_sample, per_sample_noise
-from distill.schedule import lcm_timesteps, timestep_grid
 from teachers.network import denoise
+from teachers.parameterization import guidance_scale_embedding
+from teachers.sampling import consistency_sample, ddim_sample, per_sample_noise
+from teachers.schedule import lcm_timesteps, timestep_grid
 from teachers.teacher import DiffusionTeacher
 
 SAMPLERS = ("auto", "ddim", "consistency")

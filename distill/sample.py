@@ -12,11 +12,11 @@ from pathlib import Path
 
 def _from_run(config: Path, ckpt: Path, work: Path):
     """Export the run's student to a temporary folder and load it as a pipeline (the same code path)."""
-    from distill.assets import _module_from_config
     from distill.export import export_module
+    from distill.lightning_cli import module_from_config
     from distill.pipelines import ClassConditionalPipeline
 
-    module = _module_from_config(config)
+    module = module_from_config(config)
     export_module(module, ckpt_path=ckpt, output=work, weights="ema" if module.ema is not None else "raw")
     return ClassConditionalPipeline.from_pretrained(work)
 

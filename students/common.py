@@ -25,11 +25,36 @@ def package_dir(package: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _builtin_dir(name: str) -> Path:
-    """``builtin:NAME``: the model shipped inside the ``teachers`` package, found without importing it."""
-    path = package_dir("teachers") / name
-    if not path.is_dir():
-        raise ValueError(f"there is no builtin teacher {name!r} (looked in {path})")
+BUILTIN_PREFIX = "builtin:"
+# where each kind of shipped model lives: (package, folder inside it)
+_BUILTIN_HOMES = {"teacher": ("teachers", "."), "student": ("students", "weights")}
+
+
+def builtin_name(path: str | Path) -> str | None:
+    """``NAME`` when ``path`` is ``builtin:NAME`` (a model shipped with this package), else None. The one place
+    that parses the prefix (teachers, students and student configs all resolve it here)."""
+    text = str(path)
+    return text[len(BUILTIN_PREFIX) :] if text.startswith(BUILTIN_PREFIX) else None
+
+
+def list_builtins(kind: str) -> list[str]:
+    """Names of the shipped models of ``kind`` ("teacher" or "student"): folders with ``unet/config.json``."""
+    package, folder = _BUILTIN_HOMES[kind]
+    root = package_dir(package) / folder
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "unet" / "config.json").is_file())
+
+
+def builtin_folder(name: str, *, kind: str) -> Path:
+    """The folder of the shipped model ``builtin:NAME`` of ``kind``, found without importing its package."""
+    package, folder = _BUILTIN_HOMES[kind]
+    path = (package_dir(package) / folder / name).resolve()
+    if name not in list_builtins(kind):
+        raise FileNotFoundError(
+            f"there is no built-in {kind} {BUILTIN_PREFIX + name!r} (looked in {path}); built-ins: "
+            f"{[BUILTIN_PREFIX + n for n in list_builtins(kind)]}"
+        )
     return path
 
 
@@ -46,7 +71,8 @@ def teacher_config(teacher: TeacherLike) -> dict[str, Any]:
         config = dict(teacher)
     else:
         text = str(teacher)
-        path = _builtin_dir(text.split(":", 1)[1]) if text.startswith("builtin:") else Path(text).expanduser()
+        name = builtin_name(text)
+        path = builtin_folder(name, kind="teacher") if name is not None else Path(text).expanduser()
         if not path.exists() and text.count("/") == 1 and not text.startswith((".", "/", "~")):
             try:  # a Hugging Face id already in the user's cache; never downloads
                 from huggingface_hub import snapshot_download

@@ -16,9 +16,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from students.common import package_dir
+from students.common import builtin_folder, builtin_name, list_builtins, package_dir
 
-BUILTIN_PREFIX = "builtin:"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
 
@@ -29,25 +28,14 @@ def builtin_students_dir() -> Path:
 
 def list_builtin_students() -> list[str]:
     """Names accepted as ``builtin:NAME`` by :func:`load_student`."""
-    root = builtin_students_dir()
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if (p / "unet" / "config.json").is_file())
+    return list_builtins("student")
 
 
 def resolve_student_dir(path: str | Path) -> Path:
     """The network folder (the one holding ``config.json``) of an export, pipeline or model folder."""
     text = str(path)
-    if text.startswith(BUILTIN_PREFIX):
-        name = text[len(BUILTIN_PREFIX) :]
-        root = builtin_students_dir() / name
-        if not root.is_dir():
-            raise FileNotFoundError(
-                f"there is no built-in student {text!r}; built-ins: "
-                f"{[BUILTIN_PREFIX + n for n in list_builtin_students()]}"
-            )
-    else:
-        root = Path(path).expanduser()
+    name = builtin_name(text)
+    root = builtin_folder(name, kind="student") if name is not None else Path(path).expanduser()
     for candidate in (root / "unet", root):
         if (candidate / "config.json").is_file():
             return candidate

@@ -7,15 +7,15 @@ from typing import TYPE_CHECKING, Any
 __all__ = ["BUILTIN_TEACHERS", "DiffusionTeacher", "Prediction", "call_denoiser"]
 
 if TYPE_CHECKING:
-    from distill.parameterization import Prediction
     from teachers.network import call_denoiser
+    from teachers.parameterization import Prediction
     from teachers.teacher import BUILTIN_TEACHERS, DiffusionTeacher
 
 _LAZY = {
     "DiffusionTeacher": "teachers.teacher",
     "BUILTIN_TEACHERS": "teachers.teacher",
     "call_denoiser": "teachers.network",
-    "Prediction": "distill.parameterization",
+    "Prediction": "teachers.parameterization",
 }
 
 

@@ -14,9 +14,9 @@ import inspect
 import torch
 from torch import nn
 
-from distill.parameterization import Prediction, cfg_combine, to_prediction
-from distill.schedule import NoiseSchedule
 from teachers.conditioning import Cond, cat_cond, cond_to, denoiser_kwargs
+from teachers.parameterization import Prediction, cfg_combine, to_prediction
+from teachers.schedule import NoiseSchedule
 
 
 @functools.lru_cache(maxsize=64)

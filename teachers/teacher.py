@@ -10,11 +10,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.parameterization import Prediction
-from distill.schedule import NoiseSchedule
 from students import DIFFUSERS_CLASSES
+from students.common import BUILTIN_PREFIX, builtin_folder, builtin_name, list_builtins
 from teachers.conditioning import Cond, expand_cond, is_text
 from teachers.network import denoise, num_class_embeds
+from teachers.parameterization import Prediction
+from teachers.schedule import NoiseSchedule
 
 # diffusers classes a teacher folder may name; loading never imports code from the folder itself.
 SUPPORTED_CLASSES = DIFFUSERS_CLASSES
@@ -26,8 +27,7 @@ _DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
-BUILTIN_PREFIX = "builtin:"
-BUILTIN_TEACHERS = {"digits": Path(__file__).resolve().parent / "digits"}
+BUILTIN_TEACHERS = {name: builtin_folder(name, kind="teacher") for name in list_builtins("teacher")}
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
@@ -358,19 +358,9 @@ class DiffusionTeacher(nn.Module):
 
 def _resolve_root(path: str | Path) -> Path:
     text = str(path)
-    if text.startswith(BUILTIN_PREFIX):
-        name = text[len(BUILTIN_PREFIX) :]
-        if name not in BUILTIN_TEACHERS:
-            raise FileNotFoundError(
-                f"unknown built-in teacher {text!r}; built-ins: "
-                f"{[BUILTIN_PREFIX + k for k in BUILTIN_TEACHERS]}"
-            )
-        root = BUILTIN_TEACHERS[name]
-        if not (root / "unet" / "config.json").is_file():
-            raise FileNotFoundError(
-                f"built-in teacher {text!r} is missing its files at {root}; reinstall the package"
-            )
-        return root
+    name = builtin_name(text)
+    if name is not None:
+        return builtin_folder(name, kind="teacher")
     root = Path(path).expanduser()
     if root.exists():
         return root

@@ -8,8 +8,8 @@ import torch
 from conftest import random_digits_loader, save_teacher_folder, tiny_cond_unet, tiny_unet2d
 
 from distill.methods.consistency import ConsistencyDistillation
-from distill.parameterization import cfg_combine, guidance_scale_embedding
 from teachers import DiffusionTeacher
+from teachers.parameterization import cfg_combine, guidance_scale_embedding
 
 
 def _loader(n=32):
@@ -146,7 +146,7 @@ def test_export_writes_an_lcm_scheduler_and_the_evaluator_samples_it_as_a_consis
     assert evaluation.resolved_sampler == "consistency"
     seeds, indices, labels = torch.zeros(3, dtype=torch.long), torch.arange(3), torch.tensor([2, 5, 8])
     # one step injects no noise: the evaluator's sampler and the method's agree exactly (w = 1.5 - 1 embedded)
-    from distill.sampling import per_sample_noise
+    from teachers.sampling import per_sample_noise
 
     noise = per_sample_noise(seeds=seeds, indices=indices, shape=(1, 8, 8))
     expected = cd.generate(labels, noise, steps=1, guidance=0.5)

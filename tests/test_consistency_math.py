@@ -9,10 +9,10 @@ import torch
 from conftest import SCHEDULER
 from diffusers import LCMScheduler
 
-from distill.parameterization import consistency_output, consistency_scalings, guidance_scale_embedding
-from distill.sampling import consistency_sample
-from distill.schedule import NoiseSchedule, lcm_skipping_timesteps, lcm_timesteps
 from teachers import DiffusionTeacher
+from teachers.parameterization import consistency_output, consistency_scalings, guidance_scale_embedding
+from teachers.sampling import consistency_sample
+from teachers.schedule import NoiseSchedule, lcm_skipping_timesteps, lcm_timesteps
 
 
 def _lcm_scheduler(**overrides) -> LCMScheduler:

@@ -14,8 +14,8 @@ from distill.export import export_module, load_checkpoint
 from distill.methods.consistency import ConsistencyDistillation
 from distill.methods.knowledge import KnowledgeDistillation
 from distill.pipelines import ClassConditionalPipeline
-from distill.sampling import per_sample_noise
 from teachers import DiffusionTeacher
+from teachers.sampling import per_sample_noise
 
 
 def _loader(n=32):

@@ -10,9 +10,9 @@ from conftest import tiny_cond_unet
 from torch.utils.data import DataLoader, TensorDataset
 
 from distill.methods.base import DistillationModule
-from distill.schedule import q_sample
 from teachers import DiffusionTeacher
 from teachers.network import denoise
+from teachers.schedule import q_sample
 
 
 class OutputMatching(DistillationModule):

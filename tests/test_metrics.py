@@ -8,12 +8,13 @@ import pytest
 import torch
 from conftest import SCHEDULER, save_teacher_folder, tiny_cond_unet
 
-from distill.classifier import DigitsClassifier, augment
+from distill.classifier import DigitsClassifier
 from distill.data import GenerationDataModule
+from distill.methods.classifier import augment
 from distill.methods.evaluation import GenerativeEvaluation
 from distill.metrics import DigitsEvaluator, FeatureNet, format_table, mean_std, summarize
-from distill.sampling import per_sample_noise
 from teachers import DiffusionTeacher
+from teachers.sampling import per_sample_noise
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import torch
 from conftest import random_digits_loader, tiny_cond_unet
 
 from distill.methods.progressive import ProgressiveDistillation, round_schedule
-from distill.parameterization import ddim_step, progressive_x_target, truncated_snr_weight
 from teachers import DiffusionTeacher
+from teachers.parameterization import ddim_step, progressive_x_target, truncated_snr_weight
 
 
 def _loader(n=32):
@@ -167,7 +167,7 @@ def test_export_writes_a_trailing_ddim_scheduler_that_samples_like_the_method(te
 
     from distill.methods.evaluation import GenerativeEvaluation
     from distill.metrics import DigitsEvaluator
-    from distill.sampling import per_sample_noise
+    from teachers.sampling import per_sample_noise
 
     pd = ProgressiveDistillation(
         teacher, tiny_cond_unet(seed=2), teacher_steps=4, final_steps=1, samples_per_class=0

@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from distill.parameterization import (
+from teachers.parameterization import (
     Prediction,
     cfg_combine,
     ddim_step,
@@ -20,8 +20,8 @@ from distill.parameterization import (
     x0_from_eps,
     x0_from_v,
 )
-from distill.sampling import ddim_sample
-from distill.schedule import (
+from teachers.sampling import ddim_sample
+from teachers.schedule import (
     NoiseSchedule,
     alpha_sigma,
     previous_timesteps,

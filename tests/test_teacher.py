@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import SCHEDULER, save_teacher_folder, tiny_cond_unet, tiny_unet2d
 
-from distill.parameterization import x0_from_v
-from distill.schedule import NoiseSchedule
 from teachers import DiffusionTeacher
+from teachers.parameterization import x0_from_v
+from teachers.schedule import NoiseSchedule
 
 
 def test_from_pretrained_pipeline_and_model_folders(tiny_teacher_dir, tmp_path):

@@ -135,7 +135,7 @@ def time_cond_dim(net: nn.Module) -> int | None:
 
 def eval_noise(teacher, n: int, *, seed: int, device) -> torch.Tensor:
     """The validation noise: ``n`` samples keyed on ``(seed, index)``, shaped like the teacher's inputs."""
-    from distill.sampling import per_sample_noise
+    from teachers.sampling import per_sample_noise
 
     shape = (teacher.in_channels, teacher.sample_size, teacher.sample_size)
     return per_sample_noise(seeds=torch.full((n,), seed), indices=torch.arange(n), shape=shape, device=device)

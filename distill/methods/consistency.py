@@ -39,16 +39,16 @@ from distill.methods.common import (
     null_class_of,
 )
 from distill.metrics import DigitsEvaluator
-from distill.parameterization import (
+from distill.rng import GeneratorRandom, KeyedRandom
+from teachers.network import denoise
+from teachers.parameterization import (
     consistency_output,
     consistency_scalings,
     ddim_step,
     guidance_scale_embedding,
 )
-from distill.rng import GeneratorRandom, KeyedRandom
-from distill.sampling import consistency_sample, ddim_sample_steps
-from distill.schedule import lcm_skipping_timesteps, lcm_timesteps, q_sample
-from teachers.network import denoise
+from teachers.sampling import consistency_sample, ddim_sample_steps
+from teachers.schedule import lcm_skipping_timesteps, lcm_timesteps, q_sample
 from teachers.teacher import DiffusionTeacher
 
 

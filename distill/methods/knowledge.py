@@ -23,11 +23,11 @@ from distill.methods.common import (
     null_class_of,
 )
 from distill.metrics import DigitsEvaluator
-from distill.parameterization import target_for
 from distill.rng import GeneratorRandom, KeyedRandom
-from distill.sampling import ddim_sample_steps
-from distill.schedule import q_sample
 from teachers.network import call_denoiser, denoise
+from teachers.parameterization import target_for
+from teachers.sampling import ddim_sample_steps
+from teachers.schedule import q_sample
 from teachers.teacher import DiffusionTeacher
 
 

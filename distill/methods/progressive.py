@@ -5,7 +5,7 @@ does in TWO, on the teacher's trailing grid (the student's grid is every other t
 trailing N/2-step sampler uses exactly the student's training timesteps). For a student step ``s -> s''``:
   1. ``z_s = alpha_s x0 + sigma_s eps``; the teacher takes DDIM steps ``s -> s' -> s''`` (no_grad);
   2. the x-target solves one DDIM step from ``z_s`` landing on the teacher's ``z_s''``
-     (:func:`distill.parameterization.progressive_x_target`; at the last step the teacher's x-prediction);
+     (:func:`teachers.parameterization.progressive_x_target`; at the last step the teacher's x-prediction);
   3. loss ``max(SNR_s, 1) * ||x_student - x~||^2`` (SNR-truncated weighting).
 Round 1's teacher is the frozen teacher (it may have another architecture); at a round's end the student's
 EMA (or raw) weights become the next round's frozen teacher (``round_teacher``), and optimizer and LR schedule
@@ -38,16 +38,16 @@ from distill.methods.common import (
     null_class_of,
 )
 from distill.metrics import DigitsEvaluator
-from distill.parameterization import (
+from distill.rng import GeneratorRandom, KeyedRandom
+from teachers.network import denoise
+from teachers.parameterization import (
     ddim_step,
     guidance_scale_embedding,
     progressive_x_target,
     truncated_snr_weight,
 )
-from distill.rng import GeneratorRandom, KeyedRandom
-from distill.sampling import ddim_sample
-from distill.schedule import alpha_sigma, previous_timesteps, q_sample, timestep_grid
-from teachers.network import denoise
+from teachers.sampling import ddim_sample
+from teachers.schedule import alpha_sigma, previous_timesteps, q_sample, timestep_grid
 from teachers.teacher import DiffusionTeacher
 
 

@@ -22,10 +22,10 @@ from distill.methods.common import (
     log_image,
     null_class_of,
 )
-from distill.parameterization import target_for
-from distill.sampling import ddim_sample_steps
-from distill.schedule import NoiseSchedule, q_sample, snr
 from teachers.network import call_denoiser, denoise
+from teachers.parameterization import target_for
+from teachers.sampling import ddim_sample_steps
+from teachers.schedule import NoiseSchedule, q_sample, snr
 
 
 class DiffusionTraining(L.LightningModule):

@@ -10,14 +10,14 @@ from collections.abc import Callable
 
 import torch
 
-from distill.parameterization import (
+from teachers.parameterization import (
     Prediction,
     consistency_output,
     consistency_scalings,
     ddim_step,
     eps_from_x0,
 )
-from distill.schedule import NoiseSchedule, alpha_sigma, previous_timesteps, q_sample
+from teachers.schedule import NoiseSchedule, alpha_sigma, previous_timesteps, q_sample
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], Prediction]
 

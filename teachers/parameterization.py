@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-from distill.schedule import PREDICTION_TYPES, _broadcast
+from teachers.schedule import PREDICTION_TYPES, _broadcast
 
 
 def _b(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

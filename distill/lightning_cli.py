@@ -1,0 +1,217 @@
+"""The LightningCLI behind ``distill fit|validate|test|flops|export|precompute``, and rebuilding a run's module
+from its saved config."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
+
+# Frozen teachers, EMA and target copies are in eval mode by design.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+
+
+class DistillTrainer(L.Trainer):
+    """Lightning's Trainer plus the extra ``distill`` subcommands (LightningCLI runs Trainer methods)."""
+
+    def flops(
+        self,
+        model: L.LightningModule,
+        datamodule: L.LightningDataModule | None = None,
+        steps_teacher: int = 50,
+        steps_student: int = 50,
+        cfg_teacher: int | None = None,
+        cfg_student: int | None = None,
+        latency: bool = False,
+        repeats: int = 5,
+        depth: int = 1,
+        output: Path | None = None,
+    ):
+        """Print the MACs/parameters (and optionally CPU latency) of the config's teacher vs student.
+
+        Args:
+            model: the method from the config (``.teacher`` + ``.student``, or ``.model`` alone).
+            datamodule: unused; accepted because LightningCLI passes it.
+            steps_teacher: sampling steps of the teacher (and of a lone ``.model``).
+            steps_student: sampling steps of the student.
+            cfg_teacher: forwards per step of the teacher (default: 2 if conditional, classifier-free guidance).
+            cfg_student: forwards per step of the student (default: 1 if guidance-distilled, else as above).
+            latency: also time forwards on this machine (median of ``repeats`` after 2 warm-up calls).
+            repeats: timed calls per network.
+            depth: module depth of the per-module tables.
+            output: write the report as JSON to this path.
+        """
+        from distill.flops import report_for_module
+
+        report = report_for_module(
+            model,
+            steps_teacher=steps_teacher,
+            steps_student=steps_student,
+            cfg_teacher=cfg_teacher,
+            cfg_student=cfg_student,
+            latency=latency,
+            repeats=repeats,
+            module_depth=depth,
+        )
+        if self.is_global_zero:
+            print(report.to_markdown())
+            if output is not None:
+                Path(output).parent.mkdir(parents=True, exist_ok=True)
+                Path(output).write_text(report.to_json() + "\n")
+                rank_zero_info(f"FLOP report written to {output}")
+        return report
+
+    def export(
+        self,
+        model: L.LightningModule,
+        ckpt_path: Path,
+        output: Path,
+        datamodule: L.LightningDataModule | None = None,
+        weights: str = "ema",
+        overwrite: bool = False,
+        metrics: Path | None = None,
+        weights_only: bool | None = None,
+        format: str = "diffusers",
+        int8: bool = False,
+        onnx_opset: int = 18,
+        int8_eval_samples: int = 1000,
+    ) -> Path | None:
+        """Write the trained student as a diffusers-format folder (unet/, scheduler/, README.md model card).
+
+        Args:
+            model: the method from the run's config (its saved ``config.yaml``).
+            ckpt_path: the checkpoint to export (``.../checkpoints/last.ckpt``).
+            output: the folder to write; refused if it exists, unless ``overwrite``.
+            datamodule: unused; accepted because LightningCLI passes it.
+            weights: "ema" (default) or "raw".
+            overwrite: replace an existing ``output``.
+            metrics: an ``eval.json`` from ``distill test`` to put in the model card.
+            weights_only: accepted so a run's saved config.yaml parses; checkpoints always load weights only.
+            format: "diffusers" (default) or "onnx" (adds ``onnx/model.onnx``: dynamic batch, checked against
+                PyTorch in onnxruntime; needs the ``export`` extra).
+            int8: also write ``onnx/model_int8.onnx`` (onnxruntime dynamic quantisation).
+            onnx_opset: the ONNX opset to export with.
+            int8_eval_samples: digits students only: samples for the int8-vs-fp32 FID/accuracy in the card
+                (0 skips it).
+        """
+        from distill.export import export_module
+
+        if not self.is_global_zero:
+            return None
+        path = export_module(
+            model,
+            ckpt_path=ckpt_path,
+            output=output,
+            weights=weights,
+            overwrite=overwrite,
+            metrics=metrics,
+            format=format,
+            int8=int8,
+            onnx_opset=onnx_opset,
+            int8_eval_samples=int8_eval_samples,
+        )
+        rank_zero_info(f"exported to {path}")
+        return path
+
+    def precompute(
+        self,
+        model: L.LightningModule,
+        output: Path,
+        datamodule: L.LightningDataModule | None = None,
+        shard_size: int = 1024,
+        batch_size: int = 16,
+        dtype: str = "float16",
+        overwrite: bool = False,
+    ) -> Path:
+        """Encode the config's caption folder with its teacher's VAE and text encoder(s) into safetensors shards,
+        for ``distill.data_t2i.LatentShardDataModule`` (the fast path: no VAE or text encoder while training).
+
+        Args:
+            model: the method from the config (its ``.teacher`` does the encoding).
+            output: the shard folder to write (refused if it exists, unless ``overwrite``).
+            datamodule: the config's ``CaptionFolderDataModule``.
+            shard_size: samples per shard file.
+            batch_size: images encoded per forward.
+            dtype: stored dtype of latents and embeddings (float16, bfloat16 or float32).
+            overwrite: replace an existing ``output``.
+        """
+        from distill.data_t2i import CaptionFolderDataModule, precompute
+
+        if not isinstance(datamodule, CaptionFolderDataModule):
+            raise ValueError(
+                f"distill precompute reads a caption folder: set data.class_path to distill.data_t2i.CaptionFolderDataModule "
+                f"(got {type(datamodule).__name__})"
+            )
+        teacher = getattr(model, "teacher", None)
+        if teacher is None:
+            raise ValueError("distill precompute needs a method with a teacher (model.init_args.teacher)")
+        teacher.to(self.strategy.root_device)
+        return precompute(
+            teacher,
+            datamodule,
+            output,
+            shard_size=shard_size,
+            batch_size=batch_size,
+            dtype=dtype,
+            overwrite=overwrite,
+        )
+
+
+class DistillCLI(LightningCLI):
+    """``distill fit|validate|test|flops -c CONFIG``; any model or data class is chosen by ``class_path``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("trainer_class", DistillTrainer)
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("seed_everything_default", 0)
+        kwargs.setdefault("parser_kwargs", {"parser_mode": "yaml"})
+        kwargs.setdefault("auto_configure_optimizers", False)
+        super().__init__(L.LightningModule, L.LightningDataModule, *args, **kwargs)
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        """Lightning's trainer plus :class:`distill.callbacks.RNGStateCallback` when the config has none, so every
+        checkpoint can resume with its RNG state."""
+        from distill.callbacks import RNGStateCallback
+
+        trainer = super().instantiate_trainer(**kwargs)
+        if not any(isinstance(c, RNGStateCallback) for c in trainer.callbacks):
+            trainer.callbacks.append(RNGStateCallback())
+        return trainer
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {
+            **LightningCLI.subcommands(),
+            "flops": {"model", "datamodule"},
+            "export": {"model", "datamodule"},
+            "precompute": {"model", "datamodule"},
+        }
+
+
+def module_from_config(config: Path) -> L.LightningModule:
+    """Instantiate a run's LightningModule from its saved ``config.yaml`` (fit-time keys dropped)."""
+    import tempfile
+
+    import yaml
+
+    saved = yaml.safe_load(Path(config).read_text())
+    for key in ("ckpt_path", "weights_only"):  # fit-time keys; this parser builds the objects only
+        saved.pop(key, None)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
+        yaml.safe_dump(saved, handle)
+    cli = DistillCLI(args=["-c", handle.name, "--trainer.logger=false"], run=False)
+    Path(handle.name).unlink()
+    return cli.model
+
+
+def module_from_run(config: Path, ckpt: Path) -> tuple[L.LightningModule, dict]:
+    """The run's LightningModule from its saved config with the checkpoint's weights loaded (weights only; the
+    method checks the keys and fills in the teacher)."""
+    from distill.export import load_checkpoint
+
+    module = module_from_config(config)
+    return module, load_checkpoint(module, ckpt)
