@@ -12,16 +12,15 @@ the hooks, our logging and the keyed random draws. Memory: each variant runs alo
 (peaks only grow, so variants never share a process) and reports its peak resident set size during training
 (VmHWM, reset after the teacher and student are built, so imports and loading do not hide the difference).
 
-The hand loops use the library's pure math (schedule, parameterisation, DDIM and consistency steps) and the
-global RNG; what they leave out is exactly what the library adds: Lightning's loop and hooks, the per-sample keyed
-draws (distill.rng), condition handling, logging and the non-finite check.
+The hand loops call the methods' objectives (distill.objectives: the same loss functions the LightningModules
+call) with the global RNG; what they leave out is exactly what the library adds: Lightning's loop and hooks, the
+per-sample keyed draws (distill.rng), batch and condition handling, logging and the non-finite check.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import resource
 import statistics
 import subprocess
@@ -31,21 +30,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
 from distill.data import DigitsDataModule
-from distill.losses import pseudo_huber
-from teachers.parameterization import (
-    consistency_output,
-    consistency_scalings,
-    ddim_step,
-    guidance_scale_embedding,
-    progressive_x_target,
-    target_for,
-    to_prediction,
-    truncated_snr_weight,
-)
-from teachers.schedule import previous_timesteps, q_sample
 
 ROOT = Path(__file__).resolve().parent
 METHODS = ("kd", "consistency", "progressive")
@@ -67,7 +53,7 @@ def build(method: str):
     student = efficient_unet_digits(teacher="builtin:digits", time_cond_proj_dim=64)
     if method == "consistency":
         return ConsistencyDistillation(
-            teacher, student, w_min=0.0, w_max=1.0, init_from_teacher=False, **common
+            teacher, student, guidance_min=1.0, guidance_max=2.0, init_from_teacher=False, **common
         )
     return ProgressiveDistillation(
         teacher, student, teacher_steps=64, final_steps=1, round_steps=10_000, **common
@@ -84,150 +70,89 @@ def loader():
 
 
 # -- the hand-written loops ----------------------------------------------------------------------------------
-def hand_step_fn(module, method: str):
-    """A hand-written training step ``step(images, labels) -> loss`` for ``module``'s networks: the same math
-    as ``module.training_losses`` with the global RNG drawn in the same order (tested), then AdamW and the
-    EMA/target updates."""
+def hand_losses_fn(module, method: str):
+    """``losses(images, labels) -> {name: loss}``: the method's objective (:mod:`distill.objectives`, the very
+    functions the LightningModule calls) with its draws from the global RNG."""
+    from distill.objectives import (
+        consistency_distillation_loss,
+        draw_consistency,
+        draw_noising,
+        draw_progressive,
+        knowledge_distillation_loss,
+        progressive_distillation_loss,
+    )
+    from distill.rng import GeneratorRandom
+
     teacher, student = module.teacher, module.student
-    schedule = teacher.schedule
+    rng = GeneratorRandom(None)
+
+    def losses(images, labels):
+        if method == "kd":
+            draws = draw_noising(
+                rng, x0=images, schedule=teacher.schedule, cond=labels, cond_drop_prob=module.cond_drop_prob
+            )
+            return knowledge_distillation_loss(
+                teacher=teacher,
+                student=student,
+                x0=images,
+                cond=labels,
+                draws=draws,
+                options=module.options,
+                features=module.features,
+            )
+        if method == "consistency":
+            draws = draw_consistency(
+                rng,
+                x0=images,
+                solver_grid=module.solver_timesteps,
+                guidance_min=module.guidance_min,
+                guidance_max=module.guidance_max,
+                cond=labels,
+                cond_drop_prob=module.cond_drop_prob,
+            )
+            return consistency_distillation_loss(
+                teacher=teacher,
+                student=student,
+                target=module.target.module,
+                x0=images,
+                cond=labels,
+                draws=draws,
+                options=module.options,
+            )
+        grid = module.teacher_grid()
+        draws = draw_progressive(
+            rng, x0=images, grid=grid, guidance_min=module.guidance_min, guidance_max=module.guidance_max
+        )
+        return progressive_distillation_loss(
+            teacher=teacher,
+            student=student,
+            x0=images,
+            cond=labels,
+            draws=draws,
+            grid=grid,
+            options=module.options,
+        )
+
+    return losses
+
+
+def hand_step_fn(module, method: str):
+    """A hand-written training step ``step(images, labels) -> loss`` for ``module``'s networks: the method's
+    objective (:func:`hand_losses_fn`, global-RNG draws), then AdamW and the EMA/target updates. What it leaves
+    out is exactly what the library adds around the objective: Lightning's loop and hooks, the per-sample keyed
+    draws (:mod:`distill.rng`), batch preparation, logging and the non-finite check."""
     params = list(module.trainable_parameters())
     opt = torch.optim.AdamW(params, lr=2e-4)
-    null = teacher.null_class
-
-    def drop(labels, prob):
-        keep = torch.rand(labels.shape) >= prob
-        return torch.where(keep, labels, torch.full_like(labels, null))
-
-    if method == "kd":
-        feats_t, feats_s = {}, {}
-
-        def keep(store, name):
-            def hook(module_, inputs, output):
-                store[name] = output[0] if isinstance(output, tuple) else output
-
-            return hook
-
-        for t_name, s_name in module.feature_pairs:
-            teacher.unet.get_submodule(t_name).register_forward_hook(keep(feats_t, t_name))
-            student.get_submodule(s_name).register_forward_hook(keep(feats_s, s_name))
-
-        def step(images, labels):
-            t = torch.randint(0, schedule.num_train_timesteps, (images.shape[0],))
-            eps = torch.randn_like(images)
-            alpha, sigma = schedule.alpha_sigma(t, dtype=torch.float32)
-            z = q_sample(x0=images, eps=eps, alpha=alpha, sigma=sigma)
-            target = target_for(
-                prediction_type=schedule.prediction_type, x0=images, eps=eps, alpha=alpha, sigma=sigma
-            )
-            cond = drop(labels, module.cond_drop_prob)
-            with torch.no_grad():
-                t_out = teacher.unet(z, t, encoder_hidden_states=None, class_labels=cond).sample
-            s_out = student(z, t, encoder_hidden_states=None, class_labels=cond).sample
-            loss = F.mse_loss(s_out, target) + F.mse_loss(s_out, t_out)
-            for t_name, s_name in module.feature_pairs:
-                key = re.sub(r"[^0-9a-zA-Z_]", "_", f"{t_name}__{s_name}")
-                s_feat = feats_s[s_name]
-                if key in module.projections:
-                    s_feat = module.projections[key](s_feat)
-                loss = loss + F.mse_loss(s_feat, feats_t[t_name])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            module.ema.update(student)
-            return loss.detach()
-
-        return step
-
-    if method == "consistency":
-        solver = module.solver_timesteps
-
-        def f(net, z, t, cond, w_emb):
-            out = net(z, t, encoder_hidden_states=None, class_labels=cond, timestep_cond=w_emb).sample
-            a, s = schedule.alpha_sigma(t, dtype=torch.float32)
-            x0 = to_prediction(output=out, prediction_type=schedule.prediction_type, z=z, alpha=a, sigma=s).x0
-            c_skip, c_out = consistency_scalings(timesteps=t, sigma_data=0.5, timestep_scaling=10.0)
-            return consistency_output(z=z, x0=x0, c_skip=c_skip, c_out=c_out)
-
-        def step(images, labels):
-            b = images.shape[0]
-            s = solver[torch.randint(0, len(solver), (b,))]
-            t = (s - module.k).clamp(min=0)
-            w = torch.rand(b)
-            w_emb = guidance_scale_embedding(w=w, dim=64)
-            eps = torch.randn_like(images)
-            a_s, s_s = schedule.alpha_sigma(s, dtype=torch.float32)
-            z_s = q_sample(x0=images, eps=eps, alpha=a_s, sigma=s_s)
-            pred = f(student, z_s, s, labels, w_emb)
-            with torch.no_grad():
-                both = teacher.unet(
-                    torch.cat([z_s, z_s]),
-                    torch.cat([s, s]),
-                    encoder_hidden_states=None,
-                    class_labels=torch.cat([labels, torch.full_like(labels, null)]),
-                ).sample
-                cond_out, uncond_out = both.chunk(2)
-                pc = to_prediction(
-                    output=cond_out, prediction_type=schedule.prediction_type, z=z_s, alpha=a_s, sigma=s_s
-                )
-                pu = to_prediction(
-                    output=uncond_out, prediction_type=schedule.prediction_type, z=z_s, alpha=a_s, sigma=s_s
-                )
-                wb = w.view(-1, 1, 1, 1)
-                x0 = pc.x0 + wb * (pc.x0 - pu.x0)
-                e = pc.eps + wb * (pc.eps - pu.eps)
-                a_t, s_t = schedule.alpha_sigma(t, dtype=torch.float32)
-                z_t = ddim_step(x0=x0, eps=e, alpha_next=a_t, sigma_next=s_t)
-                target = f(module.target.module, z_t, t, labels, w_emb)
-            loss = pseudo_huber(pred, target, c=module.huber_c)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            module.ema.update(student)
-            module.target.update(student)
-            return loss.detach()
-
-        return step
-
-    grid = module.teacher_grid()
-    nxt = previous_timesteps(timesteps=grid)
+    losses = hand_losses_fn(module, method)
 
     def step(images, labels):
-        b = images.shape[0]
-        j = 2 * torch.randint(0, len(grid) // 2, (b,))
-        s, mid, end = grid[j], nxt[j], nxt[j + 1]
-        w = torch.rand(b) * 0.0
-        w_emb = guidance_scale_embedding(w=w, dim=64)
-        eps = torch.randn_like(images)
-        a_s, s_s = schedule.alpha_sigma(s, dtype=torch.float32)
-        z_s = q_sample(x0=images, eps=eps, alpha=a_s, sigma=s_s)
-        with torch.no_grad():
-            out = teacher.unet(z_s, s, encoder_hidden_states=None, class_labels=labels).sample
-            p1 = to_prediction(
-                output=out, prediction_type=schedule.prediction_type, z=z_s, alpha=a_s, sigma=s_s
-            )
-            a_m, s_m = schedule.alpha_sigma(mid, dtype=torch.float32)
-            z_mid = ddim_step(x0=p1.x0, eps=p1.eps, alpha_next=a_m, sigma_next=s_m)
-            out = teacher.unet(
-                z_mid, mid.clamp(min=0), encoder_hidden_states=None, class_labels=labels
-            ).sample
-            p2 = to_prediction(
-                output=out, prediction_type=schedule.prediction_type, z=z_mid, alpha=a_m, sigma=s_m
-            )
-            a_e, s_e = schedule.alpha_sigma(end, dtype=torch.float32)
-            z_end = ddim_step(x0=p2.x0, eps=p2.eps, alpha_next=a_e, sigma_next=s_e)
-            target = progressive_x_target(
-                z=z_s, z_end=z_end, alpha=a_s, sigma=s_s, alpha_end=a_e, sigma_end=s_e
-            )
-        out = student(z_s, s, encoder_hidden_states=None, class_labels=labels, timestep_cond=w_emb).sample
-        x_student = to_prediction(
-            output=out, prediction_type=schedule.prediction_type, z=z_s, alpha=a_s, sigma=s_s
-        ).x0
-        weight = truncated_snr_weight(alpha=a_s, sigma=s_s)
-        loss = (weight * (x_student - target).pow(2).flatten(1).mean(1)).mean()
+        loss = losses(images, labels)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        module.ema.update(student)
+        module.ema.update(module.student)
+        if method == "consistency":
+            module.target.update(module.student)
         return loss.detach()
 
     return step

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent
 MIN_TIMING = 1.0  # seconds per timed measurement: fast configurations run several steps per measurement
@@ -40,11 +39,18 @@ def networks():
 
 
 def step_fn(net):
+    """One denoising-training step of ``net`` (the library's objective, :func:`distill.objectives.denoising_loss`)."""
+    from distill.objectives import NoisingDraws, denoising_loss
+    from teachers.schedule import NoiseSchedule
+
+    schedule = NoiseSchedule.from_scheduler_config(
+        {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction"}
+    )
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
 
     def step(x, t, y):
-        out = net(x, t, encoder_hidden_states=None, class_labels=y).sample
-        loss = F.mse_loss(out, x)
+        draws = NoisingDraws(t=t, noise=torch.randn_like(x))
+        loss = denoising_loss(net=net, schedule=schedule, x0=x, cond=y, draws=draws)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -35,9 +35,9 @@ def rows_to_run(teacher_steps: int, student_steps: list[int]) -> list[tuple[str,
 
 def evaluate(models: dict, rows, *, num_samples: int, seed: int = 0) -> dict[str, dict]:
     """Every row from the same per-image noise (seed, index) and balanced labels, scored by the evaluator."""
-    from distill.methods.common import balanced_labels
     from distill.metrics import DigitsEvaluator
     from distill.pipelines import evaluate_model
+    from distill.validation import balanced_labels
 
     evaluator = DigitsEvaluator()
     labels = balanced_labels(num_samples, models["teacher"].num_classes or 10)

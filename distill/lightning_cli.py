@@ -172,6 +172,18 @@ class DistillCLI(LightningCLI):
         kwargs.setdefault("auto_configure_optimizers", False)
         super().__init__(L.LightningModule, L.LightningDataModule, *args, **kwargs)
 
+    def parse_arguments(self, parser, args) -> None:
+        """Refuse options written for an older meaning (:mod:`distill.migration`) before parsing, then parse."""
+        import sys
+
+        from distill.migration import check_argv
+
+        argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
+        messages = check_argv([str(a) for a in argv])
+        if messages:
+            parser.error("\n".join(messages))
+        super().parse_arguments(parser, args)
+
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         """Lightning's trainer plus :class:`distill.callbacks.RNGStateCallback` when the config has none, so every
         checkpoint can resume with its RNG state."""

@@ -129,7 +129,23 @@ class SampleMetrics:
         return out
 
 
-class DigitsEvaluator:
+class GenerativeEvaluator:
+    """What validation's generative metrics (:class:`distill.validation.GenerativeMetrics`) and ``distill test``
+    need of an evaluator: :meth:`accumulator` returns an object with ``update(images, cond)`` (images in [-1, 1],
+    ``cond`` the class labels or prompts they were asked for) and ``compute() -> {name: value}``; :meth:`to` moves
+    its networks. ``conditioning`` says which conditions it scores ("class", "text" or None). Subclass it for
+    other data; :class:`DigitsEvaluator` is the embedded default's."""
+
+    conditioning: str | None = "class"
+
+    def to(self, device: torch.device | str) -> GenerativeEvaluator:
+        return self
+
+    def accumulator(self):
+        raise NotImplementedError
+
+
+class DigitsEvaluator(GenerativeEvaluator):
     """The frozen digits evaluator with its two references (never part of any checkpoint).
 
     Args:

@@ -11,27 +11,20 @@ Nothing in the folder is executed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
 
-from teachers.network import denoise
-from teachers.parameterization import guidance_scale_embedding
-from teachers.sampling import consistency_sample, ddim_sample, per_sample_noise
-from teachers.schedule import lcm_timesteps, timestep_grid
+from teachers.sampling import SAMPLERS, per_sample_noise
+from teachers.sampling import resolve_sampler as resolve_schedule_sampler
 from teachers.teacher import DiffusionTeacher
 
-SAMPLERS = ("auto", "ddim", "consistency")
+__all__ = ["SAMPLERS", "ClassConditionalPipeline", "evaluate_model", "resolve_sampler", "sample_images"]
 
 
 def resolve_sampler(model: DiffusionTeacher, sampler: str = "auto") -> str:
     """``"consistency"`` for a folder whose scheduler is an LCMScheduler, else ``"ddim"`` (unless given)."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-    if sampler != "auto":
-        return sampler
-    return "consistency" if model.schedule.scheduler_class == "LCMScheduler" else "ddim"
+    return resolve_schedule_sampler(model.schedule, sampler)
 
 
 @torch.no_grad()
@@ -49,57 +42,23 @@ def sample_images(
 ) -> torch.Tensor:
     """Samples in [-1, 1] of a denoiser folder, image ``i`` from noise keyed on ``(seeds[i], indices[i])``.
 
-    DDIM (on ``spacing``) or multistep consistency sampling (LCM timesteps, re-noising keyed per image and
-    step), so an image never depends on its batch or the number of processes. A network with a
-    ``timestep_cond`` input takes ``guidance_scale - 1`` there (diffusers' LCM convention) in one forward;
-    others run classifier-free guidance when ``guidance_scale`` is not None/1.
+    The teacher's sampling contract (:meth:`teachers.DiffusionTeacher.sample`): DDIM on ``spacing`` or multistep
+    consistency sampling (LCM timesteps, re-noising keyed per image and step), so an image never depends on its
+    batch or the number of processes; ``guidance_scale`` is the CFG scale (1 or None: off).
     """
     device = next(model.unet.parameters()).device
     shape = (model.in_channels, model.sample_size, model.sample_size)
     noise = per_sample_noise(seeds=seeds, indices=indices, shape=shape, device=device)
-    schedule = model.schedule
-    embed_dim = getattr(getattr(model.unet, "config", None), "time_cond_proj_dim", None)
-    if embed_dim:
-        w = torch.full((noise.shape[0],), float(guidance_scale or 1.0) - 1.0, device=device)
-        denoiser = partial(
-            denoise,
-            model.unet,
-            schedule,
-            cond=labels,
-            timestep_cond=guidance_scale_embedding(w=w, dim=embed_dim),
-        )
-    else:
-        guided = labels is not None and guidance_scale is not None and guidance_scale != 1.0
-        denoiser = partial(model.predict, cond=labels, guidance_scale=guidance_scale if guided else None)
-    if resolve_sampler(model, sampler) == "consistency":
-        timesteps = lcm_timesteps(
-            num_train_timesteps=schedule.num_train_timesteps,
-            num_inference_steps=steps,
-            original_steps=int(schedule.config.get("original_inference_steps", 50)),
-        )
-        return consistency_sample(
-            denoiser=denoiser,
-            noise=noise,
-            timesteps=timesteps.to(device),
-            alphas_cumprod=schedule.alphas_cumprod,
-            step_noise=lambda i: per_sample_noise(
-                seeds=seeds + 7919 * (i + 1), indices=indices, shape=shape, device=device
-            ),
-            timestep_scaling=float(schedule.config.get("timestep_scaling", 10.0)),
-            clip_x0=clip_x0,
-        )
-    grid = timestep_grid(
-        num_inference_steps=steps,
-        num_train_timesteps=schedule.num_train_timesteps,
+    return model.sample(
+        labels,
+        noise,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        sampler=sampler,
         spacing=spacing,
-        steps_offset=schedule.steps_offset,
-    )
-    return ddim_sample(
-        denoiser=denoiser,
-        noise=noise,
-        timesteps=grid.to(device),
-        alphas_cumprod=schedule.alphas_cumprod,
         clip_x0=clip_x0,
+        seeds=seeds,
+        indices=indices,
     )
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from teachers.conditioning import Cond, cat_cond, cond_to, denoiser_kwargs
-from teachers.parameterization import Prediction, cfg_combine, to_prediction
+from teachers.parameterization import Prediction, cfg_combine, guidance_scale_embedding, to_prediction
 from teachers.schedule import NoiseSchedule
 
 
@@ -97,3 +98,55 @@ def denoise(
     return to_prediction(
         output=out, prediction_type=schedule.prediction_type, z=x_t, alpha=alpha, sigma=sigma
     )
+
+
+def time_cond_dim(net: nn.Module) -> int | None:
+    """Width of a network's ``timestep_cond`` input (diffusers' ``time_cond_proj_dim``), or None."""
+    config = getattr(net, "config", None)
+    return None if config is None else getattr(config, "time_cond_proj_dim", None)
+
+
+def is_guided(guidance_scale: float | torch.Tensor | None) -> bool:
+    """Whether a classifier-free guidance scale asks for guidance (None and 1 mean off)."""
+    if guidance_scale is None:
+        return False
+    if isinstance(guidance_scale, torch.Tensor):
+        return bool((guidance_scale != 1.0).any())
+    return float(guidance_scale) != 1.0
+
+
+def guided_denoiser(
+    net: nn.Module,
+    schedule: NoiseSchedule,
+    *,
+    cond: Cond,
+    guidance_scale: float | None,
+    uncond: Callable[[Cond], Cond] | None = None,
+):
+    """``(z, t) -> Prediction`` of ``net`` at the classifier-free guidance scale ``guidance_scale`` (1 or None:
+    off), taken the way the network takes it: a guidance-distilled network (with a ``timestep_cond`` input, as
+    LCM and guided progressive students) gets LCM's ``w = scale - 1`` embedded there, one forward per step;
+    any other network runs CFG with ``uncond(cond)`` (the null class or empty prompt) batched beside ``cond``."""
+    embed_dim = time_cond_dim(net)
+    if embed_dim:
+        return _EmbeddedGuidance(net, schedule, cond, float(1.0 if guidance_scale is None else guidance_scale))
+    if is_guided(guidance_scale) and cond is not None:
+        if uncond is None:
+            raise ValueError("classifier-free guidance needs the unconditional branch (uncond)")
+        return functools.partial(
+            denoise, net, schedule, cond=cond, guidance_scale=guidance_scale, uncond=uncond(cond)
+        )
+    return functools.partial(denoise, net, schedule, cond=cond)
+
+
+class _EmbeddedGuidance:
+    """A guidance-distilled network's denoiser: ``w = scale - 1`` through ``timestep_cond``, one forward."""
+
+    def __init__(self, net: nn.Module, schedule: NoiseSchedule, cond: Cond, scale: float) -> None:
+        self.net, self.schedule, self.cond, self.w = net, schedule, cond, scale - 1.0
+        self.dim = time_cond_dim(net)
+
+    def __call__(self, z: torch.Tensor, t: torch.Tensor) -> Prediction:
+        w = torch.full((z.shape[0],), self.w, device=z.device)
+        emb = guidance_scale_embedding(w=w, dim=self.dim)
+        return denoise(self.net, self.schedule, z, t, self.cond, timestep_cond=emb)

@@ -17,7 +17,14 @@ from teachers.parameterization import (
     ddim_step,
     eps_from_x0,
 )
-from teachers.schedule import NoiseSchedule, alpha_sigma, previous_timesteps, q_sample
+from teachers.schedule import (
+    NoiseSchedule,
+    alpha_sigma,
+    lcm_timesteps,
+    previous_timesteps,
+    q_sample,
+    timestep_grid,
+)
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], Prediction]
 
@@ -135,3 +142,71 @@ def consistency_sample(
             n = step_noise(i) if step_noise is not None else torch.randn_like(x)
             z = q_sample(x0=x, eps=n.to(x), alpha=alpha_n.to(x.dtype), sigma=sigma_n.to(x.dtype))
     return x
+
+
+SAMPLERS = ("auto", "ddim", "consistency")
+
+
+def resolve_sampler(schedule: NoiseSchedule, sampler: str = "auto") -> str:
+    """``"consistency"`` for a schedule whose scheduler is an LCMScheduler, else ``"ddim"`` (unless given)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if sampler != "auto":
+        return sampler
+    return "consistency" if schedule.scheduler_class == "LCMScheduler" else "ddim"
+
+
+def keyed_step_noise(
+    *, seeds: torch.Tensor, indices: torch.Tensor, shape: tuple[int, ...], device: torch.device | str
+) -> Callable[[int], torch.Tensor]:
+    """The noise a multistep sampler injects after step ``i``, keyed per image and per step on
+    ``(seeds + 7919 (i + 1), indices)``: an image's re-noising never depends on its batch or process."""
+    return lambda i: per_sample_noise(seeds=seeds + 7919 * (i + 1), indices=indices, shape=shape, device=device)
+
+
+@torch.no_grad()
+def sample(
+    *,
+    denoiser: Denoiser,
+    schedule: NoiseSchedule,
+    noise: torch.Tensor,
+    steps: int,
+    sampler: str = "auto",
+    spacing: str = "trailing",
+    clip_x0: float | None = 1.0,
+    step_noise: Callable[[int], torch.Tensor] | None = None,
+    sigma_data: float = 0.5,
+) -> torch.Tensor:
+    """The one sampling loop behind teachers, methods and exported pipelines: ``steps`` steps of DDIM on
+    ``spacing`` or, for a consistency model (``sampler="consistency"``, or ``"auto"`` with an LCMScheduler
+    config), multistep consistency sampling at LCM's timesteps with the config's ``original_inference_steps``
+    and ``timestep_scaling`` and re-noising from ``step_noise(i)`` (see :func:`keyed_step_noise`)."""
+    if resolve_sampler(schedule, sampler) == "consistency":
+        timesteps = lcm_timesteps(
+            num_train_timesteps=schedule.num_train_timesteps,
+            num_inference_steps=steps,
+            original_steps=int(schedule.config.get("original_inference_steps", 50)),
+        )
+        return consistency_sample(
+            denoiser=denoiser,
+            noise=noise,
+            timesteps=timesteps.to(noise.device),
+            alphas_cumprod=schedule.alphas_cumprod,
+            step_noise=step_noise,
+            sigma_data=sigma_data,
+            timestep_scaling=float(schedule.config.get("timestep_scaling", 10.0)),
+            clip_x0=clip_x0,
+        )
+    grid = timestep_grid(
+        num_inference_steps=steps,
+        num_train_timesteps=schedule.num_train_timesteps,
+        spacing=spacing,  # type: ignore[arg-type]
+        steps_offset=schedule.steps_offset,
+    )
+    return ddim_sample(
+        denoiser=denoiser,
+        noise=noise,
+        timesteps=grid.to(noise.device),
+        alphas_cumprod=schedule.alphas_cumprod,
+        clip_x0=clip_x0,
+    )

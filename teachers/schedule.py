@@ -182,6 +182,25 @@ class NoiseSchedule:
         alpha, sigma = alpha_sigma(alphas_cumprod=self.alphas_cumprod.to(t.device), timesteps=t)
         return alpha.to(dtype), sigma.to(dtype)
 
+    def train_times(self, rng: Any, batch: int) -> torch.Tensor:
+        """Training times of ``batch`` samples in the network's own time input (here: integer timesteps uniform
+        over ``[0, num_train_timesteps)``), drawn from ``rng`` (``distill.rng``'s interface: ``randint``)."""
+        return rng.randint(self.num_train_timesteps, batch)
+
+    def skipping_grid(self, original_steps: int) -> torch.Tensor:
+        """The increasing solver grid consistency distillation trains on (LCM's skipping-step grid)."""
+        return lcm_skipping_timesteps(
+            num_train_timesteps=self.num_train_timesteps, original_steps=original_steps
+        )
+
+    def consistency_scalings(
+        self, t: torch.Tensor, *, sigma_data: float, timestep_scaling: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Boundary scalings ``(c_skip, c_out)`` of a consistency model at network times ``t`` (identity at 0)."""
+        from teachers.parameterization import consistency_scalings
+
+        return consistency_scalings(timesteps=t, sigma_data=sigma_data, timestep_scaling=timestep_scaling)
+
     def grid(self, num_inference_steps: int, *, spacing: str | None = None) -> torch.Tensor:
         """Sampling timesteps with this schedule's (or the given) spacing."""
         return timestep_grid(

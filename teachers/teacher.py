@@ -352,6 +352,53 @@ class DiffusionTeacher(nn.Module):
             null = uncond if uncond is not None else self.null_cond(cond)
         return denoise(self.unet, self.schedule, x_t, t, cond, guidance_scale=guidance_scale, uncond=null)
 
+    @torch.no_grad()
+    def sample(
+        self,
+        cond: Cond,
+        noise: torch.Tensor,
+        *,
+        steps: int,
+        guidance_scale: float | None = 1.0,
+        sampler: str = "auto",
+        spacing: str = "trailing",
+        clip_x0: float | str | None = "auto",
+        seeds: torch.Tensor | None = None,
+        indices: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Samples (in the network's space: latents for a latent teacher) from ``noise`` in ``steps`` steps, at
+        the classifier-free guidance scale ``guidance_scale`` (1 or None: off).
+
+        The sampling contract every method shares: DDIM on ``spacing`` (trailing: a few-step grid starts at pure
+        noise), or multistep consistency sampling when this folder's scheduler is an LCMScheduler; a network with a
+        ``timestep_cond`` input takes ``w = scale - 1`` there (diffusers' LCM convention). Re-noising between
+        consistency steps is keyed on ``(seeds, indices)`` per image and per step (default: seed 0, position in
+        ``noise``). ``clip_x0`` "auto" clamps x0 to [-1, 1] for pixel teachers and not for latents.
+        """
+        from teachers.network import guided_denoiser
+        from teachers.sampling import keyed_step_noise, sample
+
+        n = noise.shape[0]
+        seeds = torch.zeros(n, dtype=torch.long) if seeds is None else seeds
+        indices = torch.arange(n) if indices is None else indices
+        if clip_x0 == "auto":
+            clip_x0 = None if self.is_latent else 1.0
+        denoiser = guided_denoiser(
+            self.unet, self.schedule, cond=cond, guidance_scale=guidance_scale, uncond=self.null_cond
+        )
+        return sample(
+            denoiser=denoiser,
+            schedule=self.schedule,
+            noise=noise,
+            steps=steps,
+            sampler=sampler,
+            spacing=spacing,
+            clip_x0=clip_x0,  # type: ignore[arg-type]
+            step_noise=keyed_step_noise(
+                seeds=seeds, indices=indices, shape=tuple(noise.shape[1:]), device=noise.device
+            ),
+        )
+
     def forward(self, *args: Any, **kwargs: Any) -> Prediction:
         return self.predict(*args, **kwargs)
 

@@ -18,7 +18,7 @@ CHEAP = {
     **{
         f"configs/digits/{name}.yaml": [
             "--model.init_args.eval_num_samples=20",
-            "--model.init_args.eval_steps=1",
+            "--model.init_args.eval_steps=[1]",
             "--model.init_args.samples_per_class=1",
             "--model.init_args.evaluator.init_args.kid_subset_size=10",
             "--model.init_args.evaluator.init_args.kid_subsets=5",

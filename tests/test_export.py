@@ -49,7 +49,7 @@ def test_kd_export_reproduces_the_checkpoints_samples_exactly(tiny_teacher_dir, 
     labels = torch.tensor([0, 3, 9])
     images = pipe(class_labels=labels, num_inference_steps=4, seed=7).images
     noise = per_sample_noise(seeds=torch.full((3,), 7), indices=torch.arange(3), shape=(1, 8, 8))
-    expected = fresh.generate(
+    expected = fresh.sample(
         labels, noise, steps=4, guidance_scale=None
     )  # the module's EMA student, same noise
     assert torch.equal(images, expected.add(1).div(2).clamp(0, 1))
@@ -66,7 +66,7 @@ def test_consistency_export_is_an_lcm_folder_sampled_by_the_pipeline(tiny_teache
     def make():
         teacher = DiffusionTeacher.from_pretrained(tiny_teacher_dir)
         return ConsistencyDistillation(
-            teacher, tiny_cond_unet(seed=3, time_cond_proj_dim=8), w_max=1.0, samples_per_class=0
+            teacher, tiny_cond_unet(seed=3, time_cond_proj_dim=8), guidance_max=2.0, samples_per_class=0
         )
 
     ckpt = _train(make(), tmp_path)
@@ -77,8 +77,15 @@ def test_consistency_export_is_an_lcm_folder_sampled_by_the_pipeline(tiny_teache
     labels = torch.tensor([1, 2])
     one = pipe(class_labels=labels, num_inference_steps=1, guidance_scale=1.5, seed=3).images
     noise = per_sample_noise(seeds=torch.full((2,), 3), indices=torch.arange(2), shape=(1, 8, 8))
-    assert torch.equal(one, fresh.generate(labels, noise, steps=1, guidance=0.5).add(1).div(2).clamp(0, 1))
-    assert pipe(class_labels=labels, seed=3).images.shape == (2, 1, 8, 8)
+    assert torch.equal(
+        one, fresh.sample(labels, noise, steps=1, guidance_scale=1.5).add(1).div(2).clamp(0, 1)
+    )
+    four = pipe(
+        class_labels=labels, seed=3
+    ).images  # 4 steps, re-noised per image and step as the method does
+    seeds, indices = torch.full((2,), 3), torch.arange(2)
+    expected = fresh.sample(labels, noise, steps=4, seeds=seeds, indices=indices)
+    assert torch.equal(four, expected.add(1).div(2).clamp(0, 1))
 
 
 def test_existing_output_is_never_touched_unless_asked(tiny_teacher_dir, tmp_path):

@@ -1,7 +1,8 @@
 """Every method's loss terms and gradient norm on a fixed batch and fixed draws, against committed values.
 
 The values in ``tests/golden/method_losses.json`` were written before the methods' losses moved into pure
-objectives (:mod:`distill.objectives`); any later change to a method's maths shows up here to 1e-6. Rewrite the
+objectives (:mod:`distill.objectives`), with guidance then given in LCM's form w (here the CFG scales 1 + w,
+which map exactly); any later change to a method's maths shows up here to 1e-6. Rewrite the
 file only for an intended change of the maths: ``GOLDEN_WRITE=1 pytest tests/test_golden_losses.py``.
 """
 
@@ -46,7 +47,11 @@ def _consistency_guided():
     from distill.methods.consistency import ConsistencyDistillation
 
     return ConsistencyDistillation(
-        _teacher(), _student(2, time_cond_proj_dim=32), w_min=0.5, w_max=3.0, samples_per_class=0
+        _teacher(),
+        _student(2, time_cond_proj_dim=32),
+        guidance_min=1.5,
+        guidance_max=4.0,
+        samples_per_class=0,
     )
 
 
@@ -64,8 +69,8 @@ def _progressive_guided():
         _student(4, time_cond_proj_dim=32),
         teacher_steps=8,
         final_steps=2,
-        w_min=0.0,
-        w_max=2.0,
+        guidance_min=1.0,
+        guidance_max=3.0,
         samples_per_class=0,
     )
 

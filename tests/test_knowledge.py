@@ -9,7 +9,9 @@ from conftest import random_digits_loader, tiny_cond_unet
 
 from distill.features import default_feature_pairs, transfer_weights
 from distill.methods.knowledge import KnowledgeDistillation
+from distill.objectives import draw_noising, knowledge_distillation_loss
 from distill.rng import GeneratorRandom
+from distill.validation import eval_noise
 from teachers import DiffusionTeacher
 
 
@@ -82,7 +84,17 @@ def test_fit_lowers_the_kd_loss_and_checkpoints_projections_not_teacher(teacher,
 
     def fixed_draw_kd_loss():  # the same noise and timesteps before and after training
         rng = GeneratorRandom(torch.Generator().manual_seed(0))
-        return kd.kd_losses(*kd._noisy_batch(images, labels, rng))["output_kd"].item()
+        draws = draw_noising(rng, x0=images, schedule=kd.teacher.schedule, cond=labels, cond_drop_prob=0.1)
+        losses = knowledge_distillation_loss(
+            teacher=kd.teacher,
+            student=kd.student,
+            x0=images,
+            cond=labels,
+            draws=draws,
+            options=kd.options,
+            features=kd.features,
+        )
+        return losses["output_kd"].item()
 
     before = fixed_draw_kd_loss()
     trainer = L.Trainer(
@@ -117,7 +129,7 @@ def test_hooks_follow_names_on_the_unwrapped_student(teacher):
 
     wrapped = Wrapper(kd.student)
     z = torch.randn(2, 1, 8, 8)
-    with kd._student_features.recording() as feats:
+    with kd.features.student.recording() as feats:
         wrapped(z, torch.tensor([1, 2]), encoder_hidden_states=None, class_labels=torch.tensor([0, 1]))
     assert set(feats) == {"down_blocks.0", "down_blocks.1", "up_blocks.0", "up_blocks.1"}
 
@@ -172,11 +184,12 @@ def test_validation_reuses_the_teacher_samples(teacher, tmp_path, monkeypatch):
         tiny_cond_unet(seed=5, block_out_channels=[16, 16]),
         init_from_teacher=False,
         samples_per_class=1,
-        eval_steps=3,
+        eval_steps=[2],
+        eval_teacher_steps=3,
     )
     calls = []
-    predict = kd.teacher.predict
-    monkeypatch.setattr(kd.teacher, "predict", lambda *a, **k: calls.append(1) or predict(*a, **k))
+    sample = kd.teacher.sample
+    monkeypatch.setattr(kd.teacher, "sample", lambda *a, **k: calls.append(1) or sample(*a, **k))
     trainer = L.Trainer(
         default_root_dir=tmp_path,
         accelerator="cpu",
@@ -189,10 +202,17 @@ def test_validation_reuses_the_teacher_samples(teacher, tmp_path, monkeypatch):
         enable_checkpointing=False,
     )
     trainer.fit(kd, _loader(), _loader(8))
-    assert len(calls) == 3  # three validations, one teacher sampling of three steps
+    assert len(calls) == 1  # three validations, one teacher sampling
     ((key, cached),) = kd._teacher_samples.items()
     assert key[:3] == ("grid", 10, 3)
-    noise = kd._noise(10)
+    noise = eval_noise(kd.teacher, 10, seed=0, device="cpu")
     labels = torch.arange(10)
-    fresh = kd.generate(labels, noise, steps=3, guidance_scale=kd.eval_guidance, teacher=True)
+    fresh = sample(labels, noise, steps=3, guidance_scale=kd.eval_guidance_scale, sampler="ddim")
     torch.testing.assert_close(cached, fresh)
+    events = list(tmp_path.rglob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0].parent), size_guidance={"images": 0})
+    acc.Reload()
+    assert acc.Tags()["images"] == ["samples/teacher_3ddim_then_student_2step"]
+    assert len(acc.Images("samples/teacher_3ddim_then_student_2step")) == 3

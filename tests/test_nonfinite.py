@@ -58,7 +58,7 @@ def test_skip_keeps_the_consistency_target_finite(tiny_teacher_dir):
     module = ConsistencyDistillation(
         teacher,
         tiny_cond_unet(seed=3, time_cond_proj_dim=8),
-        w_max=1.0,
+        guidance_max=2.0,
         samples_per_class=0,
         nonfinite="skip",
     )

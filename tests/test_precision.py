@@ -19,7 +19,7 @@ METHODS = {
         t, tiny_cond_unet(seed=3), teacher_steps=8, final_steps=1, round_steps=2, samples_per_class=0
     ),
     "consistency": lambda t: ConsistencyDistillation(
-        t, tiny_cond_unet(seed=3, time_cond_proj_dim=8), w_max=2.0, samples_per_class=0
+        t, tiny_cond_unet(seed=3, time_cond_proj_dim=8), guidance_max=3.0, samples_per_class=0
     ),
 }
 

@@ -8,6 +8,8 @@ import torch
 from conftest import random_digits_loader, tiny_cond_unet
 
 from distill.methods.progressive import ProgressiveDistillation, round_schedule
+from distill.objectives import w_embedding
+from distill.objectives.progressive import round_teacher_prediction
 from teachers import DiffusionTeacher
 from teachers.parameterization import ddim_step, progressive_x_target, truncated_snr_weight
 
@@ -127,7 +129,7 @@ def test_rounds_promote_the_student_and_restart_the_optimizer(teacher, tmp_path)
     assert int(fresh.round_index) == 2 and int(fresh.round_start) == 4
     for a, b in zip(fresh.round_teacher.parameters(), pd.round_teacher.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    out = fresh.generate(torch.tensor([1, 2]), torch.randn(2, 1, 8, 8))  # one DDIM step now
+    out = fresh.sample(torch.tensor([1, 2]), torch.randn(2, 1, 8, 8))  # one DDIM step now
     assert out.shape == (2, 1, 8, 8) and out.abs().max() <= 1.0 + 1e-6
 
 
@@ -137,23 +139,24 @@ def test_guided_round_one_uses_cfg_and_later_rounds_the_w_input(teacher):
         tiny_cond_unet(seed=2, time_cond_proj_dim=8),
         teacher_steps=4,
         final_steps=1,
-        w_min=1.0,
-        w_max=1.0,
+        guidance_min=2.0,
+        guidance_max=2.0,
         samples_per_class=0,
     )
     z, t, labels, w = torch.randn(2, 1, 8, 8), torch.tensor([999, 499]), torch.tensor([3, 4]), torch.ones(2)
-    guided = pd._teacher_pred(z, t, labels, w, pd.w_embedding(w))
+    emb = w_embedding(w, pd.embed_dim)
+    guided = round_teacher_prediction(teacher, None, z, t, labels, w, emb, pd.options)
     with torch.no_grad():
         expected = teacher.predict(z, t, labels, guidance_scale=2.0)
     torch.testing.assert_close(guided.x0, expected.x0)
     pd.round_index += 1
-    via_input = pd._teacher_pred(z, t, labels, w, pd.w_embedding(w))
+    via_input = round_teacher_prediction(teacher, pd.round_teacher.module, z, t, labels, w, emb, pd.options)
     assert not torch.allclose(via_input.x0, guided.x0)  # now the promoted student, taking w as an input
 
 
 def test_bad_progressive_settings(teacher):
-    with pytest.raises(ValueError, match="needs a student with a timestep_cond input"):
-        ProgressiveDistillation(teacher, tiny_cond_unet(), w_max=1.0)
+    with pytest.raises(ValueError, match="need a student with a timestep_cond input"):
+        ProgressiveDistillation(teacher, tiny_cond_unet(), guidance_max=2.0)
     with pytest.raises(ValueError, match="promote must be"):
         ProgressiveDistillation(teacher, tiny_cond_unet(), promote="best")
     with pytest.raises(ValueError, match="exceeds the teacher's 1000 timesteps"):
@@ -182,5 +185,5 @@ def test_export_writes_a_trailing_ddim_scheduler_that_samples_like_the_method(te
     seeds, indices, labels = torch.zeros(2, dtype=torch.long), torch.arange(2), torch.tensor([3, 6])
     noise = per_sample_noise(seeds=seeds, indices=indices, shape=(1, 8, 8))
     torch.testing.assert_close(
-        evaluation.generate(seeds, indices, labels, 2), pd.generate(labels, noise, steps=2), rtol=0, atol=1e-6
+        evaluation.generate(seeds, indices, labels, 2), pd.sample(labels, noise, steps=2), rtol=0, atol=1e-6
     )

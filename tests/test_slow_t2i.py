@@ -27,8 +27,8 @@ PROGRESSIVE = """model:
     final_steps: 2
     round_steps: 2
     promote: student
-    w_min: 2.0
-    w_max: 6.0
+    guidance_min: 3.0
+    guidance_max: 7.0
     ema_decay: null
     samples_per_class: 0
     evaluator: null

@@ -159,7 +159,7 @@ def test_teacher_config_from_every_kind_of_source(tmp_path, tiny_teacher_dir):
     assert teacher_config("builtin:digits")["block_out_channels"] == [32, 64, 128]
     with pytest.raises(FileNotFoundError, match="no UNet config found"):
         teacher_config(tmp_path / "missing")
-    with pytest.raises(ValueError, match="no builtin teacher 'nope'"):
+    with pytest.raises(FileNotFoundError, match="no built-in teacher 'builtin:nope'"):
         teacher_config("builtin:nope")
 
 

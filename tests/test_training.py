@@ -9,7 +9,6 @@ from conftest import SCHEDULER, tiny_cond_unet, tiny_unet2d
 from diffusers import DDPMScheduler
 from torch.utils.data import DataLoader, TensorDataset
 
-from distill.methods.common import drop_labels
 from distill.methods.training import DiffusionTraining
 from teachers import DiffusionTeacher
 
@@ -56,7 +55,13 @@ def test_fit_lowers_the_loss_updates_ema_and_exports_a_teacher(tmp_path):
 
 def test_label_dropout_uses_the_null_class():
     labels = torch.arange(1000) % 10
-    dropped = drop_labels(labels, null_class=10, prob=0.25, generator=torch.Generator().manual_seed(0))
+    from distill.objectives import apply_keep, draw_keep
+    from distill.rng import GeneratorRandom
+
+    keep = draw_keep(
+        GeneratorRandom(torch.Generator().manual_seed(0)), batch=len(labels), cond=labels, prob=0.25
+    )
+    dropped = apply_keep(labels, keep, null_cond=lambda c: torch.full_like(c, 10))
     frac = (dropped == 10).float().mean().item()
     assert 0.2 < frac < 0.3
     assert torch.equal(dropped[dropped != 10], labels[dropped != 10])

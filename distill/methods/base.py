@@ -1,8 +1,12 @@
 """The base of every distillation method: a frozen teacher, a trained student, an optional EMA copy.
 
-The contract it keeps (DESIGN.md): the teacher is frozen at construction, never in the optimizer, never
-synchronised by DDP and never written to checkpoints; everything student-sized that the method owns (student,
-EMA, projections, target networks) is saved, and loading checks that the only missing keys are the teacher's.
+The contract it keeps: the teacher is frozen at construction, never in the optimizer, never synchronised by DDP
+and never written to checkpoints; everything student-sized that the method owns (student, EMA, projections,
+target networks) is saved, and loading checks that the only missing keys are the teacher's. Every method answers
+the one sampling contract, :meth:`DistillationModule.sample`, and declares only its own options: the options
+below reach subclasses through ``**kwargs`` (jsonargparse follows them, so config keys stay flat).
+Evaluation (sample grids, generative metrics) is callbacks over the sampling contract (:mod:`distill.validation`),
+configured from the ``eval_*`` options here.
 """
 
 from __future__ import annotations
@@ -19,10 +23,17 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from distill.diffusers_folder import save_student_folder
 from distill.ema import EMA
-from distill.methods.common import configure
+from distill.methods.checks import check_data_matches, null_class_of
+from distill.methods.optim import configure
+from distill.metrics import GenerativeEvaluator
+from distill.objectives.draws import apply_keep, draw_keep
 from distill.rng import GeneratorRandom, KeyedRandom, global_sample_indices
-from teachers.conditioning import Cond, where_cond
+from teachers.conditioning import Cond
+from teachers.network import guided_denoiser
+from teachers.sampling import keyed_step_noise
+from teachers.sampling import sample as sample_loop
 from teachers.teacher import DiffusionTeacher
 
 TEACHER_PREFIX = "teacher."
@@ -51,7 +62,22 @@ class DistillationModule(L.LightningModule):
             tensor-core GPUs and some CPUs; measured in ``benchmarks/speed_features.py``).
         compile_student: ``torch.compile`` the student in place at fit start (``nn.Module.compile``: parameter
             names, checkpoints and feature hooks unchanged); the first steps pay the compilation.
+        evaluator: generative metrics at each validation (the digits evaluator: FID/KID vs real and teacher
+            references, class accuracy); None: none.
+        eval_num_samples: samples per evaluated step count (balanced labels, noise keyed on (eval_seed, index)).
+        eval_steps: the student's sampling step counts evaluated and shown in the grid (None: the method's).
+        eval_guidance_scale: the classifier-free guidance scale of validation samples, teacher and student alike
+            (1: none; None: the method's default).
+        samples_per_class: rows of the validation grid per class (0: no grid); unconditional teachers: images per
+            row / 10.
+        eval_prompts: prompts of a text teacher's validation grid (teacher row above the student's).
+        eval_teacher_steps: the teacher's DDIM steps in the grid (None: no teacher row).
+        eval_seed: seed of the validation noise and draws (the same at every validation).
     """
+
+    #: the method's defaults where the ``eval_*`` options say None
+    default_eval_steps: tuple[int, ...] = (25,)
+    default_eval_guidance_scale: float = 1.0
 
     def __init__(
         self,
@@ -65,6 +91,14 @@ class DistillationModule(L.LightningModule):
         gradient_checkpointing: bool = False,
         channels_last: bool = False,
         compile_student: bool = False,
+        evaluator: GenerativeEvaluator | None = None,
+        eval_num_samples: int = 500,
+        eval_steps: list[int] | None = None,
+        eval_guidance_scale: float | None = None,
+        samples_per_class: int = 2,
+        eval_prompts: list[str] | None = None,
+        eval_teacher_steps: int | None = 25,
+        eval_seed: int = 0,
     ) -> None:
         super().__init__()
         self.seed = seed
@@ -110,6 +144,22 @@ class DistillationModule(L.LightningModule):
         if self.ema is not None:
             ignore += [f"ema.{k}" for k in self.ema.state_dict()]
         self._ddp_params_and_buffers_to_ignore = ignore
+        self.null_class = null_class_of(student, teacher.num_classes, argument="student")
+        self.evaluator = evaluator
+        self.eval_num_samples = eval_num_samples
+        self._eval_steps = None if eval_steps is None else [int(k) for k in eval_steps]
+        self.eval_guidance_scale = (
+            self.default_eval_guidance_scale if eval_guidance_scale is None else float(eval_guidance_scale)
+        )
+        if self.eval_guidance_scale != 1.0 and self.teacher.cond_kind is None:
+            raise ValueError(
+                f"eval_guidance_scale={self.eval_guidance_scale} needs a conditional teacher (a null class or "
+                "empty-prompt embeddings); set eval_guidance_scale: 1"
+            )
+        self.samples_per_class = samples_per_class
+        self.eval_prompts = list(eval_prompts) if eval_prompts else []
+        self.eval_teacher_steps = eval_teacher_steps
+        self.eval_seed = eval_seed
 
     # -- what subclasses provide --------------------------------------------------------------------------
     def training_losses(self, batch: Any) -> dict[str, torch.Tensor]:
@@ -138,6 +188,7 @@ class DistillationModule(L.LightningModule):
         uncond = getattr(datamodule, "uncond_cond", None)
         if callable(uncond) and not self.teacher.text_encoders and self.teacher.cond_kind != "class":
             self.teacher.set_uncond(uncond())
+        check_data_matches(self.student, datamodule, argument="student", teacher=self.teacher)
 
     def prepare_batch(self, batch: Any) -> tuple[torch.Tensor, Cond]:
         """``(x0, cond)`` from any data module's batch: ``(images, labels)`` (pixel space, class labels); a
@@ -162,15 +213,17 @@ class DistillationModule(L.LightningModule):
 
     def drop_cond(self, cond: Cond, *, prob: float, rng: KeyedRandom | GeneratorRandom) -> Cond:
         """Replace each sample's condition by the unconditional one with probability ``prob`` (CFG training)."""
-        if cond is None or prob <= 0:
-            return cond
-        batch = cond["encoder_hidden_states"].shape[0] if isinstance(cond, dict) else cond.shape[0]
-        keep = rng.rand(batch) >= prob
-        return where_cond(keep, cond, self.teacher.null_cond(cond))
+        batch = (
+            None
+            if cond is None
+            else (cond["encoder_hidden_states"].shape[0] if isinstance(cond, dict) else cond.shape[0])
+        )
+        keep = draw_keep(rng, batch=batch or 0, cond=cond, prob=prob)
+        return apply_keep(cond, keep, null_cond=self.teacher.null_cond)
 
     def eval_random(self, batch_idx: int) -> GeneratorRandom:
         """Fixed draws for validation batch ``batch_idx`` (the same at every validation)."""
-        eval_seed = int(getattr(self, "eval_seed", 0))
+        eval_seed = int(self.eval_seed)
         gen = torch.Generator(self.device).manual_seed(eval_seed * 100_003 + batch_idx)
         return GeneratorRandom(gen, device=self.device)
 
@@ -277,25 +330,94 @@ class DistillationModule(L.LightningModule):
         """The weights to evaluate: the EMA copy when there is one."""
         return self.ema.module if self.ema is not None else self.student
 
+    # -- the sampling contract and evaluation -----------------------------------------------------------
+    @property
+    def eval_steps(self) -> list[int]:
+        """The student's step counts that validation evaluates (the option, else the method's default)."""
+        return list(self._eval_steps) if self._eval_steps is not None else list(self.default_eval_steps)
+
+    def sampling_schedule(self):
+        """The schedule (with its scheduler config) the student samples with: :meth:`export_schedule`'s."""
+        return self.export_schedule()
+
+    def sampler_options(self) -> dict[str, Any]:
+        """Extra keyword arguments of the sampling loop (consistency: its ``sigma_data``)."""
+        return {}
+
+    @torch.no_grad()
+    def sample(
+        self,
+        cond: Cond,
+        noise: torch.Tensor,
+        *,
+        steps: int | None = None,
+        guidance_scale: float | None = 1.0,
+        seeds: torch.Tensor | None = None,
+        indices: torch.Tensor | None = None,
+        net: nn.Module | None = None,
+    ) -> torch.Tensor:
+        """The student's samples from ``noise`` (EMA weights unless ``net``): the sampling contract teachers share.
+
+        ``guidance_scale`` is the classifier-free guidance scale (1 or None: off): a guidance-distilled student
+        takes ``scale - 1`` through ``timestep_cond`` in one forward per step, any other runs CFG. ``steps``
+        defaults to the first of :attr:`eval_steps`. Re-noising between multistep consistency steps is keyed per
+        image and per step on ``(seeds, indices)`` (default: ``eval_seed`` and the position in ``noise``), exactly
+        as the exported folder samples (:func:`distill.pipelines.sample_images`).
+        """
+        net = self.eval_student() if net is None else net
+        schedule = self.sampling_schedule()
+        n = noise.shape[0]
+        seeds = torch.full((n,), int(self.eval_seed), dtype=torch.long) if seeds is None else seeds
+        indices = torch.arange(n) if indices is None else indices
+        denoiser = guided_denoiser(
+            net, schedule, cond=cond, guidance_scale=guidance_scale, uncond=self.teacher.null_cond
+        )
+        return sample_loop(
+            denoiser=denoiser,
+            schedule=schedule,
+            noise=noise,
+            steps=self.eval_steps[0] if steps is None else steps,
+            clip_x0=None if self.teacher.is_latent else 1.0,
+            step_noise=keyed_step_noise(
+                seeds=seeds, indices=indices, shape=tuple(noise.shape[1:]), device=noise.device
+            ),
+            **self.sampler_options(),
+        )
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The validation sample grid and generative metrics (:mod:`distill.validation`), from the ``eval_*``
+        options; a config's own callbacks of the same classes replace these."""
+        from distill.validation import GenerativeMetrics, SampleGrid
+
+        callbacks: list[L.Callback] = []
+        if self.samples_per_class > 0 or self.eval_prompts:
+            callbacks.append(
+                SampleGrid(
+                    samples_per_class=self.samples_per_class,
+                    prompts=self.eval_prompts or None,
+                    steps=None,
+                    guidance_scale=None,
+                    teacher_steps=self.eval_teacher_steps,
+                    seed=self.eval_seed,
+                )
+            )
+        if self.evaluator is not None and self.eval_num_samples > 0:
+            callbacks.append(
+                GenerativeMetrics(
+                    self.evaluator,
+                    num_samples=self.eval_num_samples,
+                    steps=None,
+                    guidance_scale=None,
+                    seed=self.eval_seed,
+                )
+            )
+        return callbacks
+
     def save_pretrained(self, directory: str | Path, *, use_ema: bool = True) -> None:
-        """Write the student (EMA weights by default) as ``unet/`` with the teacher's ``scheduler/``: a folder
-        that ``DiffusionTeacher.from_pretrained`` (and so ``distill test``) loads."""
-        directory = Path(directory)
+        """Write the student (EMA weights by default) as ``unet/`` with :meth:`export_schedule` as ``scheduler/``:
+        a folder that ``DiffusionTeacher.from_pretrained`` (and so ``distill test``) loads."""
         student = self.eval_student() if use_ema else self.student
-        if not hasattr(student, "save_pretrained"):
-            raise TypeError(
-                f"{type(student).__name__} has no save_pretrained(); only diffusers students export"
-            )
-        student.save_pretrained(directory / "unet")
-        schedule = self.export_schedule()
-        schedule.save_pretrained(directory / "scheduler")
-        if (
-            self.teacher.is_latent
-        ):  # a full pipeline folder: the teacher's VAE and text encoder(s) beside the student
-            self.teacher.save_latent_parts(directory)
-            write_model_index(
-                directory, student=student, scheduler_class=schedule.scheduler_class, teacher=self.teacher
-            )
+        save_student_folder(directory, student=student, schedule=self.export_schedule(), teacher=self.teacher)
 
     def export_schedule(self):
         """The scheduler config an export carries: the teacher's (methods that change how the student samples,
@@ -337,41 +459,3 @@ class DistillationModule(L.LightningModule):
         for key, value in self.teacher.state_dict(prefix=TEACHER_PREFIX, keep_vars=False).items():
             state[key] = value
         self.nonfinite_steps = int(checkpoint.get("nonfinite_steps", 0))
-
-
-def write_model_index(
-    directory: Path, *, student: nn.Module, scheduler_class: str, teacher: DiffusionTeacher
-) -> None:
-    """``model_index.json`` so that diffusers loads the export as a whole pipeline: ``StableDiffusionPipeline``
-    (``StableDiffusionXLPipeline`` for SDXL teachers) or, for consistency students (``LCMScheduler``),
-    ``LatentConsistencyModelPipeline``. A student class of this package is named by its module (importable
-    wherever distill-diffusion is installed)."""
-    import json
-
-    module = type(student).__module__
-    library = "diffusers" if module.startswith("diffusers") else module
-    if teacher.is_sdxl:
-        pipeline = "StableDiffusionXLPipeline"
-    elif scheduler_class == "LCMScheduler":
-        pipeline = "LatentConsistencyModelPipeline"
-    else:
-        pipeline = "StableDiffusionPipeline"
-    index: dict[str, Any] = {
-        "_class_name": pipeline,
-        "unet": [library, type(student).__name__],
-        "scheduler": ["diffusers", scheduler_class],
-        "vae": ["diffusers", type(teacher.vae).__name__],
-    }
-    for i, (encoder, tokenizer) in enumerate(zip(teacher.text_encoders, teacher.tokenizers, strict=True)):
-        suffix = "" if i == 0 else f"_{i + 1}"
-        index[f"text_encoder{suffix}"] = ["transformers", type(encoder).__name__]
-        index[f"tokenizer{suffix}"] = ["transformers", type(tokenizer).__name__]
-    if not teacher.is_sdxl:
-        index.update(
-            {
-                "safety_checker": [None, None],
-                "feature_extractor": [None, None],
-                "requires_safety_checker": False,
-            }
-        )
-    (Path(directory) / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from distill.classifier import DigitsClassifier
-from distill.methods.common import configure
+from distill.methods.optim import configure
 
 
 def augment(

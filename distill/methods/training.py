@@ -2,30 +2,23 @@
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from diffusers import SchedulerMixin
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from distill.ema import EMA
-from distill.methods.common import (
-    balanced_labels,
-    check_data_matches,
-    configure,
-    drop_labels,
-    image_grid,
-    log_image,
-    null_class_of,
-)
-from teachers.network import call_denoiser, denoise
-from teachers.parameterization import target_for
-from teachers.sampling import ddim_sample_steps
-from teachers.schedule import NoiseSchedule, q_sample, snr
+from distill.methods.checks import check_data_matches, null_class_of
+from distill.methods.optim import configure
+from distill.objectives import denoising_loss, draw_noising
+from distill.rng import GeneratorRandom
+from teachers.network import guided_denoiser
+from teachers.sampling import per_sample_noise
+from teachers.sampling import sample as sample_loop
+from teachers.schedule import NoiseSchedule
 
 
 class DiffusionTraining(L.LightningModule):
@@ -87,6 +80,10 @@ class DiffusionTraining(L.LightningModule):
         check_data_matches(self.model, getattr(self.trainer, "datamodule", None), argument="model")
 
     # -- training -----------------------------------------------------------------------------------------
+    def null_cond(self, cond: torch.Tensor) -> torch.Tensor:
+        """The null class for every label (the unconditional branch of classifier-free guidance)."""
+        return torch.full_like(cond, self.null_class)
+
     def diffusion_loss(
         self,
         images: torch.Tensor,
@@ -95,37 +92,25 @@ class DiffusionTraining(L.LightningModule):
         generator: torch.Generator | None = None,
         net: nn.Module | None = None,
     ) -> torch.Tensor:
-        """The denoising loss on a batch: uniform t, Gaussian noise, MSE to the schedule's target."""
-        batch = images.shape[0]
-        t = torch.randint(
-            0, self.schedule.num_train_timesteps, (batch,), device=images.device, generator=generator
+        """The denoising loss (:func:`distill.objectives.denoising_loss`) on a batch: uniform t, Gaussian noise,
+        label dropout while training, draws from ``generator`` (the global RNG when None)."""
+        cond = labels if self.null_class is not None else None
+        draws = draw_noising(
+            GeneratorRandom(generator, device=images.device),
+            x0=images,
+            schedule=self.schedule,
+            cond=cond,
+            cond_drop_prob=self.cond_drop_prob if self.training else 0.0,
         )
-        eps = torch.randn(images.shape, device=images.device, generator=generator, dtype=images.dtype)
-        alpha, sigma = self.schedule.alpha_sigma(t, dtype=images.dtype)
-        z = q_sample(x0=images, eps=eps, alpha=alpha, sigma=sigma)
-        cond = None
-        if self.null_class is not None:
-            cond = (
-                drop_labels(labels, null_class=self.null_class, prob=self.cond_drop_prob, generator=generator)
-                if self.training
-                else labels
-            )
-        out = call_denoiser(self.model if net is None else net, z, t, cond)
-        target = target_for(
-            prediction_type=self.schedule.prediction_type, x0=images, eps=eps, alpha=alpha, sigma=sigma
-        )
-        per_sample = F.mse_loss(out.float(), target.float(), reduction="none").flatten(1).mean(1)
-        if self.min_snr_gamma is not None:
-            s = snr(alpha=alpha.float(), sigma=sigma.float())
-            weight = s.clamp(max=self.min_snr_gamma)
-            weight = (
-                weight
-                / {"epsilon": s, "v_prediction": s + 1, "sample": torch.ones_like(s)}[
-                    self.schedule.prediction_type
-                ]
-            )
-            per_sample = per_sample * weight
-        return per_sample.mean()
+        return denoising_loss(
+            net=self.model if net is None else net,
+            schedule=self.schedule,
+            x0=images,
+            cond=cond,
+            draws=draws,
+            null_cond=self.null_cond,
+            min_snr_gamma=self.min_snr_gamma,
+        )["loss"]
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels = batch
@@ -168,20 +153,55 @@ class DiffusionTraining(L.LightningModule):
             )
         self.log("test/loss", loss)
 
-    def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking or self.samples_per_class <= 0:
-            return
-        n = (self.num_classes or 1) * self.samples_per_class
-        labels = balanced_labels(n, self.num_classes or 1, device=self.device) if self.num_classes else None
-        images = self.generate(
-            n,
-            labels=labels,
-            steps=self.sample_steps,
-            guidance_scale=self.sample_guidance,
-            seed=self.eval_seed,
+    # -- the sampling contract and evaluation ---------------------------------------------------------------
+    @property
+    def cond_kind(self) -> str | None:
+        return "class" if self.null_class is not None else None
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.model.config.in_channels)
+
+    @property
+    def sample_size(self) -> int:
+        size = self.model.config.sample_size
+        return int(size if isinstance(size, int) else size[0])
+
+    @property
+    def eval_steps(self) -> list[int]:
+        return [self.sample_steps]
+
+    @property
+    def eval_guidance_scale(self) -> float:
+        return self.sample_guidance
+
+    @torch.no_grad()
+    def sample(
+        self,
+        cond: torch.Tensor | None,
+        noise: torch.Tensor,
+        *,
+        steps: int = 25,
+        guidance_scale: float | None = 1.0,
+        use_ema: bool = True,
+        **_: object,
+    ) -> torch.Tensor:
+        """Samples by DDIM (trailing spacing) from the EMA (or raw) weights at the CFG scale ``guidance_scale``."""
+        net = self.ema.module if use_ema else self.model
+        denoiser = guided_denoiser(
+            net, self.schedule, cond=cond, guidance_scale=guidance_scale, uncond=self.null_cond
         )
-        # columns are classes: sort so each row holds one sample of every class
-        log_image(self, "samples/ema", image_grid(images, nrow=self.num_classes or 8))
+        return sample_loop(
+            denoiser=denoiser, schedule=self.schedule, noise=noise, steps=steps, sampler="ddim", clip_x0=1.0
+        )
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The validation sample grid (:class:`distill.validation.SampleGrid`, EMA weights)."""
+        from distill.validation import SampleGrid
+
+        if self.samples_per_class <= 0:
+            return []
+        return [SampleGrid(samples_per_class=self.samples_per_class, teacher_steps=None, seed=self.eval_seed)]
 
     @torch.no_grad()
     def generate(
@@ -194,24 +214,12 @@ class DiffusionTraining(L.LightningModule):
         seed: int = 0,
         use_ema: bool = True,
     ) -> torch.Tensor:
-        """``n`` samples by DDIM (trailing spacing) from the EMA (or raw) weights, with optional CFG."""
-        net = self.ema.module if use_ema else self.model
-        cfg = net.config
-        size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-        gen = torch.Generator(self.device).manual_seed(seed)
-        noise = torch.randn((n, cfg.in_channels, size, size), generator=gen, device=self.device)
-        uncond = None if labels is None else torch.full_like(labels, self.null_class)
-        denoiser = partial(
-            denoise,
-            net,
-            self.schedule,
-            cond=labels,
-            guidance_scale=guidance_scale if labels is not None else None,
-            uncond=uncond,
+        """``n`` samples from noise keyed on ``(seed, index)``, by :meth:`sample`."""
+        shape = (self.in_channels, self.sample_size, self.sample_size)
+        noise = per_sample_noise(
+            seeds=torch.full((n,), seed), indices=torch.arange(n), shape=shape, device=self.device
         )
-        return ddim_sample_steps(
-            denoiser=denoiser, noise=noise, schedule=self.schedule, steps=steps, clip_x0=1.0
-        )
+        return self.sample(labels, noise, steps=steps, guidance_scale=guidance_scale, use_ema=use_ema)
 
     def save_pretrained(self, directory: str | Path, *, use_ema: bool = True) -> None:
         """Write ``unet/`` and ``scheduler/`` in diffusers format (the layout ``DiffusionTeacher`` loads)."""

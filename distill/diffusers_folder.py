@@ -1,0 +1,65 @@
+"""Writing a trained student as a diffusers folder: ``unet/`` + ``scheduler/`` (+ the teacher's VAE and text
+encoders and ``model_index.json`` for latent teachers), the layout ``DiffusionTeacher.from_pretrained`` and
+diffusers' pipelines load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+if TYPE_CHECKING:
+    from teachers.teacher import DiffusionTeacher
+
+
+def save_student_folder(directory: str | Path, *, student: nn.Module, schedule, teacher) -> None:
+    """Write ``student`` as ``unet/`` with ``schedule`` as ``scheduler/``; for a latent teacher also its VAE,
+    text encoder(s) and tokenizer(s) and ``model_index.json`` (a whole pipeline folder)."""
+    directory = Path(directory)
+    if not hasattr(student, "save_pretrained"):
+        raise TypeError(f"{type(student).__name__} has no save_pretrained(); only diffusers students export")
+    student.save_pretrained(directory / "unet")
+    schedule.save_pretrained(directory / "scheduler")
+    if teacher.is_latent:
+        teacher.save_latent_parts(directory)
+        write_model_index(
+            directory, student=student, scheduler_class=schedule.scheduler_class, teacher=teacher
+        )
+
+
+def write_model_index(
+    directory: Path, *, student: nn.Module, scheduler_class: str, teacher: DiffusionTeacher
+) -> None:
+    """``model_index.json`` so that diffusers loads the export as a whole pipeline: ``StableDiffusionPipeline``
+    (``StableDiffusionXLPipeline`` for SDXL teachers) or, for consistency students (``LCMScheduler``),
+    ``LatentConsistencyModelPipeline``. A student class of this package is named by its module (importable
+    wherever distill-diffusion is installed)."""
+    module = type(student).__module__
+    library = "diffusers" if module.startswith("diffusers") else module
+    if teacher.is_sdxl:
+        pipeline = "StableDiffusionXLPipeline"
+    elif scheduler_class == "LCMScheduler":
+        pipeline = "LatentConsistencyModelPipeline"
+    else:
+        pipeline = "StableDiffusionPipeline"
+    index: dict[str, Any] = {
+        "_class_name": pipeline,
+        "unet": [library, type(student).__name__],
+        "scheduler": ["diffusers", scheduler_class],
+        "vae": ["diffusers", type(teacher.vae).__name__],
+    }
+    for i, (encoder, tokenizer) in enumerate(zip(teacher.text_encoders, teacher.tokenizers, strict=True)):
+        suffix = "" if i == 0 else f"_{i + 1}"
+        index[f"text_encoder{suffix}"] = ["transformers", type(encoder).__name__]
+        index[f"tokenizer{suffix}"] = ["transformers", type(tokenizer).__name__]
+    if not teacher.is_sdxl:
+        index.update(
+            {
+                "safety_checker": [None, None],
+                "feature_extractor": [None, None],
+                "requires_safety_checker": False,
+            }
+        )
+    (Path(directory) / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
