@@ -72,6 +72,8 @@ class SampleGrid(L.Callback):
             ``eval_guidance_scale``; 1: none).
         teacher_steps: the teacher's DDIM steps (None: no teacher row).
         seed: seed of the grid's noise.
+        clip: a local CLIP folder (``CLIPModel.save_pretrained`` layout): text teachers' rows are also scored by
+            CLIP score against their prompts, logged as ``val/teacher/clip_score`` and ``val/{k}step/clip_score``.
     """
 
     def __init__(
@@ -82,8 +84,11 @@ class SampleGrid(L.Callback):
         guidance_scale: float | None = None,
         teacher_steps: int | None = 25,
         seed: int = 0,
+        clip: str | None = None,
     ) -> None:
         self.samples_per_class = samples_per_class
+        self.clip = clip
+        self._clip_score = None
         self.prompts = list(prompts) if prompts else []
         self.steps = steps
         self.guidance_scale = guidance_scale
@@ -166,6 +171,21 @@ class SampleGrid(L.Callback):
             return
         rows, per_row = found
         log_image(module, self.tag(module), image_grid(torch.cat(rows), nrow=per_row))
+        if self.clip and self.prompts and _generator_spec(module).cond_kind == "text":
+            self.log_clip_scores(module, rows)
+
+    def log_clip_scores(self, module: L.LightningModule, rows: list[torch.Tensor]) -> None:
+        """CLIP score of each row against the prompts (teacher row first when there is one)."""
+        if self._clip_score is None:
+            from distill.clip_score import CLIPScore
+
+            self._clip_score = CLIPScore(self.clip, device=module.device)
+        names = [f"{k}step" for k in _resolve(self.steps, module.eval_steps)]
+        if len(rows) > len(names):
+            names = ["teacher", *names]
+        for name, images in zip(names, rows, strict=True):
+            score = self._clip_score(images.float().clamp(-1, 1).add(1).div(2), self.prompts)
+            module.log(f"val/{name}/clip_score", score)
 
 
 class GenerativeMetrics(L.Callback):

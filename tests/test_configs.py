@@ -55,6 +55,8 @@ SD15 = [
     "--data.init_args.batch_size=2",
     "--data.init_args.num_workers=0",
     "--trainer.accelerator=cpu",
+    "--model.init_args.eval_teacher_steps=2",
+    "--data.init_args.num_val=2",
 ]
 CHEAP["configs/sd15/kd_bk_small.yaml"] = [*SD15, "--model.init_args.student.init_args.teacher={pipeline}"]
 CHEAP["configs/sd15/lcm_bk_small.yaml"] = [*SD15, "--model.init_args.student.init_args.teacher={pipeline}"]

@@ -212,3 +212,42 @@ def test_each_method_trains_on_captions_and_on_shards(method, data, teacher, tin
     assert any(moved)
     losses = module.training_losses(_batch(dm))
     assert torch.isfinite(losses["loss"])
+
+
+def test_a_text_to_image_run_logs_a_prompt_grid(teacher, tiny_sd, tmp_path):
+    """Validation of a text teacher logs a grid: the teacher row above the student's, one column per prompt, and
+    each row's CLIP score against the prompts when a local CLIP folder is given."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from distill.tiny_pipeline import build_tiny_clip
+
+    prompts = ["a red square", "a blue circle", "a green cross"]
+    module = KnowledgeDistillation(
+        teacher,
+        bk_small(tiny_sd[0]),
+        evaluator=None,
+        samples_per_class=0,
+        eval_prompts=prompts,
+        eval_steps=[2],
+        eval_teacher_steps=2,
+        eval_clip=str(build_tiny_clip(tmp_path / "clip")),
+    )
+    dm = CaptionFolderDataModule(tiny_sd[1], image_size=16, batch_size=4, num_val=4)
+    trainer = cpu_trainer(
+        2,
+        logger=TensorBoardLogger(tmp_path, name="t2i"),
+        limit_val_batches=1,
+        val_check_interval=2,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, datamodule=dm)
+    acc = EventAccumulator(str(tmp_path / "t2i" / "version_0"), size_guidance={"images": 0})
+    acc.Reload()
+    tag = "samples/teacher_2ddim_then_student_2step"
+    assert acc.Tags()["images"] == [tag]
+    (image,) = acc.Images(tag)
+    # two rows (teacher, student) of three 16-px images with 1-px gaps
+    assert (image.height, image.width) == (2 * 17 + 1, 3 * 17 + 1)
+    scores = {tag: acc.Scalars(tag)[0].value for tag in ("val/teacher/clip_score", "val/2step/clip_score")}
+    assert all(0.0 <= v <= 100.0 for v in scores.values()), scores

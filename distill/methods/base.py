@@ -72,6 +72,7 @@ class DistillationModule(L.LightningModule):
             row / 10.
         eval_prompts: prompts of a text teacher's validation grid (teacher row above the student's).
         eval_teacher_steps: the teacher's DDIM steps in the grid (None: no teacher row).
+        eval_clip: a local CLIP folder: a text teacher's prompt grid is also scored by CLIP score.
         eval_seed: seed of the validation noise and draws (the same at every validation).
     """
 
@@ -98,6 +99,7 @@ class DistillationModule(L.LightningModule):
         samples_per_class: int = 2,
         eval_prompts: list[str] | None = None,
         eval_teacher_steps: int | None = 25,
+        eval_clip: str | None = None,
         eval_seed: int = 0,
     ) -> None:
         super().__init__()
@@ -159,6 +161,7 @@ class DistillationModule(L.LightningModule):
         self.samples_per_class = samples_per_class
         self.eval_prompts = list(eval_prompts) if eval_prompts else []
         self.eval_teacher_steps = eval_teacher_steps
+        self.eval_clip = eval_clip
         self.eval_seed = eval_seed
 
     # -- what subclasses provide --------------------------------------------------------------------------
@@ -386,7 +389,8 @@ class DistillationModule(L.LightningModule):
 
     def configure_callbacks(self) -> list[L.Callback]:
         """The validation sample grid and generative metrics (:mod:`distill.validation`), from the ``eval_*``
-        options; a config's own callbacks of the same classes replace these."""
+        options. Lightning lets these replace trainer callbacks of the same class; to configure the callbacks
+        under ``trainer.callbacks`` instead, set ``samples_per_class: 0`` and ``evaluator: null`` here."""
         from distill.validation import GenerativeMetrics, SampleGrid
 
         callbacks: list[L.Callback] = []
@@ -399,6 +403,7 @@ class DistillationModule(L.LightningModule):
                     guidance_scale=None,
                     teacher_steps=self.eval_teacher_steps,
                     seed=self.eval_seed,
+                    clip=self.eval_clip,
                 )
             )
         if self.evaluator is not None and self.eval_num_samples > 0:
