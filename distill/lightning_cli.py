@@ -160,6 +160,15 @@ class DistillTrainer(L.Trainer):
         )
 
 
+# The top-level ``distill --help`` only: ``distill sample`` is dispatched by distill.cli.main before LightningCLI
+# parses anything, so it is not one of the parser's subcommands and would go unmentioned.
+DESCRIPTION = "Distil diffusion teachers into small, few-step students: a subcommand runs a YAML config (-c)."
+EPILOG = (
+    "One more subcommand, without a config: `distill sample` draws a PNG grid from an export folder or a run "
+    "(distill sample --help)."
+)
+
+
 class DistillCLI(LightningCLI):
     """``distill fit|validate|test|flops -c CONFIG``; any model or data class is chosen by ``class_path``."""
 
@@ -168,7 +177,12 @@ class DistillCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("seed_everything_default", 0)
-        kwargs.setdefault("parser_kwargs", {"parser_mode": "yaml"})
+        # Keys that are not subcommand names go to the top-level parser only (LightningCLI._setup_parser_kwargs),
+        # so `distill fit --help` keeps its own description.
+        parser_kwargs = dict(kwargs.get("parser_kwargs", {"parser_mode": "yaml"}))
+        parser_kwargs.setdefault("description", DESCRIPTION)
+        parser_kwargs.setdefault("epilog", EPILOG)
+        kwargs["parser_kwargs"] = parser_kwargs
         kwargs.setdefault("auto_configure_optimizers", False)
         super().__init__(L.LightningModule, L.LightningDataModule, *args, **kwargs)
 
