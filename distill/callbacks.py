@@ -1,4 +1,5 @@
-"""Lightning callbacks: the teacher-vs-student FLOP report at the start of training; RNG state in checkpoints."""
+"""Lightning callbacks: the teacher-vs-student FLOP report at the start of training; RNG state in checkpoints;
+the model summary the ``distill`` CLI installs in place of Lightning's default."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.model_summary import get_formatted_model_size, get_human_readable_count
 
 from distill.flops import FlopReport, report_for_module, summary_metrics
 
-__all__ = ["FlopReportCallback", "RNGStateCallback"]
+__all__ = ["DistillModelSummary", "FlopReportCallback", "RNGStateCallback"]
 
 
 class FlopReportCallback(L.Callback):
@@ -150,3 +153,53 @@ class RNGStateCallback(L.Callback):
         else:
             _set_rng_state(states[trainer.global_rank])
         self._loaded = None
+
+
+class DistillModelSummary(ModelSummary):
+    """Lightning's model summary without its FLOPs column and "Total FLOPs" line when it measured no FLOPs.
+
+    Lightning counts FLOPs by running the module's ``example_input_array``; the methods set none (their cost is
+    the MAC report of :class:`FlopReportCallback` and ``distill flops``), so every FLOPs cell would read 0. A
+    module that does set ``example_input_array`` gets Lightning's table, FLOPs included. ``distill fit`` installs
+    this summary in place of Lightning's default when the config names no model summary callback.
+    """
+
+    @staticmethod
+    def summarize(
+        summary_data: list[tuple[str, list[str]]],
+        total_parameters: int,
+        trainable_parameters: int,
+        model_size: float,
+        total_training_modes: dict[str, int],
+        total_flops: int,
+        **summarize_kwargs: Any,
+    ) -> None:
+        if total_flops:
+            ModelSummary.summarize(
+                summary_data,
+                total_parameters,
+                trainable_parameters,
+                model_size,
+                total_training_modes,
+                total_flops,
+                **summarize_kwargs,
+            )
+            return
+        columns = [(name, [str(v) for v in values]) for name, values in summary_data if name != "FLOPs"]
+        totals = [
+            (get_human_readable_count(trainable_parameters), "Trainable params"),
+            (get_human_readable_count(total_parameters - trainable_parameters), "Non-trainable params"),
+            (get_human_readable_count(total_parameters), "Total params"),
+            (get_formatted_model_size(model_size), "Total estimated model params size (MB)"),
+            (str(total_training_modes["train"]), "Modules in train mode"),
+            (str(total_training_modes["eval"]), "Modules in eval mode"),
+        ]
+        rank_zero_info("\n" + _summary_table(columns, totals))
+
+
+def _summary_table(columns: list[tuple[str, list[str]]], totals: list[tuple[str, str]]) -> str:
+    widths = [max([len(name), *map(len, values)]) for name, values in columns]
+    rows = [[name for name, _ in columns], *(list(row) for row in zip(*(v for _, v in columns), strict=True))]
+    lines = [" | ".join(f"{cell:<{width}}" for cell, width in zip(row, widths, strict=True)) for row in rows]
+    rule = "-" * max(map(len, lines))
+    return "\n".join([lines[0], rule, *lines[1:], rule, *(f"{value:<10} {label}" for value, label in totals)])

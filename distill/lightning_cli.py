@@ -200,13 +200,33 @@ class DistillCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         """Lightning's trainer plus :class:`distill.callbacks.RNGStateCallback` when the config has none, so every
-        checkpoint can resume with its RNG state."""
-        from distill.callbacks import RNGStateCallback
+        checkpoint can resume with its RNG state; and, in place of the model summary Lightning adds when the
+        config names none, :class:`~distill.callbacks.DistillModelSummary` (no column of zero FLOPs beside the
+        MAC report)."""
+        from lightning.pytorch.callbacks import ModelSummary
 
+        from distill.callbacks import DistillModelSummary, RNGStateCallback
+
+        named = self._named_callbacks()
         trainer = super().instantiate_trainer(**kwargs)
         if not any(isinstance(c, RNGStateCallback) for c in trainer.callbacks):
             trainer.callbacks.append(RNGStateCallback())
+        for i, callback in enumerate(trainer.callbacks):
+            if isinstance(callback, ModelSummary) and not any(isinstance(c, ModelSummary) for c in named):
+                trainer.callbacks[i] = DistillModelSummary()
         return trainer
+
+    def _named_callbacks(self) -> list:
+        """The callbacks the config (and ``trainer_defaults``) name, instantiated: any other model summary in the
+        trainer is Lightning's default."""
+        key = f"{self.subcommand}.trainer.callbacks" if self.subcommand else "trainer.callbacks"
+        named: list = []
+        for value in (self.config_init.get(key), self.trainer_defaults.get("callbacks")):
+            if isinstance(value, list):
+                named += value
+            elif value is not None:
+                named.append(value)
+        return named
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
+import pytest
+from lightning.pytorch.callbacks import ModelSummary
+
+from distill.callbacks import DistillModelSummary
 from distill.cli import main
+from distill.lightning_cli import DistillCLI
+
+TEACHER_CFG = str(Path(__file__).resolve().parents[1] / "configs" / "digits" / "teacher.yaml")
 
 
 def _help(capsys, args: list[str]) -> str:
@@ -26,3 +33,17 @@ def test_subcommand_help_keeps_its_own_description(capsys):
     out = _help(capsys, ["fit", "--help"])
     assert "Runs the full optimization routine." in out
     assert "distill sample" not in out and "--trainer.max_steps" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "summary"),
+    [
+        ([], DistillModelSummary),
+        (["--trainer.callbacks+=lightning.pytorch.callbacks.ModelSummary"], ModelSummary),
+        (["--trainer.enable_model_summary=false"], None),
+    ],
+)
+def test_cli_replaces_lightnings_default_model_summary_only(args, summary):
+    cli = DistillCLI(args=["-c", TEACHER_CFG, "--trainer.logger=false", *args], run=False)
+    summaries = [type(c) for c in cli.trainer.callbacks if isinstance(c, ModelSummary)]
+    assert summaries == ([] if summary is None else [summary])
