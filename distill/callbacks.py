@@ -1,5 +1,5 @@
 """Lightning callbacks: the teacher-vs-student FLOP report at the start of training; RNG state in checkpoints;
-the model summary the ``distill`` CLI installs in place of Lightning's default."""
+the model summary and progress bars the ``distill`` CLI installs in place of Lightning's defaults."""
 
 from __future__ import annotations
 
@@ -9,13 +9,20 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelSummary
+from lightning.pytorch.callbacks import ModelSummary, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_summary import get_formatted_model_size, get_human_readable_count
 
 from distill.flops import FlopReport, report_for_module, summary_metrics
 
-__all__ = ["DistillModelSummary", "FlopReportCallback", "RNGStateCallback"]
+__all__ = [
+    "DistillModelSummary",
+    "FlopReportCallback",
+    "RNGStateCallback",
+    "StepRichProgressBar",
+    "StepTQDMProgressBar",
+    "step_description",
+]
 
 
 class FlopReportCallback(L.Callback):
@@ -203,3 +210,58 @@ def _summary_table(columns: list[tuple[str, list[str]]], totals: list[tuple[str,
     lines = [" | ".join(f"{cell:<{width}}" for cell, width in zip(row, widths, strict=True)) for row in rows]
     rule = "-" * max(map(len, lines))
     return "\n".join([lines[0], rule, *lines[1:], rule, *(f"{value:<10} {label}" for value, label in totals)])
+
+
+def step_description(trainer: L.Trainer) -> str | None:
+    """``"Step 120/3000 (epoch 2)"`` when ``max_steps`` alone bounds the run (``max_epochs`` -1 or unset), else None.
+
+    Lightning's description there is the epoch over ``max_epochs - 1`` ("Epoch 11/-2" in the Rich bar).
+    """
+    if trainer.max_epochs not in (None, -1) or trainer.max_steps in (None, -1):
+        return None
+    return f"Step {trainer.global_step}/{trainer.max_steps} (epoch {trainer.current_epoch})"
+
+
+class StepTQDMProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar whose training description counts steps on step-bounded runs (:func:`step_description`).
+
+    ``distill`` installs it in place of Lightning's default bar when the config names no progress bar.
+    """
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        text = step_description(trainer)
+        if text is not None:
+            self.train_progress_bar.set_description(text)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        text = step_description(trainer)
+        if text is not None:  # shown by the refresh of the update below
+            self.train_progress_bar.set_description(text, refresh=False)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
+class StepRichProgressBar(RichProgressBar):
+    """Lightning's Rich bar whose training description counts steps on step-bounded runs (:func:`step_description`).
+
+    ``distill`` installs it in place of Lightning's default bar when the config names no progress bar.
+    """
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        self._describe(trainer)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self._describe(trainer)
+
+    def _describe(self, trainer: L.Trainer) -> None:
+        text = step_description(trainer)
+        if text is None or self.progress is None or self.train_progress_bar_id is None:
+            return
+        style = self.theme.description
+        self.progress.update(self.train_progress_bar_id, description=f"[{style}]{text}" if style else text)

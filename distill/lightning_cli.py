@@ -200,12 +200,19 @@ class DistillCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         """Lightning's trainer plus :class:`distill.callbacks.RNGStateCallback` when the config has none, so every
-        checkpoint can resume with its RNG state; and, in place of the model summary Lightning adds when the
-        config names none, :class:`~distill.callbacks.DistillModelSummary` (no column of zero FLOPs beside the
-        MAC report)."""
-        from lightning.pytorch.callbacks import ModelSummary
+        checkpoint can resume with its RNG state; and, in place of the model summary and progress bar Lightning
+        adds when the config names none, :class:`~distill.callbacks.DistillModelSummary` (no column of zero
+        FLOPs beside the MAC report) and a bar that counts steps on step-bounded runs
+        (:class:`~distill.callbacks.StepRichProgressBar` or :class:`~distill.callbacks.StepTQDMProgressBar`,
+        whichever kind Lightning chose)."""
+        from lightning.pytorch.callbacks import ModelSummary, ProgressBar, RichProgressBar
 
-        from distill.callbacks import DistillModelSummary, RNGStateCallback
+        from distill.callbacks import (
+            DistillModelSummary,
+            RNGStateCallback,
+            StepRichProgressBar,
+            StepTQDMProgressBar,
+        )
 
         named = self._named_callbacks()
         trainer = super().instantiate_trainer(**kwargs)
@@ -214,11 +221,14 @@ class DistillCLI(LightningCLI):
         for i, callback in enumerate(trainer.callbacks):
             if isinstance(callback, ModelSummary) and not any(isinstance(c, ModelSummary) for c in named):
                 trainer.callbacks[i] = DistillModelSummary()
+            elif isinstance(callback, ProgressBar) and not any(isinstance(c, ProgressBar) for c in named):
+                rich = isinstance(callback, RichProgressBar)
+                trainer.callbacks[i] = StepRichProgressBar() if rich else StepTQDMProgressBar()
         return trainer
 
     def _named_callbacks(self) -> list:
-        """The callbacks the config (and ``trainer_defaults``) name, instantiated: any other model summary in the
-        trainer is Lightning's default."""
+        """The callbacks the config (and ``trainer_defaults``) name, instantiated: any other model summary or
+        progress bar in the trainer is Lightning's default."""
         key = f"{self.subcommand}.trainer.callbacks" if self.subcommand else "trainer.callbacks"
         named: list = []
         for value in (self.config_init.get(key), self.trainer_defaults.get("callbacks")):

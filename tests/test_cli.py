@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from lightning.pytorch.callbacks import ModelSummary
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar, TQDMProgressBar
 
-from distill.callbacks import DistillModelSummary
+from distill.callbacks import DistillModelSummary, StepRichProgressBar, StepTQDMProgressBar
 from distill.cli import main
 from distill.lightning_cli import DistillCLI
 
@@ -36,14 +36,23 @@ def test_subcommand_help_keeps_its_own_description(capsys):
 
 
 @pytest.mark.parametrize(
-    ("args", "summary"),
+    ("args", "summary", "bars"),
     [
-        ([], DistillModelSummary),
-        (["--trainer.callbacks+=lightning.pytorch.callbacks.ModelSummary"], ModelSummary),
-        (["--trainer.enable_model_summary=false"], None),
+        ([], DistillModelSummary, [[StepRichProgressBar], [StepTQDMProgressBar]]),  # the kind Lightning chose
+        (
+            [
+                "--trainer.callbacks+=lightning.pytorch.callbacks.ModelSummary",
+                "--trainer.callbacks+=lightning.pytorch.callbacks.TQDMProgressBar",
+            ],
+            ModelSummary,
+            [[TQDMProgressBar]],
+        ),
+        (["--trainer.enable_model_summary=false", "--trainer.enable_progress_bar=false"], None, [[]]),
     ],
 )
-def test_cli_replaces_lightnings_default_model_summary_only(args, summary):
+def test_cli_replaces_lightnings_default_summary_and_bar_only(args, summary, bars):
     cli = DistillCLI(args=["-c", TEACHER_CFG, "--trainer.logger=false", *args], run=False)
     summaries = [type(c) for c in cli.trainer.callbacks if isinstance(c, ModelSummary)]
     assert summaries == ([] if summary is None else [summary])
+    progress = [type(c) for c in cli.trainer.callbacks if isinstance(c, ProgressBar)]
+    assert progress in bars
