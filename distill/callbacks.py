@@ -1,4 +1,5 @@
-"""Lightning callbacks: the teacher-vs-student FLOP report at the start of training; RNG state in checkpoints."""
+"""Lightning callbacks: the teacher-vs-student FLOP report at the start of training; RNG state in checkpoints;
+the model summary and progress bars the ``distill`` CLI installs in place of Lightning's defaults."""
 
 from __future__ import annotations
 
@@ -8,11 +9,20 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelSummary, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.model_summary import get_formatted_model_size, get_human_readable_count
 
 from distill.flops import FlopReport, report_for_module, summary_metrics
 
-__all__ = ["FlopReportCallback", "RNGStateCallback"]
+__all__ = [
+    "DistillModelSummary",
+    "FlopReportCallback",
+    "RNGStateCallback",
+    "StepRichProgressBar",
+    "StepTQDMProgressBar",
+    "step_description",
+]
 
 
 class FlopReportCallback(L.Callback):
@@ -150,3 +160,108 @@ class RNGStateCallback(L.Callback):
         else:
             _set_rng_state(states[trainer.global_rank])
         self._loaded = None
+
+
+class DistillModelSummary(ModelSummary):
+    """Lightning's model summary without its FLOPs column and "Total FLOPs" line when it measured no FLOPs.
+
+    Lightning counts FLOPs by running the module's ``example_input_array``; the methods set none (their cost is
+    the MAC report of :class:`FlopReportCallback` and ``distill flops``), so every FLOPs cell would read 0. A
+    module that does set ``example_input_array`` gets Lightning's table, FLOPs included. ``distill fit`` installs
+    this summary in place of Lightning's default when the config names no model summary callback.
+    """
+
+    @staticmethod
+    def summarize(
+        summary_data: list[tuple[str, list[str]]],
+        total_parameters: int,
+        trainable_parameters: int,
+        model_size: float,
+        total_training_modes: dict[str, int],
+        total_flops: int,
+        **summarize_kwargs: Any,
+    ) -> None:
+        if total_flops:
+            ModelSummary.summarize(
+                summary_data,
+                total_parameters,
+                trainable_parameters,
+                model_size,
+                total_training_modes,
+                total_flops,
+                **summarize_kwargs,
+            )
+            return
+        columns = [(name, [str(v) for v in values]) for name, values in summary_data if name != "FLOPs"]
+        totals = [
+            (get_human_readable_count(trainable_parameters), "Trainable params"),
+            (get_human_readable_count(total_parameters - trainable_parameters), "Non-trainable params"),
+            (get_human_readable_count(total_parameters), "Total params"),
+            (get_formatted_model_size(model_size), "Total estimated model params size (MB)"),
+            (str(total_training_modes["train"]), "Modules in train mode"),
+            (str(total_training_modes["eval"]), "Modules in eval mode"),
+        ]
+        rank_zero_info("\n" + _summary_table(columns, totals))
+
+
+def _summary_table(columns: list[tuple[str, list[str]]], totals: list[tuple[str, str]]) -> str:
+    widths = [max([len(name), *map(len, values)]) for name, values in columns]
+    rows = [[name for name, _ in columns], *(list(row) for row in zip(*(v for _, v in columns), strict=True))]
+    lines = [" | ".join(f"{cell:<{width}}" for cell, width in zip(row, widths, strict=True)) for row in rows]
+    rule = "-" * max(map(len, lines))
+    return "\n".join([lines[0], rule, *lines[1:], rule, *(f"{value:<10} {label}" for value, label in totals)])
+
+
+def step_description(trainer: L.Trainer) -> str | None:
+    """``"Step 120/3000 (epoch 2)"`` when ``max_steps`` alone bounds the run (``max_epochs`` -1 or unset), else None.
+
+    Lightning's description there is the epoch over ``max_epochs - 1`` ("Epoch 11/-2" in the Rich bar).
+    """
+    if trainer.max_epochs not in (None, -1) or trainer.max_steps in (None, -1):
+        return None
+    return f"Step {trainer.global_step}/{trainer.max_steps} (epoch {trainer.current_epoch})"
+
+
+class StepTQDMProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar whose training description counts steps on step-bounded runs (:func:`step_description`).
+
+    ``distill`` installs it in place of Lightning's default bar when the config names no progress bar.
+    """
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        text = step_description(trainer)
+        if text is not None:
+            self.train_progress_bar.set_description(text)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        text = step_description(trainer)
+        if text is not None:  # shown by the refresh of the update below
+            self.train_progress_bar.set_description(text, refresh=False)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
+class StepRichProgressBar(RichProgressBar):
+    """Lightning's Rich bar whose training description counts steps on step-bounded runs (:func:`step_description`).
+
+    ``distill`` installs it in place of Lightning's default bar when the config names no progress bar.
+    """
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        self._describe(trainer)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self._describe(trainer)
+
+    def _describe(self, trainer: L.Trainer) -> None:
+        text = step_description(trainer)
+        if text is None or self.progress is None or self.train_progress_bar_id is None:
+            return
+        style = self.theme.description
+        self.progress.update(self.train_progress_bar_id, description=f"[{style}]{text}" if style else text)

@@ -160,6 +160,15 @@ class DistillTrainer(L.Trainer):
         )
 
 
+# The top-level ``distill --help`` only: ``distill sample`` is dispatched by distill.cli.main before LightningCLI
+# parses anything, so it is not one of the parser's subcommands and would go unmentioned.
+DESCRIPTION = "Distil diffusion teachers into small, few-step students: a subcommand runs a YAML config (-c)."
+EPILOG = (
+    "One more subcommand, without a config: `distill sample` draws a PNG grid from an export folder or a run "
+    "(distill sample --help)."
+)
+
+
 class DistillCLI(LightningCLI):
     """``distill fit|validate|test|flops -c CONFIG``; any model or data class is chosen by ``class_path``."""
 
@@ -168,7 +177,12 @@ class DistillCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("seed_everything_default", 0)
-        kwargs.setdefault("parser_kwargs", {"parser_mode": "yaml"})
+        # Keys that are not subcommand names go to the top-level parser only (LightningCLI._setup_parser_kwargs),
+        # so `distill fit --help` keeps its own description.
+        parser_kwargs = dict(kwargs.get("parser_kwargs", {"parser_mode": "yaml"}))
+        parser_kwargs.setdefault("description", DESCRIPTION)
+        parser_kwargs.setdefault("epilog", EPILOG)
+        kwargs["parser_kwargs"] = parser_kwargs
         kwargs.setdefault("auto_configure_optimizers", False)
         super().__init__(L.LightningModule, L.LightningDataModule, *args, **kwargs)
 
@@ -186,13 +200,43 @@ class DistillCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         """Lightning's trainer plus :class:`distill.callbacks.RNGStateCallback` when the config has none, so every
-        checkpoint can resume with its RNG state."""
-        from distill.callbacks import RNGStateCallback
+        checkpoint can resume with its RNG state; and, in place of the model summary and progress bar Lightning
+        adds when the config names none, :class:`~distill.callbacks.DistillModelSummary` (no column of zero
+        FLOPs beside the MAC report) and a bar that counts steps on step-bounded runs
+        (:class:`~distill.callbacks.StepRichProgressBar` or :class:`~distill.callbacks.StepTQDMProgressBar`,
+        whichever kind Lightning chose)."""
+        from lightning.pytorch.callbacks import ModelSummary, ProgressBar, RichProgressBar
 
+        from distill.callbacks import (
+            DistillModelSummary,
+            RNGStateCallback,
+            StepRichProgressBar,
+            StepTQDMProgressBar,
+        )
+
+        named = self._named_callbacks()
         trainer = super().instantiate_trainer(**kwargs)
         if not any(isinstance(c, RNGStateCallback) for c in trainer.callbacks):
             trainer.callbacks.append(RNGStateCallback())
+        for i, callback in enumerate(trainer.callbacks):
+            if isinstance(callback, ModelSummary) and not any(isinstance(c, ModelSummary) for c in named):
+                trainer.callbacks[i] = DistillModelSummary()
+            elif isinstance(callback, ProgressBar) and not any(isinstance(c, ProgressBar) for c in named):
+                rich = isinstance(callback, RichProgressBar)
+                trainer.callbacks[i] = StepRichProgressBar() if rich else StepTQDMProgressBar()
         return trainer
+
+    def _named_callbacks(self) -> list:
+        """The callbacks the config (and ``trainer_defaults``) name, instantiated: any other model summary or
+        progress bar in the trainer is Lightning's default."""
+        key = f"{self.subcommand}.trainer.callbacks" if self.subcommand else "trainer.callbacks"
+        named: list = []
+        for value in (self.config_init.get(key), self.trainer_defaults.get("callbacks")):
+            if isinstance(value, list):
+                named += value
+            elif value is not None:
+                named.append(value)
+        return named
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:

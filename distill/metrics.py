@@ -62,7 +62,8 @@ class Reference:
         if not (directory / "features.safetensors").is_file():
             raise FileNotFoundError(
                 f"no reference statistics at {directory} (features.safetensors + reference.json); build them "
-                f"with `python -m distill.reference` (see distill/assets/digits_reference/README.md)"
+                f"with `python -m distill.assets reference --guidance 1.0 --out {directory}` "
+                "(see distill/assets/digits_reference/README.md)"
             )
         tensors = load_file(directory / "features.safetensors")
         meta = json.loads((directory / "reference.json").read_text())

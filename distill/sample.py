@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--steps", type=int, default=None, help="sampling steps (default: 4 consistency, 50 DDIM)"
     )
-    parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
+    parser.add_argument(
+        "--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = off)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--nrow", type=int, default=10)
     parser.add_argument("--out", type=Path, required=True, help="the PNG grid to write")

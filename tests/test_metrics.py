@@ -158,3 +158,24 @@ def test_reference_from_another_classifier_is_refused(tmp_path):
     clf.save_pretrained(tmp_path / "other")
     with pytest.raises(ValueError, match="another classifier"):
         DigitsEvaluator(classifier=tmp_path / "other")
+
+
+def test_missing_reference_names_the_command_that_builds_it(tmp_path, monkeypatch):
+    import re
+    import shlex
+
+    import distill.assets
+    from distill.metrics import Reference
+
+    missing = tmp_path / "no_reference"
+    with pytest.raises(FileNotFoundError, match="no reference statistics") as info:
+        Reference.load(missing)
+    [command] = re.findall(r"`(python -m [^`]+)`", str(info.value))
+    argv = shlex.split(command)
+    assert argv[:3] == ["python", "-m", "distill.assets"]
+    # The named command parses as it stands and dispatches to the builder of the reference, writing to `missing`.
+    calls = []
+    monkeypatch.setattr(distill.assets, "reference", calls.append)
+    distill.assets.main(argv[3:])
+    [args] = calls
+    assert args.command == "reference" and args.out == missing and not missing.exists()
