@@ -4,9 +4,9 @@
     python -m distill.assets student    --config RUN/config.yaml --ckpt CKPT --out DIR   (EMA student + schedule)
     python -m distill.assets classifier --config RUN/config.yaml --ckpt CKPT --out distill/assets/digits_classifier
     python -m distill.assets sweep      --teacher builtin:digits --guidance 1 1.5 2 3 --steps 50 --num-samples 300
-    python -m distill.assets reference  --teacher builtin:digits --guidance W --steps 50 --out distill/assets/digits_reference
+    python -m distill.assets reference  --teacher builtin:digits --guidance SCALE --steps 50 --out distill/assets/digits_reference
     python -m distill.assets floors     --eval RUN/eval.json --steps 50 --out distill/assets/digits_reference
-    python -m distill.assets grid       --teacher builtin:digits --guidance W --out docs/digits_teacher.png
+    python -m distill.assets grid       --teacher builtin:digits --guidance SCALE --out docs/digits_teacher.png
 
 Each writes only to ``--out`` and refuses to overwrite an existing asset unless ``--overwrite`` is given.
 """

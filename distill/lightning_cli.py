@@ -254,6 +254,13 @@ def module_from_config(config: Path) -> L.LightningModule:
 
     import yaml
 
+    from distill.migration import check_argv
+
+    messages = check_argv(
+        ["-c", str(config)]
+    )  # a run saved before the guidance migration: say what to change
+    if messages:
+        raise ValueError("\n".join(messages))
     saved = yaml.safe_load(Path(config).read_text())
     for key in ("ckpt_path", "weights_only"):  # fit-time keys; this parser builds the objects only
         saved.pop(key, None)

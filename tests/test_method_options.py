@@ -152,3 +152,16 @@ def test_one_guidance_scale_means_the_same_in_every_method(tiny_teacher_dir):
         teacher.unet, teacher.schedule, cond=labels, guidance_scale=scale, uncond=teacher.null_cond
     )(z, s)
     torch.testing.assert_close(kd_pred.x0, guided.x0)
+
+
+def test_a_run_saved_with_old_guidance_keys_is_refused_by_export_and_sample(tmp_path):
+    from distill.lightning_cli import module_from_config
+
+    old = yaml.safe_load((CONFIGS / "progressive.yaml").read_text())
+    old["model"]["init_args"].pop("eval_guidance_scale")
+    old["model"]["init_args"].update({"w_min": 0.0, "w_max": 0.5})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(old))
+    with pytest.raises(ValueError, match=r"write `guidance_max: 1.5`") as info:
+        module_from_config(path)
+    assert str(path) in str(info.value) and "guidance_min: 1.0" in str(info.value)
