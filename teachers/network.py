@@ -129,7 +129,9 @@ def guided_denoiser(
     any other network runs CFG with ``uncond(cond)`` (the null class or empty prompt) batched beside ``cond``."""
     embed_dim = time_cond_dim(net)
     if embed_dim:
-        return _EmbeddedGuidance(net, schedule, cond, float(1.0 if guidance_scale is None else guidance_scale))
+        return _EmbeddedGuidance(
+            net, schedule, cond, float(1.0 if guidance_scale is None else guidance_scale)
+        )
     if is_guided(guidance_scale) and cond is not None:
         if uncond is None:
             raise ValueError("classifier-free guidance needs the unconditional branch (uncond)")

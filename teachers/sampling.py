@@ -161,7 +161,9 @@ def keyed_step_noise(
 ) -> Callable[[int], torch.Tensor]:
     """The noise a multistep sampler injects after step ``i``, keyed per image and per step on
     ``(seeds + 7919 (i + 1), indices)``: an image's re-noising never depends on its batch or process."""
-    return lambda i: per_sample_noise(seeds=seeds + 7919 * (i + 1), indices=indices, shape=shape, device=device)
+    return lambda i: per_sample_noise(
+        seeds=seeds + 7919 * (i + 1), indices=indices, shape=shape, device=device
+    )
 
 
 @torch.no_grad()
