@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from distill.images import resize_center_crop
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
@@ -70,21 +72,22 @@ class CLIPScore:
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
 
+    def to(self, device: str | torch.device) -> CLIPScore:
+        """Move the model and the normalisation to ``device``."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        self.mean, self.std = self.mean.to(self.device), self.std.to(self.device)
+        return self
+
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] (N, 3, H, W): shorter side to the model's size (bicubic), center crop, normalise."""
-        images = images.to(self.device, torch.float32)
-        h, w = images.shape[-2:]
-        scale = self.size / min(h, w)
-        resized = F.interpolate(
-            images,
-            size=(max(self.size, round(h * scale)), max(self.size, round(w * scale))),
-            mode="bicubic",
-            align_corners=False,
-            antialias=True,
-        ).clamp(0, 1)
-        top, left = (resized.shape[-2] - self.size) // 2, (resized.shape[-1] - self.size) // 2
-        cropped = resized[..., top : top + self.size, left : left + self.size]
+        cropped = resize_center_crop(images.to(self.device), self.size, value_range=(0.0, 1.0))
         return (cropped - self.mean) / self.std
+
+    @torch.no_grad()
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The projected image embeddings (N, D) of images in [0, 1] (N, 3, H, W), preprocessed as CLIP's."""
+        return _features(self.model.get_image_features(pixel_values=self.preprocess(images)))
 
     @torch.no_grad()
     def per_sample(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -99,7 +102,7 @@ class CLIPScore:
             return_tensors="pt",
         ).to(self.device)
         text = _features(self.model.get_text_features(**tokens))
-        image = _features(self.model.get_image_features(pixel_values=self.preprocess(images)))
+        image = self.image_features(images)
         cos = F.cosine_similarity(image.float(), text.float(), dim=-1)
         return 100.0 * cos.clamp(min=0)
 

@@ -25,8 +25,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from distill.data import resumable_loader
+from distill.images import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 ON_ERROR = ("raise", "skip")
 SHARD_INDEX = "index.json"
 UNCOND_FILE = "uncond.safetensors"

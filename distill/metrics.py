@@ -134,13 +134,18 @@ class GenerativeEvaluator:
     """What validation's generative metrics (:class:`distill.validation.GenerativeMetrics`) and ``distill test``
     need of an evaluator: :meth:`accumulator` returns an object with ``update(images, cond)`` (images in [-1, 1],
     ``cond`` the class labels or prompts they were asked for) and ``compute() -> {name: value}``; :meth:`to` moves
-    its networks. ``conditioning`` says which conditions it scores ("class", "text" or None). Subclass it for
-    other data; :class:`DigitsEvaluator` is the embedded default's."""
+    its networks; :meth:`prepare` does the one-off work (reference statistics) before the first sample, so a bad
+    reference fails before any generation. ``conditioning`` says which conditions it scores ("class", "text" or
+    None). Subclass it for other data; :class:`DigitsEvaluator` is the embedded default's,
+    :class:`distill.metrics_t2i.TextToImageEvaluator` the text-to-image one."""
 
     conditioning: str | None = "class"
 
     def to(self, device: torch.device | str) -> GenerativeEvaluator:
         return self
+
+    def prepare(self) -> None:
+        """Compute or load what every accumulator needs (nothing by default)."""
 
     def accumulator(self):
         raise NotImplementedError
@@ -228,10 +233,12 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
 
 
-def summarize(per_seed: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
-    """{metric: {"mean", "std"}} over the seeds' results."""
+def summarize(
+    per_seed: Sequence[dict[str, float]], keys: Sequence[str] = METRICS
+) -> dict[str, dict[str, float]]:
+    """{metric: {"mean", "std"}} over the seeds' results, for each of ``keys`` they hold."""
     out = {}
-    for key in METRICS:
+    for key in keys:
         values = [r[key] for r in per_seed if key in r]
         if values:
             m, s = mean_std(values)
@@ -239,15 +246,16 @@ def summarize(per_seed: Sequence[dict[str, float]]) -> dict[str, dict[str, float
     return out
 
 
+def format_cell(summary: dict[str, dict[str, float]], key: str, scale: float = 1.0, digits: int = 2) -> str:
+    """``mean ± std`` of ``summary[key]`` (times ``scale``), or "-" when the key is absent."""
+    if key not in summary:
+        return "-"
+    return f"{summary[key]['mean'] * scale:.{digits}f} ± {summary[key]['std'] * scale:.{digits}f}"
+
+
 def format_table(rows: Sequence[dict], floors: dict[str, dict[str, float]] | None = None) -> str:
     """Markdown table of summarized rows ({"name", "steps", "guidance", "summary": summarize(...)})."""
     floors = floors or {}
-
-    def cell(summary, key, scale=1.0, digits=2):
-        if key not in summary:
-            return "-"
-        return f"{summary[key]['mean'] * scale:.{digits}f} ± {summary[key]['std'] * scale:.{digits}f}"
-
     header = (
         "| model | steps | CFG | FID vs real | KID vs real (x1e3) | FID vs teacher ref | "
         "KID vs ref (x1e3) | accuracy (%) |"
@@ -256,9 +264,9 @@ def format_table(rows: Sequence[dict], floors: dict[str, dict[str, float]] | Non
     for row in rows:
         s = row["summary"]
         lines.append(
-            f"| {row['name']} | {row['steps']} | {row['guidance']} | {cell(s, 'fid_real')} | "
-            f"{cell(s, 'kid_real', 1e3)} | {cell(s, 'fid_ref')} | {cell(s, 'kid_ref', 1e3)} | "
-            f"{cell(s, 'accuracy', 100, 1)} |"
+            f"| {row['name']} | {row['steps']} | {row['guidance']} | {format_cell(s, 'fid_real')} | "
+            f"{format_cell(s, 'kid_real', 1e3)} | {format_cell(s, 'fid_ref')} | {format_cell(s, 'kid_ref', 1e3)} | "
+            f"{format_cell(s, 'accuracy', 100, 1)} |"
         )
     if floors:
         lines.append(

@@ -38,13 +38,14 @@ def sample_images(
     guidance_scale: float | None = 1.0,
     sampler: str = "auto",
     spacing: str = "trailing",
-    clip_x0: float | None = 1.0,
+    clip_x0: float | str | None = 1.0,
 ) -> torch.Tensor:
     """Samples in [-1, 1] of a denoiser folder, image ``i`` from noise keyed on ``(seeds[i], indices[i])``.
 
     The teacher's sampling contract (:meth:`teachers.DiffusionTeacher.sample`): DDIM on ``spacing`` or multistep
     consistency sampling (LCM timesteps, re-noising keyed per image and step), so an image never depends on its
-    batch or the number of processes; ``guidance_scale`` is the CFG scale (1 or None: off).
+    batch or the number of processes; ``guidance_scale`` is the CFG scale (1 or None: off); ``clip_x0`` "auto"
+    clamps x0 for pixel models only. ``labels`` is the condition: class labels, or a text model's encoded prompts.
     """
     device = next(model.unet.parameters()).device
     shape = (model.in_channels, model.sample_size, model.sample_size)

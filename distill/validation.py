@@ -224,6 +224,12 @@ class GenerativeMetrics(L.Callback):
                 f"evaluator: {type(self.evaluator).__name__} scores class-conditional samples, but the teacher is "
                 "text-conditioned; set evaluator: null (or use a text-to-image evaluator)"
             )
+        if wanted == "text":
+            raise ValueError(
+                f"evaluator: {type(self.evaluator).__name__} scores images generated from prompts, which validation "
+                "during fit does not draw; set evaluator: null and score the export with "
+                "`distill test -c configs/sd15/test.yaml`"
+            )
 
     @torch.no_grad()
     def evaluate(self, module: L.LightningModule, steps: int) -> dict[str, float]:

@@ -132,3 +132,11 @@ def tiny_sd(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny_sd")
     return build_tiny_sd(root / "pipeline"), write_caption_folder(root / "captions")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """A tiny offline CLIPModel folder (32 px images, 16-d embeddings) for CLIP score and CLIP-feature FID."""
+    from distill.tiny_pipeline import build_tiny_clip
+
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny_clip") / "clip")

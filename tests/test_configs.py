@@ -1,10 +1,12 @@
-"""Every YAML in configs/ parses and runs one fast_dev_run step in-process through the `distill` CLI."""
+"""Every YAML in configs/ parses and runs one fast_dev_run step in-process through the `distill` CLI (`distill test`
+for evaluation configs, `distill fit` for the others)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import yaml
 
 from distill.cli import main
 
@@ -61,6 +63,19 @@ SD15 = [
 CHEAP["configs/sd15/kd_bk_small.yaml"] = [*SD15, "--model.init_args.student.init_args.teacher={pipeline}"]
 CHEAP["configs/sd15/lcm_bk_small.yaml"] = [*SD15, "--model.init_args.student.init_args.teacher={pipeline}"]
 CHEAP["configs/sd15/lcm.yaml"] = [*SD15, "--model.init_args.student.init_args.path={pipeline}"]
+CHEAP["configs/sd15/test.yaml"] = [
+    "--model.init_args.model.init_args.path={pipeline}",
+    "--model.init_args.evaluator.init_args.reference_images={captions}",
+    "--model.init_args.evaluator.init_args.feature_network=clip",
+    "--model.init_args.evaluator.init_args.clip={clip}",
+    "--model.init_args.evaluator.init_args.image_size=16",
+    "--model.init_args.evaluator.init_args.kid_subset_size=4",
+    "--model.init_args.evaluator.init_args.kid_subsets=5",
+    "--model.init_args.steps=[1]",
+    "--data.init_args.prompt_file={prompts}",
+    "--data.init_args.batch_size=4",
+    "--trainer.accelerator=cpu",
+]
 OVERLAYS = {"configs/sd15/shards.yaml"}  # not standalone: tested with lcm.yaml after distill precompute
 
 
@@ -97,9 +112,15 @@ def test_config_fast_dev_run(config, tmp_path, monkeypatch, request):
     extra = CHEAP.get(rel, [])
     if rel.startswith("configs/sd15/"):
         pipeline, captions = request.getfixturevalue("tiny_sd")
-        extra = [a.format(pipeline=pipeline, captions=captions) for a in extra]
-    # evaluation configs (*_eval.yaml) run `distill test`, the others `distill fit`
-    command = "test" if config.stem.endswith("_eval") else "fit"
+        places = {"pipeline": pipeline, "captions": captions}
+        if any("{clip}" in a or "{prompts}" in a for a in extra):
+            places["clip"] = request.getfixturevalue("tiny_clip")
+            places["prompts"] = tmp_path / "prompts.txt"
+            places["prompts"].write_text("a red square\na blue circle\n")
+        extra = [a.format(**places) for a in extra]
+    # evaluation configs (a GenerativeEvaluation model) run `distill test`, the others `distill fit`
+    model = (yaml.safe_load(config.read_text()).get("model") or {}).get("class_path", "")
+    command = "test" if model.endswith(".GenerativeEvaluation") else "fit"
     main(
         [
             command,
