@@ -12,9 +12,10 @@ the hooks, our logging and the keyed random draws. Memory: each variant runs alo
 (peaks only grow, so variants never share a process) and reports its peak resident set size during training
 (VmHWM, reset after the teacher and student are built, so imports and loading do not hide the difference).
 
-The hand loops call the methods' objectives (distill.objectives: the same loss functions the LightningModules
-call) with the global RNG; what they leave out is exactly what the library adds: Lightning's loop and hooks, the
-per-sample keyed draws (distill.rng), batch and condition handling, logging and the non-finite check.
+The hand loops compute each method's own loss (its ``training_losses``, i.e. its objective in distill.objectives)
+with the global RNG, then step AdamW and the EMA/target copies by hand; what they leave out is exactly what the
+library adds: Lightning's loop and hooks, the per-sample keyed draws (distill.rng), logging and the non-finite
+check.
 """
 
 from __future__ import annotations
@@ -71,76 +72,20 @@ def loader():
 
 # -- the hand-written loops ----------------------------------------------------------------------------------
 def hand_losses_fn(module, method: str):
-    """``losses(images, labels) -> {name: loss}``: the method's objective (:mod:`distill.objectives`, the very
-    functions the LightningModule calls) with its draws from the global RNG."""
-    from distill.objectives import (
-        consistency_distillation_loss,
-        draw_consistency,
-        draw_noising,
-        draw_progressive,
-        knowledge_distillation_loss,
-        progressive_distillation_loss,
-    )
+    """``losses(images, labels) -> {name: loss}``: the method's own loss (``training_losses``, which calls its
+    objective in :mod:`distill.objectives`) on the batch, with the draws from the global RNG instead of the keyed
+    per-sample generators."""
     from distill.rng import GeneratorRandom
 
-    teacher, student = module.teacher, module.student
     rng = GeneratorRandom(None)
-
-    def losses(images, labels):
-        if method == "kd":
-            draws = draw_noising(
-                rng, x0=images, schedule=teacher.schedule, cond=labels, cond_drop_prob=module.cond_drop_prob
-            )
-            return knowledge_distillation_loss(
-                teacher=teacher,
-                student=student,
-                x0=images,
-                cond=labels,
-                draws=draws,
-                options=module.options,
-                features=module.features,
-            )
-        if method == "consistency":
-            draws = draw_consistency(
-                rng,
-                x0=images,
-                solver_grid=module.solver_timesteps,
-                guidance_min=module.guidance_min,
-                guidance_max=module.guidance_max,
-                cond=labels,
-                cond_drop_prob=module.cond_drop_prob,
-            )
-            return consistency_distillation_loss(
-                teacher=teacher,
-                student=student,
-                target=module.target.module,
-                x0=images,
-                cond=labels,
-                draws=draws,
-                options=module.options,
-            )
-        grid = module.teacher_grid()
-        draws = draw_progressive(
-            rng, x0=images, grid=grid, guidance_min=module.guidance_min, guidance_max=module.guidance_max
-        )
-        return progressive_distillation_loss(
-            teacher=teacher,
-            student=student,
-            x0=images,
-            cond=labels,
-            draws=draws,
-            grid=grid,
-            options=module.options,
-        )
-
-    return losses
+    return lambda images, labels: module.training_losses((images, labels), rng=rng)
 
 
 def hand_step_fn(module, method: str):
-    """A hand-written training step ``step(images, labels) -> loss`` for ``module``'s networks: the method's
-    objective (:func:`hand_losses_fn`, global-RNG draws), then AdamW and the EMA/target updates. What it leaves
-    out is exactly what the library adds around the objective: Lightning's loop and hooks, the per-sample keyed
-    draws (:mod:`distill.rng`), batch preparation, logging and the non-finite check."""
+    """A hand-written training step ``step(images, labels) -> loss`` for ``module``'s networks: the method's loss
+    (:func:`hand_losses_fn`, global-RNG draws), then AdamW and the EMA/target updates. What it leaves out is
+    exactly what the library adds around the loss: Lightning's loop and hooks, the per-sample keyed draws
+    (:mod:`distill.rng`), logging and the non-finite check."""
     params = list(module.trainable_parameters())
     opt = torch.optim.AdamW(params, lr=2e-4)
     losses = hand_losses_fn(module, method)

@@ -157,11 +157,9 @@ class SampleGrid(L.Callback):
     def tag(self, module: L.LightningModule) -> str:
         steps = "_".join(f"{k}step" for k in _resolve(self.steps, module.eval_steps))
         teacher = getattr(module, "teacher", None) is not None and self.teacher_steps
-        return (
-            f"samples/teacher_{self.teacher_steps}ddim_then_student_{steps}"
-            if teacher
-            else f"samples/{steps}"
-        )
+        if teacher:
+            return f"samples/teacher_{self.teacher_steps}ddim_then_student_{steps}"
+        return f"samples/{'student' if getattr(module, 'teacher', None) is not None else 'model'}_{steps}"
 
     def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.sanity_checking:

@@ -60,7 +60,7 @@ def test_console_script_trains_checkpoints_and_resumes(tmp_path):
     acc = EventAccumulator(str(version), size_guidance={"images": 0})
     acc.Reload()
     assert "train/loss" in acc.Tags()["scalars"] and "val/loss" in acc.Tags()["scalars"]
-    assert "samples/ema" in acc.Tags()["images"]
+    assert "samples/model_2step" in acc.Tags()["images"]  # the EMA weights at 2 DDIM steps
     # resume to 30 steps from the last checkpoint (a new version folder; the old config is untouched)
     _run(["fit", *common, "--trainer.max_steps=30", f"--ckpt_path={last}"], tmp_path)
     resumed = sorted((tmp_path / "digits_teacher").glob("version_*/checkpoints/last.ckpt"))[-1]

@@ -68,8 +68,8 @@ class DistillationModule(L.LightningModule):
         eval_steps: the student's sampling step counts evaluated and shown in the grid (None: the method's).
         eval_guidance_scale: the classifier-free guidance scale of validation samples, teacher and student alike
             (1: none; None: the method's default).
-        samples_per_class: rows of the validation grid per class (0: no grid); unconditional teachers: images per
-            row / 10.
+        samples_per_class: rows of the validation grid, each holding every class (0: no grid); unconditional
+            teachers: rows of 8 images.
         eval_prompts: prompts of a text teacher's validation grid (teacher row above the student's).
         eval_teacher_steps: the teacher's DDIM steps in the grid (None: no teacher row).
         eval_clip: a local CLIP folder: a text teacher's prompt grid is also scored by CLIP score.
