@@ -90,7 +90,7 @@ def ddim_sample_steps(
     clip_x0: float | None = 1.0,
 ) -> torch.Tensor:
     """:func:`ddim_sample` on a ``steps``-step grid of ``schedule`` (trailing spacing by default: a few-step
-    grid must start at pure noise)."""
+    grid must start at pure noise), ending where the config's ``set_alpha_to_one`` says."""
     grid = schedule.grid(steps, spacing=spacing).to(noise.device)
     return ddim_sample(
         denoiser=denoiser,
@@ -98,6 +98,7 @@ def ddim_sample_steps(
         timesteps=grid,
         alphas_cumprod=schedule.alphas_cumprod,
         clip_x0=clip_x0,
+        final_alphas_cumprod=schedule.final_alphas_cumprod,
     )
 
 
@@ -211,4 +212,5 @@ def sample(
         timesteps=grid.to(noise.device),
         alphas_cumprod=schedule.alphas_cumprod,
         clip_x0=clip_x0,
+        final_alphas_cumprod=schedule.final_alphas_cumprod,
     )

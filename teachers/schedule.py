@@ -156,6 +156,14 @@ class NoiseSchedule:
         return cls.from_scheduler_config(json.loads(scheduler.to_json_string()))
 
     @property
+    def final_alphas_cumprod(self) -> float:
+        """``alphas_cumprod`` after a sampler's last step, as DDIM's ``set_alpha_to_one`` says: 1.0 (clean data)
+        when true or absent (diffusers' default), else ``alphas_cumprod[0]`` (SD-1.x's configs set it false)."""
+        if self.config.get("set_alpha_to_one", True) in (False, "false"):
+            return float(self.alphas_cumprod[0])
+        return 1.0
+
+    @property
     def scheduler_class(self) -> str:
         """The diffusers scheduler class the config names (DDPMScheduler when it names none)."""
         return str(self.config.get("_class_name", "DDPMScheduler"))

@@ -224,3 +224,44 @@ def test_cfg_combine_is_parameterisation_independent():
 def test_schedule_rejects_unknown_prediction_type():
     with pytest.raises(ValueError, match="prediction_type"):
         NoiseSchedule.from_scheduler_config(_config("linear", "flow_prediction"))
+
+
+@pytest.mark.parametrize("set_alpha_to_one", [True, False])
+@pytest.mark.parametrize("steps", [1, 4, 25])
+def test_sampling_contract_honours_set_alpha_to_one_like_diffusers(set_alpha_to_one, steps):
+    """SD-1.x configs set ``set_alpha_to_one: false``: the last DDIM step lands at ``alphas_cumprod[0]``, not at
+    clean data. The library's sampling loop (teachers, methods and exported folders all sample through it) reads
+    the flag from the config and agrees with diffusers' DDIM loop either way."""
+    from teachers.sampling import sample
+
+    cfg = _config(
+        "scaled_linear",
+        "v_prediction",
+        beta_start=0.00085,
+        beta_end=0.012,
+        timestep_spacing="trailing",
+        set_alpha_to_one=set_alpha_to_one,
+    )
+    ddim = DDIMScheduler(**cfg)
+    schedule = NoiseSchedule.from_scheduler(ddim)
+    expected_final = 1.0 if set_alpha_to_one else float(ddim.alphas_cumprod[0])
+    assert schedule.final_alphas_cumprod == pytest.approx(expected_final)
+    weight = torch.linspace(-1.5, 1.5, 4 * 8 * 8).reshape(4, 8, 8)
+
+    def net(z, t):
+        return torch.tanh(z * weight) * (1 + t.float().reshape(-1, 1, 1, 1) / 1000)
+
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    ddim.set_timesteps(steps)
+    z = noise.clone()
+    for t in ddim.timesteps:
+        z = ddim.step(net(z, t.expand(2)), t, z, eta=0.0).prev_sample
+
+    def denoiser(x, t):
+        alpha, sigma = schedule.alpha_sigma(t)
+        return to_prediction(output=net(x, t), prediction_type="v_prediction", z=x, alpha=alpha, sigma=sigma)
+
+    ours = sample(
+        denoiser=denoiser, schedule=schedule, noise=noise, steps=steps, sampler="ddim", clip_x0=None
+    )
+    torch.testing.assert_close(ours, z, atol=TOL, rtol=TOL)
