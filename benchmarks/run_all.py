@@ -7,7 +7,7 @@ Run:  python benchmarks/run_all.py [--only overhead scaling ...] [--threads 2]
 2. each script runs in its own process with ``OMP_NUM_THREADS`` set, its wall time recorded
    (``benchmarks/results/bench_times.{json,md}``);
 3. every ratio is compared with the previous run (``benchmarks/compare.py`` -> ``benchmarks/results/rerun.md``);
-4. ``benchmarks/update_readme.py`` copies the Markdown tables into README.md.
+4. ``benchmarks/update_readme.py`` copies the Markdown tables into README.md and docs/.
 
 A failing script stops the run before anything is compared or copied, so README never mixes runs.
 """

@@ -1,5 +1,6 @@
-"""Copy the Markdown tables ``make bench`` wrote (benchmarks/results/NAME.md) into README.md, between the markers
-``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->``, so the README's benchmark tables are always the last run's."""
+"""Copy the Markdown tables ``make bench`` wrote (benchmarks/results/NAME.md) into README.md and the pages of docs/,
+between the markers ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->``, so the benchmark tables shown are always
+the last run's."""
 
 from __future__ import annotations
 
@@ -23,13 +24,18 @@ def fill(text: str, tables: dict[str, str]) -> tuple[str, list[str]]:
     return text, done
 
 
+def pages() -> list[Path]:
+    """The Markdown pages that may show benchmark tables: README.md and docs/*.md."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
 def main() -> None:
-    readme = ROOT / "README.md"
     tables = {path.stem: path.read_text() for path in (ROOT / "benchmarks" / "results").glob("*.md")}
-    text, done = fill(readme.read_text(), tables)
-    readme.write_text(text)
-    for name in done:
-        print(f"README: {name} updated")
+    for page in pages():
+        text, done = fill(page.read_text(), tables)
+        page.write_text(text)
+        for name in done:
+            print(f"{page.relative_to(ROOT)}: {name} updated")
 
 
 if __name__ == "__main__":

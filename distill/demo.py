@@ -171,7 +171,9 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"training: {trainer.global_step} steps in {train_minutes:.1f} min; demo total {total_minutes:.1f} min"
     )
-    print("the shipped students and the 3-seed, 2,000-sample protocol: see README (Step distillation)")
+    print(
+        "the shipped students and the 3-seed, 2,000-sample protocol: see README (headline) and docs/results.md"
+    )
     print(f"TensorBoard:  tensorboard --logdir {run_dir}")
     print(f"checkpoint:   {ckpt}")
     print(f"student:      {student_dir}  (diffusers UNet + LCMScheduler config)")
