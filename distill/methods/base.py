@@ -28,7 +28,6 @@ from distill.ema import EMA
 from distill.methods.checks import check_data_matches, null_class_of
 from distill.methods.optim import configure
 from distill.metrics import GenerativeEvaluator
-from distill.objectives.draws import apply_keep, draw_keep
 from distill.rng import GeneratorRandom, KeyedRandom, global_sample_indices
 from teachers.conditioning import Cond
 from teachers.network import guided_denoiser
@@ -213,16 +212,6 @@ class DistillationModule(L.LightningModule):
             return x0, self.teacher.encode_prompt(list(batch["captions"]))
         images, labels = batch
         return images, (labels if self.conditional else None)
-
-    def drop_cond(self, cond: Cond, *, prob: float, rng: KeyedRandom | GeneratorRandom) -> Cond:
-        """Replace each sample's condition by the unconditional one with probability ``prob`` (CFG training)."""
-        batch = (
-            None
-            if cond is None
-            else (cond["encoder_hidden_states"].shape[0] if isinstance(cond, dict) else cond.shape[0])
-        )
-        keep = draw_keep(rng, batch=batch or 0, cond=cond, prob=prob)
-        return apply_keep(cond, keep, null_cond=self.teacher.null_cond)
 
     def eval_random(self, batch_idx: int) -> GeneratorRandom:
         """Fixed draws for validation batch ``batch_idx`` (the same at every validation)."""

@@ -113,14 +113,10 @@ class KnowledgeDistillation(DistillationModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         """The EMA student's task and output-KD losses on fixed draws, no condition dropped."""
         x0, cond = self.prepare_batch(batch)
+        # no condition dropout: the dropout draw comes last, so times and noise are those of training's draw order
         draws = draw_noising(
-            self.eval_random(batch_idx),
-            x0=x0,
-            schedule=self.teacher.schedule,
-            cond=cond,
-            cond_drop_prob=self.cond_drop_prob,
+            self.eval_random(batch_idx), x0=x0, schedule=self.teacher.schedule, cond=cond, cond_drop_prob=0.0
         )
-        draws = type(draws)(t=draws.t, noise=draws.noise, keep=None)
         losses = knowledge_distillation_loss(
             teacher=self.teacher,
             student=self.eval_student(),
