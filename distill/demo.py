@@ -11,6 +11,12 @@ sample grid are.
 from __future__ import annotations
 
 import argparse
+import datetime
+import hashlib
+import json
+import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -70,6 +76,47 @@ def grid(models: dict, rows, *, path: Path, per_class: int = 1) -> None:
     save_image(torch.cat(images).add(1).div(2).clamp(0, 1), path, nrow=n, padding=1, pad_value=1.0)
 
 
+def record(
+    results: dict[str, dict],
+    rows,
+    macs: dict[str, float] | None,
+    *,
+    num_samples: int,
+    minutes: dict[str, float],
+    argv: list[str],
+) -> dict:
+    """The demo's result as JSON (``demo.json`` in the run folder): every row's MACs per sample and scores, the
+    wall times and where it came from (command, commit, config hash, date, threads)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    return {
+        "num_samples": num_samples,
+        "rows": [
+            {
+                "label": name,
+                "role": role,
+                "steps": steps,
+                "macs_per_sample": None if macs is None else macs[role] * steps,
+                **{k: float(v) for k, v in results[name].items()},
+            }
+            for name, role, steps in rows
+        ],
+        "minutes": minutes,
+        "threads": torch.get_num_threads(),
+        "meta": {
+            "command": shlex.join(["python", "-m", "distill.demo", *argv]),
+            "commit": commit,
+            "configs": [str(CONFIG.relative_to(ROOT))],
+            "config_sha256": hashlib.sha256(CONFIG.read_bytes()).hexdigest(),
+            "date": datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat(),
+        },
+    }
+
+
 def table(results: dict[str, dict], rows, macs: dict[str, float] | None, *, num_samples: int) -> str:
     lines = [
         f"| {num_samples} samples each, same noise and labels | MACs / sample | FID vs real digits | "
@@ -105,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--out", type=Path, default=Path("runs/demo"), help="where logs, checkpoint, student go"
     )
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     for name in ("steps", "eval_samples", "teacher_steps"):
         if getattr(args, name) < 1:
@@ -165,6 +213,16 @@ def main(argv: list[str] | None = None) -> None:
     grid_path = run_dir / "samples.png"
     grid(models, rows, path=grid_path)
     total_minutes = (time.perf_counter() - start) / 60
+    result_path = run_dir / "demo.json"
+    result = record(
+        results,
+        rows,
+        macs,
+        num_samples=args.eval_samples,
+        minutes={"train": train_minutes, "total": total_minutes},
+        argv=argv,
+    )
+    result_path.write_text(json.dumps(result, indent=2) + "\n")
     print()
     print(table(results, rows, macs, num_samples=args.eval_samples))
     print()
@@ -179,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"student:      {student_dir}  (diffusers UNet + LCMScheduler config)")
     print(f"              distill sample --model {student_dir} --steps 4 --out grid.png")
     print(f"samples:      {grid_path}  (one row per table row, top to bottom)")
+    print(f"numbers:      {result_path}")
 
 
 if __name__ == "__main__":

@@ -62,6 +62,21 @@ def test_demo_trains_evaluates_and_writes_what_it_prints(tmp_path, capsys):
     # the shipped KD student is the starting point: one consistency step already draws the asked-for digits
     assert tags["demo/student_1step/accuracy"] >= 0.5
     assert any(tag.startswith("train/") for tag in tags)
+    # demo.json holds what the table printed (README's demo table is rendered from a committed copy of it)
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import tables
+
+    result = json.loads((run / "demo.json").read_text())
+    assert str(run / "demo.json") in out
+    assert [r["label"] for r in result["rows"]] == ["teacher, DDIM 2 steps", "student, 1-step consistency"]
+    assert result["meta"]["command"].startswith("python -m distill.demo --steps 2")
+    for line in tables.demo(result).splitlines():
+        if line.startswith("|"):
+            assert line in out
 
 
 def test_demo_rows_put_the_teacher_first():
