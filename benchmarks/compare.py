@@ -1,6 +1,6 @@
 """Compare every ratio of two ``make bench`` runs (two ``benchmarks/results``-shaped folders).
 
-Run:  python benchmarks/compare.py OLD_DIR NEW_DIR [--tolerance 0.10] [--md rerun.md] [--strict]
+Run:  python benchmarks/compare.py OLD_DIR NEW_DIR [--tolerance 0.10] [--json rerun.json] [--strict]
 
 A ratio is anything the README quotes as "x vs y" measured side by side: the library-overhead time and memory
 ratios, the sampling speed-ups, the training-speed-feature and teacher-reuse speed-ups, the teacher/student scaling ratios; the
@@ -14,6 +14,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+import tables
+
+from distill.provenance import provenance
 
 
 def _rows(folder: Path, name: str) -> list[dict]:
@@ -62,36 +66,28 @@ def compare(old: dict[str, float], new: dict[str, float]) -> list[tuple[str, flo
     return [(k, old[k], new[k], new[k] / old[k] - 1.0) for k in old if k in new and old[k] != 0]
 
 
-def markdown(rows: list[tuple[str, float, float, float]], *, tolerance: float) -> str:
-    worst = max((abs(r[3]) for r in rows), default=0.0)
-    outside = [r for r in rows if abs(r[3]) > tolerance]
-    lines = [
-        f"{len(rows)} quantities compared; largest change {100 * worst:.1f}%; "
-        f"{len(outside)} outside +-{100 * tolerance:.0f}%.",
-        "",
-        "| quantity | previous run | this run | change |",
-        "| --- | ---: | ---: | ---: |",
-    ]
-    lines += [f"| {k} | {a:.3f} | {b:.3f} | {100 * c:+.1f}% |" for k, a, b, c in rows]
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("old", type=Path)
     parser.add_argument("new", type=Path)
     parser.add_argument("--tolerance", type=float, default=0.10)
-    parser.add_argument("--md", type=Path, help="also write the table here")
+    parser.add_argument(
+        "--json", type=Path, help="also write the comparison here (docs/benchmarks.md renders it)"
+    )
     parser.add_argument("--strict", action="store_true", help="exit 1 if any change exceeds the tolerance")
     args = parser.parse_args(argv)
     rows = compare(ratios(args.old), ratios(args.new))
     if not rows:
         print(f"nothing to compare: no common results in {args.old} and {args.new}", file=sys.stderr)
         return 1 if args.strict else 0
-    text = markdown(rows, tolerance=args.tolerance)
-    print(text)
-    if args.md is not None:
-        args.md.write_text(text)
+    print(tables.rerun(rows, tolerance=args.tolerance))
+    if args.json is not None:
+        record = {
+            "tolerance": args.tolerance,
+            "rows": [{"quantity": k, "previous": a, "this": b, "change": c} for k, a, b, c in rows],
+            "meta": provenance(),
+        }
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
     if args.strict and any(abs(r[3]) > args.tolerance for r in rows):
         return 1
     return 0

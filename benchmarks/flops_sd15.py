@@ -1,6 +1,9 @@
 """MACs of the Stable Diffusion v1.x UNet at 512x512, counted offline from its known config (random weights).
 
-Run:  OMP_NUM_THREADS=1 python benchmarks/flops_sd15.py [--output flops_sd15.json] [--no-check]
+Run:  OMP_NUM_THREADS=1 python benchmarks/flops_sd15.py [--output benchmarks/results/flops_sd15.json] [--no-check]
+
+Also counts the BK-SDM students built from it (``bk_small``, ``bk_tiny``); docs/cost.md renders the result and
+``benchmarks/teacher_reuse.py`` reads its MACs.
 
 Latent 64x64x4, 77x768 text embeddings, batch 1. The SD-v1.4 and v1.5 UNets share this architecture
 (CompVis/stable-diffusion-v1-4 and runwayml/stable-diffusion-v1-5, ``unet/config.json``).
@@ -10,9 +13,6 @@ arXiv:2305.15798, Table 1) reports 339G MACs per forward for the SD-v1.4 UNet at
 batch 1 (Nota-NetsPresso/BK-SDM : src/count_macs_params.py). thop counts MACs of hooked nn.Module layers (conv,
 linear, ...) and none of the functional attention products, so it should sit near our conv + linear count.
 
-Measured here (diffusers 0.42.1, torch 2.14.1 CPU, fvcore 0.1.5): 859.5M parameters; 401.6G MACs per forward,
-of which conv 222.0G + linear 116.6G = 338.6G (BK-SDM: 339G) and fused attention 63.0G; FlopCounterMode agrees
-exactly per category. About 15 s to build and 20 s to count on one thread.
 """
 
 from __future__ import annotations
@@ -25,7 +25,16 @@ from pathlib import Path
 import torch
 from diffusers import UNet2DConditionModel
 
-from distill.flops import FlopReport, example_inputs, flop_counter_macs, fmt_count, network_cost
+from distill.flops import (
+    FlopReport,
+    count_macs,
+    example_inputs,
+    flop_counter_macs,
+    fmt_count,
+    network_cost,
+)
+from distill.provenance import provenance
+from students.bk import bk_small, bk_tiny
 
 SD15_UNET = {
     "sample_size": 64,
@@ -48,12 +57,18 @@ SD15_UNET = {
     "act_fn": "silu",
 }
 BK_SDM_SD14_MACS = 339e9
+ROOT = Path(__file__).resolve().parent
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=50, help="sampling steps for MACs per sample")
-    parser.add_argument("--output", type=Path, default=None, help="write the report as JSON here")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=ROOT / "results" / "flops_sd15.json",
+        help="write the report as JSON here",
+    )
     parser.add_argument("--no-check", action="store_true", help="skip the FlopCounterMode cross-check")
     args = parser.parse_args(argv)
 
@@ -97,6 +112,16 @@ def main(argv: list[str] | None = None) -> dict:
             and ref["attention"] == macs.attention
         )
 
+    summary["students"] = {}
+    for name, build in (("bk_small", bk_small), ("bk_tiny", bk_tiny)):
+        student = build(net).eval()
+        counted_student = count_macs(student, example_inputs(student, text_len=77))
+        summary["students"][name] = {
+            "parameters": counted_student.parameters,
+            "macs_per_forward": counted_student.total,
+        }
+        del student
+
     note = (
         f"BK-SDM (arXiv:2305.15798) reports {fmt_count(BK_SDM_SD14_MACS)} MACs per SD-v1.4 UNet forward at 512px "
         f"(thop, batch 1); ours: {fmt_count(macs.total)} with attention, {fmt_count(macs.dense)} without."
@@ -106,7 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
     print()
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
     if args.output is not None:
-        args.output.write_text(json.dumps({"summary": summary, "report": report.to_dict()}, indent=2) + "\n")
+        record = {"summary": summary, "report": report.to_dict(), "meta": provenance()}
+        args.output.write_text(json.dumps(record, indent=2) + "\n")
     return summary
 
 

@@ -2,7 +2,7 @@
 PyTorch loop doing the same math with the same teacher, student, batch and optimizer.
 
 Run:  OMP_NUM_THREADS=2 python benchmarks/overhead.py [--methods kd consistency progressive] [--steps 30]
-Writes ``benchmarks/results/overhead.json`` and ``overhead.md``.
+Writes ``benchmarks/results/overhead.json`` (docs/benchmarks.md renders it: ``benchmarks/update_docs.py``).
 
 Time: both variants train in one process, alternated step by step (a hand-loop step runs after every
 Lightning step, see :class:`Interleaved`), so drift in the machine's speed hits both alike; after a warm-up, the
@@ -30,9 +30,11 @@ import time
 from pathlib import Path
 
 import lightning as L
+import tables
 import torch
 
 from distill.data import DigitsDataModule
+from distill.provenance import provenance
 
 ROOT = Path(__file__).resolve().parent
 METHODS = ("kd", "consistency", "progressive")
@@ -270,20 +272,15 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"threads": torch.get_num_threads(), "torch": torch.__version__, "batch": BATCH, "rows": rows}
-    (args.out / "overhead.json").write_text(json.dumps(meta, indent=2) + "\n")
-    lines = [
-        "| method | LightningModule step (ms) | hand loop step (ms) | time ratio | peak RSS Lightning (MiB) | "
-        "peak RSS hand (MiB) | memory ratio |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['method']} | {r['lightning_ms']:.1f} | {r['hand_ms']:.1f} | {r['time_ratio']:.3f}x | "
-            f"{r['lightning_mib']:.0f} | {r['hand_mib']:.0f} | {r['memory_ratio']:.3f}x |"
-        )
-    (args.out / "overhead.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    result = {
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "batch": BATCH,
+        "rows": rows,
+        "meta": provenance(),
+    }
+    (args.out / "overhead.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(tables.overhead(result))
 
 
 if __name__ == "__main__":

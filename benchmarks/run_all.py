@@ -1,13 +1,13 @@
 """``make bench``: rerun every benchmark behind the README's tables, time each, compare with the previous run and
-copy the tables into README.md.
+render the tables into docs/.
 
 Run:  python benchmarks/run_all.py [--only overhead scaling ...] [--threads 2]
 
 1. the previous results (``benchmarks/results/*.json``) are kept in ``benchmarks/results/previous/``;
 2. each script runs in its own process with ``OMP_NUM_THREADS`` set, its wall time recorded
-   (``benchmarks/results/bench_times.{json,md}``);
-3. every ratio is compared with the previous run (``benchmarks/compare.py`` -> ``benchmarks/results/rerun.md``);
-4. ``benchmarks/update_readme.py`` copies the Markdown tables into README.md and docs/.
+   (``benchmarks/results/bench_times.json``);
+3. every ratio is compared with the previous run (``benchmarks/compare.py`` -> ``benchmarks/results/rerun.json``);
+4. ``benchmarks/update_docs.py`` renders every table of README.md and docs/ from the JSON results.
 
 A failing script stops the run before anything is compared or copied, so README never mixes runs.
 """
@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from distill.provenance import provenance
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -52,13 +54,6 @@ def keep_previous(results: Path = RESULTS) -> Path:
     return previous
 
 
-def times_markdown(times: dict[str, float]) -> str:
-    lines = ["| benchmark | wall time (min) |", "| --- | ---: |"]
-    lines += [f"| `{name}` | {seconds / 60:.1f} |" for name, seconds in times.items()]
-    lines.append(f"| **all** | **{sum(times.values()) / 60:.1f}** |")
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", choices=[name for name, _ in SCRIPTS], help="a subset")
@@ -81,12 +76,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {name}: {times[name] / 60:.1f} min", flush=True)
     if not args.only:  # a partial run's total would not be make bench's wall time
         (RESULTS / "bench_times.json").write_text(
-            json.dumps({"threads": args.threads, "seconds": times}, indent=2) + "\n"
+            json.dumps({"threads": args.threads, "seconds": times, "meta": provenance()}, indent=2) + "\n"
         )
-        (RESULTS / "bench_times.md").write_text(times_markdown(times))
-    compare = [sys.executable, "benchmarks/compare.py", str(previous), str(RESULTS)]
-    subprocess.run([*compare, "--md", str(RESULTS / "rerun.md")], cwd=repo, check=True)
-    subprocess.run([sys.executable, "benchmarks/update_readme.py"], cwd=repo, check=True)
+    compare = [
+        sys.executable,
+        "benchmarks/compare.py",
+        str(previous.relative_to(repo)),
+        str(RESULTS.relative_to(repo)),
+    ]
+    subprocess.run([*compare, "--json", str(RESULTS / "rerun.json")], cwd=repo, check=True)
+    subprocess.run([sys.executable, "benchmarks/update_docs.py"], cwd=repo, check=True)
     return 0
 
 

@@ -24,10 +24,13 @@ import statistics
 import time
 from pathlib import Path
 
+import tables
 import torch
+from paired import paired_ratio
 
 from distill.flops import count_macs, example_inputs
 from distill.pipelines import evaluate_model, sample_images
+from distill.provenance import provenance
 from students.loading import builtin_students_dir
 from teachers import DiffusionTeacher
 
@@ -104,9 +107,8 @@ def speed(all_models, *, batch: int, repeats: int) -> list[dict]:
                 "ms_per_image": ms,
                 "macs_per_image": macs,
                 # the median of per-repeat ratios (each student timed around the teacher): drift cancels
-                "speedup_vs_teacher": statistics.median(
-                    a / b for a, b in zip(timings[cases[0]], timings[case], strict=True)
-                ),
+                "speedup_vs_teacher": paired_ratio(timings[cases[0]], timings[case])[0],
+                "speedup_q1_q3": paired_ratio(timings[cases[0]], timings[case])[1],
                 "macs_ratio_vs_teacher": teacher_macs / macs,
             }
         )
@@ -191,35 +193,13 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     speed_rows = speed(all_models, batch=args.batch, repeats=args.repeats)
     meta = {"threads": torch.get_num_threads(), "batch": args.batch, "repeats": args.repeats}
-    (args.out / "sampling.json").write_text(json.dumps({**meta, "rows": speed_rows}, indent=2) + "\n")
-    lines = [
-        "| model | steps | forwards / step | ms / image (CPU, batch 64) | MACs / image | speed-up vs teacher | "
-        "MACs ratio vs teacher |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in speed_rows:
-        lines.append(
-            f"| {r['model']} | {r['steps']} | {r['forwards_per_step']} | {r['ms_per_image']:.2f} | "
-            f"{r['macs_per_image'] / 1e6:.0f}M | {r['speedup_vs_teacher']:.1f}x | {r['macs_ratio_vs_teacher']:.0f}x |"
-        )
-    (args.out / "sampling.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines), flush=True)
+    speed_result = {**meta, "rows": speed_rows, "meta": provenance()}
+    (args.out / "sampling.json").write_text(json.dumps(speed_result, indent=2) + "\n")
+    print(tables.sampling(speed_result), flush=True)
     q_rows = quality(all_models, samples=args.samples)
-    (args.out / "quality_cost.json").write_text(
-        json.dumps({"samples": args.samples, "rows": q_rows}, indent=2) + "\n"
-    )
-    lines = [
-        f"| model | steps | MACs / sample | FID vs real ({args.samples} samples, seed 0) | FID vs teacher ref | "
-        "accuracy (%) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in q_rows:
-        lines.append(
-            f"| {r['model']} | {r['steps']} | {r['macs_per_sample'] / 1e6:.0f}M | {r['fid_real']:.3f} | "
-            f"{r['fid_ref']:.3f} | {100 * r['accuracy']:.1f} |"
-        )
-    (args.out / "quality_cost.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    quality_result = {"samples": args.samples, "rows": q_rows, "meta": provenance()}
+    (args.out / "quality_cost.json").write_text(json.dumps(quality_result, indent=2) + "\n")
+    print(tables.quality_cost(quality_result))
     plot(q_rows, args.png, args.out / "tb")
 
 

@@ -22,7 +22,11 @@ import statistics
 import time
 from pathlib import Path
 
+import tables
 import torch
+from paired import paired_ratio
+
+from distill.provenance import provenance
 
 ROOT = Path(__file__).resolve().parent
 MIN_TIMING = 1.0  # seconds per timed measurement: fast configurations run several steps per measurement
@@ -109,10 +113,7 @@ def main() -> None:
                 timings[name, size, batch].append((time.perf_counter() - start) / n)
     rows = []
     for size, batch in configs:
-        paired = statistics.median(
-            a / b
-            for a, b in zip(timings["teacher", size, batch], timings["student", size, batch], strict=True)
-        )
+        paired, spread = paired_ratio(timings["teacher", size, batch], timings["student", size, batch])
         for name, net in nets.items():
             params = sum(p.numel() for p in net.parameters())
             rows.append(
@@ -124,34 +125,14 @@ def main() -> None:
                     "activation_mib": saved_bytes(net, *data[size, batch]) / 2**20,
                     "state_mib": params * 16 / 2**20,
                     "time_ratio": paired,
+                    "time_ratio_q1_q3": spread,
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "scaling.json").write_text(
-        json.dumps({"threads": torch.get_num_threads(), "repeats": args.repeats, "rows": rows}, indent=2)
-        + "\n"
-    )
-    lines = [
-        "| image size | batch | teacher step (ms) | student step (ms) | time ratio | teacher activations (MiB) | "
-        "student activations (MiB) | memory ratio |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    by = {(r["network"], r["size"], r["batch"]): r for r in rows}
-    for size in args.sizes:
-        for batch in args.batches:
-            t_, s_ = by[("teacher", size, batch)], by[("student", size, batch)]
-            lines.append(
-                f"| {size} | {batch} | {t_['step_ms']:.0f} | {s_['step_ms']:.0f} | "
-                f"{t_['time_ratio']:.1f}x | {t_['activation_mib']:.0f} | {s_['activation_mib']:.0f} | "
-                f"{t_['activation_mib'] / s_['activation_mib']:.1f}x |"
-            )
-    lines.append(
-        f"\nWeights + gradients + AdamW moments: teacher {by[('teacher', args.sizes[0], args.batches[0])]['state_mib']:.1f}"
-        f" MiB, student {by[('student', args.sizes[0], args.batches[0])]['state_mib']:.1f} MiB."
-    )
-    (args.out / "scaling.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    result = {"threads": torch.get_num_threads(), "repeats": args.repeats, "rows": rows, "meta": provenance()}
+    (args.out / "scaling.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(tables.scaling(result))
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ import tempfile
 from pathlib import Path
 
 from digits_runs import evaluate
-from provenance import provenance
 
 from distill.flops import count_macs, example_inputs
+from distill.provenance import provenance
 from teachers import DiffusionTeacher
 
 ROOT = Path(__file__).resolve().parent

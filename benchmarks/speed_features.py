@@ -24,9 +24,12 @@ import statistics
 import time
 from pathlib import Path
 
+import tables
 import torch
 from overhead import endless, loader
+from paired import paired_ratio
 
+from distill.provenance import provenance
 from distill.rng import GeneratorRandom
 
 ROOT = Path(__file__).resolve().parent
@@ -94,25 +97,16 @@ def main() -> None:
         {
             "variant": name,
             "step_ms": 1000 * statistics.median(t),
-            "speedup_vs_fp32": statistics.median(a / b for a, b in zip(times["fp32"], t, strict=True)),
+            "speedup_vs_fp32": paired_ratio(times["fp32"], t)[0],
+            "speedup_q1_q3": paired_ratio(times["fp32"], t)[1],
             "first_step_s": first[name],
         }
         for name, t in times.items()
     ]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "speed_features.json").write_text(
-        json.dumps({"threads": torch.get_num_threads(), "steps": args.steps, "rows": rows}, indent=2) + "\n"
-    )
-    lines = [
-        "| KD step, batch 64, CPU | step (ms) | vs fp32 | first step incl. compilation (s) |",
-        "| --- | ---: | ---: | ---: |",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['variant']} | {r['step_ms']:.0f} | {r['speedup_vs_fp32']:.2f}x | {r['first_step_s']:.1f} |"
-        )
-    (args.out / "speed_features.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    result = {"threads": torch.get_num_threads(), "steps": args.steps, "rows": rows, "meta": provenance()}
+    (args.out / "speed_features.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(tables.speed_features(result))
 
 
 if __name__ == "__main__":

@@ -30,14 +30,18 @@ import time
 from pathlib import Path
 
 import lightning as L
+import tables
 import torch
 from overhead import timed_fit
+from paired import paired_ratio
 from torch import nn
 
+from distill.provenance import provenance
+
 ROOT = Path(__file__).resolve().parent
-# MACs per forward measured by benchmarks/flops_sd15.py (SD-1.5 UNet) and for configs/sd15 (BK-SDM-Small), 512 px
-SD15_UNET_MACS = 401.6e9
-BK_SMALL_MACS = 255.4e9
+FLOPS_SD15 = (
+    ROOT / "results" / "flops_sd15.json"
+)  # benchmarks/flops_sd15.py: SD-1.5 UNet and BK-SDM students, 512 px
 SD_VAE = {
     "in_channels": 3,
     "out_channels": 3,
@@ -91,7 +95,8 @@ def t2i_step_times(*, steps: int, repeats: int, warmup: int) -> dict:
                 times[name] += t
     folder_ms = 1000 * statistics.median(times["folder"])
     shards_ms = 1000 * statistics.median(times["shards"])
-    return {"folder_ms": folder_ms, "shards_ms": shards_ms, "speedup": folder_ms / shards_ms}
+    speedup, spread = paired_ratio(times["folder"], times["shards"])
+    return {"folder_ms": folder_ms, "shards_ms": shards_ms, "speedup": speedup, "speedup_q1_q3": spread}
 
 
 class _EncodeOnly(nn.Module):
@@ -127,7 +132,8 @@ def sd_scale_estimate() -> dict:
     del vae
     text = CLIPTextModel(CLIPTextConfig(**CLIP_L_TEXT)).eval()
     text_macs = float(count_macs(_TextOnly(text), (torch.zeros(1, 77, dtype=torch.long),)).total)
-    unet_macs = SD15_UNET_MACS + 3 * BK_SMALL_MACS
+    counted = json.loads(FLOPS_SD15.read_text())["summary"]
+    unet_macs = counted["macs_per_forward"] + 3 * counted["students"]["bk_small"]["macs_per_forward"]
     encode = vae_macs + text_macs
     return {
         "vae_encoder_macs": vae_macs,
@@ -169,8 +175,8 @@ def validation_times(*, repeats: int) -> dict:
                 trainer.validate(module, datamodule=dm, verbose=False)
                 times[name].append(time.perf_counter() - start)
     sampled, reused = (1000 * statistics.median(times[k]) for k in ("sampled", "reused"))
-    paired = statistics.median(a / b for a, b in zip(times["sampled"], times["reused"], strict=True))
-    return {"sampled_ms": sampled, "reused_ms": reused, "speedup": paired}
+    paired, spread = paired_ratio(times["sampled"], times["reused"])
+    return {"sampled_ms": sampled, "reused_ms": reused, "speedup": paired, "speedup_q1_q3": spread}
 
 
 def main() -> None:
@@ -188,24 +194,15 @@ def main() -> None:
     sd = sd_scale_estimate()
     print(json.dumps(sd), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    result = {"threads": torch.get_num_threads(), "t2i": t2i, "validation": val, "sd_scale": sd}
+    result = {
+        "threads": torch.get_num_threads(),
+        "t2i": t2i,
+        "validation": val,
+        "sd_scale": sd,
+        "meta": provenance(),
+    }
     (args.out / "teacher_reuse.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [
-        "| what is reused | computed every time (ms) | reused (ms) | speed-up |",
-        "| --- | ---: | ---: | ---: |",
-        f"| VAE latents + text embeddings (tiny SD, 64 px, KD step, batch 16) | {t2i['folder_ms']:.0f} | "
-        f"{t2i['shards_ms']:.0f} | {t2i['speedup']:.2f}x |",
-        f"| teacher half of the validation grid (digits KD, one validation) | {val['sampled_ms']:.0f} | "
-        f"{val['reused_ms']:.0f} | {val['speedup']:.2f}x |",
-        "",
-        f"At SD scale (MACs per training sample, counted from the configs): VAE encoder at 512 px "
-        f"{sd['vae_encoder_macs'] / 1e9:.1f}G + CLIP ViT-L text encoder {sd['text_encoder_macs'] / 1e9:.1f}G against "
-        f"{sd['kd_unet_macs'] / 1e9:.0f}G for a KD step's UNets (SD-1.5 forward + BK-Small forward and backward): "
-        f"encoding is {100 * sd['encode_share']:.0f}% of the arithmetic, so precomputed shards should make a "
-        f"compute-bound step about {sd['predicted_speedup']:.2f}x faster.",
-    ]
-    (args.out / "teacher_reuse.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print(tables.teacher_reuse(result))
 
 
 if __name__ == "__main__":

@@ -11,11 +11,7 @@ sample grid are.
 from __future__ import annotations
 
 import argparse
-import datetime
-import hashlib
 import json
-import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,6 +19,7 @@ from pathlib import Path
 import torch
 
 from distill.lightning_cli import DistillCLI
+from distill.provenance import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "digits" / "consistency.yaml"
@@ -87,12 +84,6 @@ def record(
 ) -> dict:
     """The demo's result as JSON (``demo.json`` in the run folder): every row's MACs per sample and scores, the
     wall times and where it came from (command, commit, config hash, date, threads)."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
     return {
         "num_samples": num_samples,
         "rows": [
@@ -107,13 +98,9 @@ def record(
         ],
         "minutes": minutes,
         "threads": torch.get_num_threads(),
-        "meta": {
-            "command": shlex.join(["python", "-m", "distill.demo", *argv]),
-            "commit": commit,
-            "configs": [str(CONFIG.relative_to(ROOT))],
-            "config_sha256": hashlib.sha256(CONFIG.read_bytes()).hexdigest(),
-            "date": datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat(),
-        },
+        "meta": provenance(
+            configs=[CONFIG.relative_to(ROOT)], argv=["distill.demo", *argv], module="distill.demo"
+        ),
     }
 
 

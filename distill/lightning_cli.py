@@ -3,12 +3,15 @@ from its saved config."""
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
+
+from distill.provenance import provenance
 
 # Frozen teachers, EMA and target copies are in eval mode by design.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
@@ -60,7 +63,8 @@ class DistillTrainer(L.Trainer):
             print(report.to_markdown())
             if output is not None:
                 Path(output).parent.mkdir(parents=True, exist_ok=True)
-                Path(output).write_text(report.to_json() + "\n")
+                record = {**report.to_dict(), "meta": provenance(module="distill.cli")}
+                Path(output).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
                 rank_zero_info(f"FLOP report written to {output}")
         return report
 

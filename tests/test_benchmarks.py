@@ -1,5 +1,5 @@
 """The benchmark tooling: the overhead benchmark's hand loops compute the library's losses, reruns are compared
-ratio by ratio, and README's tables are filled from the results."""
+ratio by ratio, and the docs' tables are rendered from the results."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ sys.path.insert(0, str(BENCH))
 import compare  # noqa: E402
 import overhead  # noqa: E402
 import run_all  # noqa: E402
-import update_readme  # noqa: E402
+import tables  # noqa: E402
+import update_docs  # noqa: E402
 
 from distill.rng import GeneratorRandom  # noqa: E402
 
@@ -70,11 +71,13 @@ def test_compare_reports_every_ratio_and_flags_changes(tmp_path, capsys):
     rows = {r[0]: r[3] for r in compare.compare(values, compare.ratios(new))}
     assert rows["overhead kd: time ratio"] == pytest.approx(0.02)
     assert rows["scaling 16 px, batch 16: time ratio"] == pytest.approx(0.25)
-    md = tmp_path / "rerun.md"
-    assert compare.main([str(old), str(new), "--md", str(md)]) == 0  # reports, does not fail by default
+    record = tmp_path / "rerun.json"
+    assert compare.main([str(old), str(new), "--json", str(record)]) == 0  # reports, does not fail by default
     assert compare.main([str(old), str(new), "--strict"]) == 1  # the 25% change is outside 10%
     assert compare.main([str(old), str(new), "--strict", "--tolerance", "0.3"]) == 0
-    text = md.read_text()
+    result = json.loads(record.read_text())
+    assert set(result["meta"]) >= {"command", "commit", "config_sha256", "date"}
+    text = tables.rerun_record(result)
     assert "largest change 25.0%; 1 outside +-10%" in text
     assert "| scaling 16 px, batch 16: time ratio | 2.000 | 2.500 | +25.0% |" in text
     assert compare.main([str(tmp_path / "none"), str(new), "--strict"]) == 1  # nothing in common
@@ -92,26 +95,29 @@ def test_keep_previous_copies_the_last_results(tmp_path):
     (results / "overhead.json").write_text("{}")
     run_all.keep_previous(results)  # replaced, not merged
     assert (previous / "overhead.json").read_text() == "{}"
-    assert "| **all** | **1.5** |" in run_all.times_markdown({"a": 60.0, "b": 30.0})
+    assert "| **all** | **1.5** |" in tables.bench_times({"seconds": {"a": 60.0, "b": 30.0}})
 
 
-def test_readme_markers_are_filled_from_tables():
+def test_blocks_are_filled_from_their_renderers():
     text = (
-        "intro\n<!-- bench:a -->\nold a\n<!-- /bench:a -->\nmid\n<!-- bench:b -->\nold b\n<!-- /bench:b -->\n"
+        "intro\n<!-- result:a -->\nold a\n<!-- /result:a -->\nmid\n<!-- result:b -->\nsame\n<!-- /result:b -->\n"
+        "<!-- unverified:c -->\nkept\n<!-- /unverified:c -->\n"
     )
-    out, done = update_readme.fill(text, {"a": "| new |\n", "c": "unused\n"})
-    assert done == ["a"]
-    assert (
-        out
-        == "intro\n<!-- bench:a -->\n| new |\n<!-- /bench:a -->\nmid\n<!-- bench:b -->\nold b\n<!-- /bench:b -->\n"
-    )
+    out, changed = update_docs.fill(text, {"a": "| new |\n", "b": "same\n"})
+    assert changed == ["a"]
+    assert out == text.replace("old a", "| new |")
+    with pytest.raises(KeyError, match="result:a"):
+        update_docs.fill(text, {"b": "same\n"})  # a block nobody renders is an error, not a stale table
 
 
-def test_readme_has_a_marker_for_every_benchmark_table():
-    readme = "\n".join(page.read_text() for page in update_readme.pages())  # README.md and docs/*.md
-    for table in sorted((BENCH / "results").glob("*.md")):
-        assert f"<!-- bench:{table.stem} -->" in readme, f"README shows no {table.name}"
-        assert table.read_text() in readme, f"README's {table.stem} table is not the one in {table}"
+def test_ratios_are_written_with_their_spread():
+    row = {"method": "kd", "lightning_ms": 101.0, "hand_ms": 100.0, "time_ratio": 1.01}
+    row |= {"time_ratio_q1_q3": [1.0, 1.02], "lightning_mib": 10.0, "hand_mib": 10.0, "memory_ratio": 1.0}
+    assert "| 1.010x (1.000-1.020) |" in tables.overhead({"rows": [row]})
+    import paired
+
+    median, spread = paired.paired_ratio([2.0, 4.0, 6.0, 8.0, 10.0], [1.0, 1.0, 1.0, 1.0, 1.0])
+    assert median == 6.0 and spread == [4.0, 8.0]
 
 
 def test_reproduce_plan_runs_existing_configs_and_scripts(tmp_path):

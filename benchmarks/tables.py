@@ -1,0 +1,357 @@
+"""Markdown tables from committed result JSON: one pure function per table, ``(result) -> markdown``.
+
+The measuring scripts write only JSON (``benchmarks/results/*.json``, each with ``meta``: command, commit, config
+hash, date); ``benchmarks/update_docs.py`` renders these functions into the marked blocks of README.md, docs/ and
+the shipped students' cards, and ``tests/test_docs_numbers.py`` re-renders every block and fails on a difference.
+Formatting only: nothing here imports torch or the library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+# -- cells -------------------------------------------------------------------------------------------------------
+def mean_std(summary: Mapping[str, Any], key: str, *, scale: float = 1.0, digits: int = 3) -> str:
+    value = summary[key]
+    return f"{value['mean'] * scale:.{digits}f} ± {value['std'] * scale:.{digits}f}"
+
+
+def macs(value: float) -> str:
+    """MACs as the tables write them: 4.43G, 0.71G, 37M."""
+    if value >= 1e8:
+        return f"{value / 1e9:.2f}G"
+    return f"{value / 1e6:.0f}M"
+
+
+def ratio_spread(value: float, quartiles: Sequence[float] | None, *, digits: int = 3) -> str:
+    """A ratio with its interquartile range over the paired repeats: ``1.016x (1.004-1.027)``."""
+    if quartiles is None:
+        return f"{value:.{digits}f}x"
+    lo, hi = quartiles
+    return f"{value:.{digits}f}x ({lo:.{digits}f}-{hi:.{digits}f})"
+
+
+def source_line(path: str, meta: Mapping[str, Any] | None) -> str:
+    """The provenance line printed under every generated table."""
+    if not meta:
+        return f"<sub>Source: `{path}` (written before results recorded their commit).</sub>"
+    commit = (meta.get("commit") or "unknown")[:10]
+    dirty = " with uncommitted changes" if meta.get("dirty") else ""
+    date = (meta.get("date") or "")[:10]
+    return f"<sub>Source: `{path}`, written by `{meta['command']}` at commit {commit}{dirty} on {date}.</sub>"
+
+
+def _by_steps(entry: Mapping[str, Any]) -> dict[int, Mapping[str, Any]]:
+    return {int(row["steps"]): row["summary"] for row in entry["rows"]}
+
+
+# -- digits: the shipped teacher and students (benchmarks/results/shipped_students.json) --------------------------
+STEP_STUDENTS = (
+    ("progressive", "digits_progressive_1step"),
+    ("progressive", "digits_progressive_2step"),
+    ("progressive", "digits_progressive_4step"),
+    ("progressive", "digits_progressive_8step"),
+    ("consistency", "digits_consistency"),
+)
+
+
+def step_distillation(shipped: Mapping[str, Any]) -> str:
+    """The headline: the teacher's DDIM at 50/8/4/2/1 steps and every shipped step-distilled student."""
+    teacher = shipped["teacher"]
+    teacher_steps = _by_steps(teacher)
+    lines = [
+        "| model | steps | MACs / sample | FID vs real | FID vs teacher ref | KID vs real (x1e3) | accuracy (%) | "
+        "FID vs real: teacher DDIM at the same steps / this |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for steps in sorted(teacher_steps, reverse=True):
+        s = teacher_steps[steps]
+        lines.append(
+            f"| teacher, DDIM | {steps} | {macs(teacher['macs_per_forward'] * steps)} | {mean_std(s, 'fid_real')} | "
+            f"{mean_std(s, 'fid_ref')} | {mean_std(s, 'kid_real', scale=1e3, digits=2)} | "
+            f"{mean_std(s, 'accuracy', scale=100, digits=1)} | |"
+        )
+    for method, name in STEP_STUDENTS:
+        if name not in shipped:
+            continue
+        entry = shipped[name]
+        for steps, s in sorted(_by_steps(entry).items()):
+            versus = ""
+            if steps in teacher_steps:
+                versus = f"{teacher_steps[steps]['fid_real']['mean'] / s['fid_real']['mean']:.1f}x"
+            lines.append(
+                f"| {method} (`{name}`) | {steps} | {macs(entry['macs_per_forward'] * steps)} | "
+                f"{mean_std(s, 'fid_real')} | {mean_std(s, 'fid_ref')} | "
+                f"{mean_std(s, 'kid_real', scale=1e3, digits=2)} | {mean_std(s, 'accuracy', scale=100, digits=1)} | "
+                f"{versus} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def teacher_steps(shipped: Mapping[str, Any]) -> str:
+    """The shipped teacher under the protocol at each DDIM step count, and the protocol's noise floor."""
+    teacher = shipped["teacher"]
+    lines = [
+        "| steps | FID vs real | FID vs teacher ref | KID vs real (x1e3) | accuracy (%) |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for steps, s in sorted(_by_steps(teacher).items(), reverse=True):
+        lines.append(
+            f"| {steps} | {mean_std(s, 'fid_real')} | {mean_std(s, 'fid_ref')} | "
+            f"{mean_std(s, 'kid_real', scale=1e3, digits=2)} | {mean_std(s, 'accuracy', scale=100, digits=1)} |"
+        )
+    floor = teacher.get("noise_floor")
+    if floor:
+        lines.append(
+            f"| noise floor (teacher vs itself, other seeds) | {mean_std(floor, 'fid_real')} | "
+            f"{mean_std(floor, 'fid_ref')} | | |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def kd_students(shipped: Mapping[str, Any]) -> str:
+    """The shipped KD-distilled efficient UNets beside the teacher, at 50 DDIM steps."""
+    teacher = shipped["teacher"]
+    lines = [
+        "| model (50 DDIM steps) | MACs / forward | FID vs real | FID vs teacher ref | accuracy (%) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    rows = [("teacher", teacher)]
+    rows += [
+        (f"`{name}`", shipped[name])
+        for name in ("digits_efficient_kd", "digits_efficient_kd_long")
+        if name in shipped
+    ]
+    for label, entry in rows:
+        s = _by_steps(entry)[50]
+        lines.append(
+            f"| {label} | {macs(entry['macs_per_forward'])} | {mean_std(s, 'fid_real')} | {mean_std(s, 'fid_ref')} | "
+            f"{mean_std(s, 'accuracy', scale=100, digits=1)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def student_card(shipped: Mapping[str, Any], name: str) -> str:
+    """A shipped student's measured table (its card in students/weights/NAME/README.md)."""
+    entry, teacher = shipped[name], _by_steps(shipped["teacher"])
+    lines = [
+        "| steps | MACs / sample | FID vs real | FID vs teacher ref | KID vs real (x1e3) | accuracy (%) | "
+        "teacher DDIM, same steps: FID vs real |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for steps, s in sorted(_by_steps(entry).items()):
+        ref = mean_std(teacher[steps], "fid_real") if steps in teacher else ""
+        lines.append(
+            f"| {steps} | {macs(entry['macs_per_forward'] * steps)} | {mean_std(s, 'fid_real')} | "
+            f"{mean_std(s, 'fid_ref')} | {mean_std(s, 'kid_real', scale=1e3, digits=2)} | "
+            f"{mean_std(s, 'accuracy', scale=100, digits=1)} | {ref} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# -- MACs (distill flops --output, benchmarks/flops_sd15.py) -------------------------------------------------------
+def count(value: float) -> str:
+    """Counts as ``distill flops`` prints them: 2.36M, 88.7M, 197K, 401.64G."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return f"{value:.0f}"
+
+
+def flops_pair(report: Mapping[str, Any]) -> str:
+    """Teacher vs student from ``distill flops --output``: parameters, MACs per forward by category, per sample."""
+    teacher, student = report["networks"]["teacher"], report["networks"]["student"]
+
+    def categories(n: Mapping[str, Any]) -> str:
+        cat = n["macs"]["by_category"]
+        return f"{count(cat['conv'])} / {count(cat['linear'] + cat['matmul'])} / {count(cat['attention'])}"
+
+    lines = [
+        "| | teacher | student | student / teacher |",
+        "| --- | ---: | ---: | ---: |",
+        f"| parameters | {count(teacher['parameters'])} | {count(student['parameters'])} | "
+        f"{student['parameters'] / teacher['parameters']:.2f} |",
+        f"| MACs / forward | {count(teacher['macs_per_forward'])} | {count(student['macs_per_forward'])} | "
+        f"{student['macs_per_forward'] / teacher['macs_per_forward']:.2f} |",
+        f"| conv / linear and matmul / attention | {categories(teacher)} | {categories(student)} | |",
+        f"| MACs / sample ({teacher['steps']} steps, {teacher['forwards_per_sample'] // teacher['steps']} forward(s) "
+        f"per step) | {count(teacher['macs_per_sample'])} | {count(student['macs_per_sample'])} | "
+        f"{student['macs_per_sample'] / teacher['macs_per_sample']:.2f} |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def flops_sd15(result: Mapping[str, Any]) -> str:
+    """The SD-1.5 UNet at 512 px by category, beside BK-SDM's published count, and the BK-SDM students."""
+    s = result["summary"]
+    cat = s["by_category"]
+    lines = [
+        "| | MACs / forward | parameters |",
+        "| --- | ---: | ---: |",
+        f"| SD-1.5 UNet: conv | {cat['conv'] / 1e9:.2f}G | |",
+        f"| SD-1.5 UNet: linear and matmul | {(cat['linear'] + cat['matmul']) / 1e9:.2f}G | |",
+        f"| SD-1.5 UNet: fused attention (Q K^T and A V) | {cat['attention'] / 1e9:.2f}G | |",
+        f"| SD-1.5 UNet without attention (BK-SDM reports {s['bk_sdm_reported_sd14'] / 1e9:.0f}G, counted with thop, "
+        f"which skips attention) | **{s['macs_per_forward_without_attention'] / 1e9:.2f}G** | |",
+        f"| SD-1.5 UNet | **{s['macs_per_forward'] / 1e9:.2f}G** | {s['parameters'] / 1e6:.1f}M |",
+    ]
+    for name, student in s.get("students", {}).items():
+        lines.append(
+            f"| `{name}` (BK-SDM) | {student['macs_per_forward'] / 1e9:.2f}G | {student['parameters'] / 1e6:.1f}M |"
+        )
+    if "flop_counter_agrees" in s:
+        agrees = "agrees" if s["flop_counter_agrees"] else "does not agree"
+        lines.append("")
+        lines.append(f"`torch.utils.flop_counter` {agrees} per category.")
+    return "\n".join(lines) + "\n"
+
+
+# -- the demo (benchmarks/results/demo.json) ---------------------------------------------------------------------
+def demo(result: Mapping[str, Any]) -> str:
+    """``make demo``'s final table: the exported student and the teacher on the same noise and labels."""
+    lines = [
+        f"| {result['num_samples']} samples each, same noise and labels | MACs / sample | FID vs real digits | "
+        "FID vs teacher ref | class accuracy |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for row in result["rows"]:
+        lines.append(
+            f"| {row['label']} | {row['macs_per_sample'] / 1e6:.0f}M | {row['fid_real']:.3f} | {row['fid_ref']:.3f} | "
+            f"{100 * row['accuracy']:.1f}% |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# -- benchmarks (make bench) -------------------------------------------------------------------------------------
+def overhead(result: Mapping[str, Any]) -> str:
+    lines = [
+        "| method | LightningModule step (ms) | hand loop step (ms) | time ratio (IQR) | peak RSS Lightning (MiB) | "
+        "peak RSS hand (MiB) | memory ratio |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['method']} | {r['lightning_ms']:.1f} | {r['hand_ms']:.1f} | "
+            f"{ratio_spread(r['time_ratio'], r.get('time_ratio_q1_q3'))} | {r['lightning_mib']:.0f} | "
+            f"{r['hand_mib']:.0f} | {r['memory_ratio']:.3f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def speed_features(result: Mapping[str, Any]) -> str:
+    lines = [
+        "| KD step, batch 64, CPU | step (ms) | vs fp32 (IQR) | first step incl. compilation (s) |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['variant']} | {r['step_ms']:.0f} | "
+            f"{ratio_spread(r['speedup_vs_fp32'], r.get('speedup_q1_q3'), digits=2)} | {r['first_step_s']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def teacher_reuse(result: Mapping[str, Any]) -> str:
+    t2i, val, sd = result["t2i"], result["validation"], result["sd_scale"]
+    lines = [
+        "| what is reused | computed every time (ms) | reused (ms) | speed-up (IQR) |",
+        "| --- | ---: | ---: | ---: |",
+        f"| VAE latents + text embeddings (tiny SD, 64 px, KD step, batch 16) | {t2i['folder_ms']:.0f} | "
+        f"{t2i['shards_ms']:.0f} | {ratio_spread(t2i['speedup'], t2i.get('speedup_q1_q3'), digits=2)} |",
+        f"| teacher half of the validation grid (digits KD, one validation) | {val['sampled_ms']:.0f} | "
+        f"{val['reused_ms']:.0f} | {ratio_spread(val['speedup'], val.get('speedup_q1_q3'), digits=2)} |",
+        "",
+        f"At SD scale (MACs per training sample, counted from the configs): VAE encoder at 512 px "
+        f"{sd['vae_encoder_macs'] / 1e9:.1f}G + CLIP ViT-L text encoder {sd['text_encoder_macs'] / 1e9:.1f}G against "
+        f"{sd['kd_unet_macs'] / 1e9:.0f}G for a KD step's UNets (SD-1.5 forward + BK-Small forward and backward): "
+        f"encoding is {100 * sd['encode_share']:.0f}% of the arithmetic, so precomputed shards should make a "
+        f"compute-bound step about {sd['predicted_speedup']:.2f}x faster.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def sampling(result: Mapping[str, Any]) -> str:
+    lines = [
+        f"| model | steps | forwards / step | ms / image (CPU, batch {result['batch']}) | MACs / image | "
+        "speed-up vs teacher (IQR) | MACs ratio vs teacher |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['model']} | {r['steps']} | {r['forwards_per_step']} | {r['ms_per_image']:.2f} | "
+            f"{r['macs_per_image'] / 1e6:.0f}M | {ratio_spread(r['speedup_vs_teacher'], r.get('speedup_q1_q3'), digits=1)} | "
+            f"{r['macs_ratio_vs_teacher']:.0f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def quality_cost(result: Mapping[str, Any]) -> str:
+    lines = [
+        f"| model | steps | MACs / sample | FID vs real ({result['samples']} samples, seed 0) | FID vs teacher ref | "
+        "accuracy (%) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['model']} | {r['steps']} | {r['macs_per_sample'] / 1e6:.0f}M | {r['fid_real']:.3f} | "
+            f"{r['fid_ref']:.3f} | {100 * r['accuracy']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def scaling(result: Mapping[str, Any]) -> str:
+    rows = result["rows"]
+    by = {(r["network"], r["size"], r["batch"]): r for r in rows}
+    sizes = sorted({r["size"] for r in rows})
+    batches = sorted({r["batch"] for r in rows})
+    lines = [
+        "| image size | batch | teacher step (ms) | student step (ms) | time ratio (IQR) | teacher activations (MiB) | "
+        "student activations (MiB) | memory ratio |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for size in sizes:
+        for batch in batches:
+            t_, s_ = by[("teacher", size, batch)], by[("student", size, batch)]
+            lines.append(
+                f"| {size} | {batch} | {t_['step_ms']:.0f} | {s_['step_ms']:.0f} | "
+                f"{ratio_spread(t_['time_ratio'], t_.get('time_ratio_q1_q3'), digits=1)} | "
+                f"{t_['activation_mib']:.0f} | {s_['activation_mib']:.0f} | "
+                f"{t_['activation_mib'] / s_['activation_mib']:.1f}x |"
+            )
+    first = (sizes[0], batches[0])
+    lines.append(
+        f"\nWeights + gradients + AdamW moments: teacher {by[('teacher', *first)]['state_mib']:.1f}"
+        f" MiB, student {by[('student', *first)]['state_mib']:.1f} MiB."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def bench_times(result: Mapping[str, Any]) -> str:
+    times = result["seconds"]
+    lines = ["| benchmark | wall time (min) |", "| --- | ---: |"]
+    lines += [f"| `{name}` | {seconds / 60:.1f} |" for name, seconds in times.items()]
+    lines.append(f"| **all** | **{sum(times.values()) / 60:.1f}** |")
+    return "\n".join(lines) + "\n"
+
+
+def rerun_record(result: Mapping[str, Any]) -> str:
+    """``rerun.json`` (``benchmarks/compare.py --json``) as :func:`rerun`'s table."""
+    rows = [(r["quantity"], r["previous"], r["this"], r["change"]) for r in result["rows"]]
+    return rerun(rows, tolerance=result["tolerance"])
+
+
+def rerun(rows: Sequence[tuple[str, float, float, float]], *, tolerance: float = 0.10) -> str:
+    """Every ratio of the last ``make bench`` against the run before it (``benchmarks/compare.py``)."""
+    worst = max((abs(r[3]) for r in rows), default=0.0)
+    outside = [r for r in rows if abs(r[3]) > tolerance]
+    lines = [
+        f"{len(rows)} quantities compared; largest change {100 * worst:.1f}%; "
+        f"{len(outside)} outside +-{100 * tolerance:.0f}%.",
+        "",
+        "| quantity | previous run | this run | change |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    lines += [f"| {k} | {a:.3f} | {b:.3f} | {100 * c:+.1f}% |" for k, a, b, c in rows]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,137 @@
+"""Render every measured table of README.md, docs/*.md and the shipped students' cards from committed result JSON.
+
+A generated block sits between ``<!-- result:NAME -->`` and ``<!-- /result:NAME -->``; its content is
+``BLOCKS[NAME]`` rendered from its source (``benchmarks/tables.py`` formats, ``benchmarks/results/*.json`` holds
+the numbers and their ``meta``) followed by a line naming the source, its command, commit and date. A table whose
+numbers nobody can regenerate from a committed result sits between ``<!-- unverified:NAME -->`` and
+``<!-- /unverified:NAME -->`` and says so in its first line.
+
+Run:  python benchmarks/update_docs.py            (rewrite the blocks in place)
+      python benchmarks/update_docs.py --check    (exit 1 and list the blocks that differ; run by the tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS = BENCH / "results"
+sys.path.insert(0, str(BENCH))
+
+import tables  # noqa: E402
+
+BLOCK = re.compile(r"<!-- (result|unverified):([\w.-]+) -->\n(.*?)<!-- /\1:\2 -->", re.S)
+UNVERIFIED_LEAD = "*Not regenerated from a committed result:"
+
+
+@dataclass(frozen=True)
+class Block:
+    """A generated block: ``render`` turns the JSON at ``source`` (repository-relative) into Markdown."""
+
+    source: str
+    render: Callable[[dict], str]
+
+    def text(self) -> str:
+        data = json.loads((ROOT / self.source).read_text())
+        meta = data.get("meta") if isinstance(data, dict) else None
+        if meta is None and isinstance(data, dict):  # per-entry meta (shipped_students.json): the newest
+            metas = [v["meta"] for v in data.values() if isinstance(v, dict) and "meta" in v]
+            meta = max(metas, key=lambda m: m.get("date", "")) if metas else None
+        return self.render(data) + "\n" + tables.source_line(self.source, meta) + "\n"
+
+
+SHIPPED = "benchmarks/results/shipped_students.json"
+
+
+def _card(name: str) -> Block:
+    return Block(SHIPPED, lambda data: tables.student_card(data, name))
+
+
+BLOCKS: dict[str, Block] = {
+    "step_distillation": Block(SHIPPED, tables.step_distillation),
+    "teacher_steps": Block(SHIPPED, tables.teacher_steps),
+    "kd_students": Block(SHIPPED, tables.kd_students),
+    "flops_kd": Block("benchmarks/results/flops_kd.json", tables.flops_pair),
+    "flops_sd15": Block("benchmarks/results/flops_sd15.json", tables.flops_sd15),
+    "demo": Block("benchmarks/results/demo.json", tables.demo),
+    "overhead": Block("benchmarks/results/overhead.json", tables.overhead),
+    "speed_features": Block("benchmarks/results/speed_features.json", tables.speed_features),
+    "teacher_reuse": Block("benchmarks/results/teacher_reuse.json", tables.teacher_reuse),
+    "sampling": Block("benchmarks/results/sampling.json", tables.sampling),
+    "quality_cost": Block("benchmarks/results/quality_cost.json", tables.quality_cost),
+    "scaling": Block("benchmarks/results/scaling.json", tables.scaling),
+    "bench_times": Block("benchmarks/results/bench_times.json", tables.bench_times),
+    "rerun": Block("benchmarks/results/rerun.json", tables.rerun_record),
+}
+for _folder in sorted((ROOT / "students" / "weights").glob("digits_*")):
+    BLOCKS[f"card.{_folder.name}"] = _card(_folder.name)
+
+
+def pages() -> list[Path]:
+    """The Markdown pages that may hold measured tables: README.md, docs/*.md, the students' cards."""
+    return [
+        ROOT / "README.md",
+        *sorted((ROOT / "docs").glob("*.md")),
+        *sorted((ROOT / "students" / "weights").glob("*/README.md")),
+    ]
+
+
+def fill(text: str, rendered: dict[str, str]) -> tuple[str, list[str]]:
+    """``text`` with every result block's content replaced by ``rendered[NAME]``, and the names whose content
+    changed. Unknown result names raise (a typo would otherwise leave a block stale forever)."""
+    changed: list[str] = []
+
+    def replace(match: re.Match) -> str:
+        kind, name, content = match.groups()
+        if kind == "unverified":
+            return match.group(0)
+        if name not in rendered:
+            raise KeyError(f"<!-- result:{name} --> has no generator in benchmarks/update_docs.py BLOCKS")
+        if content != rendered[name]:
+            changed.append(name)
+        return f"<!-- result:{name} -->\n{rendered[name]}<!-- /result:{name} -->"
+
+    return BLOCK.sub(replace, text), changed
+
+
+def blocks_in(text: str) -> list[tuple[str, str, str]]:
+    """``(kind, name, content)`` of every marked block in ``text``."""
+    return [m.groups() for m in BLOCK.finditer(text)]
+
+
+def render_all() -> dict[str, str]:
+    return {name: block.text() for name, block in BLOCKS.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if any block is stale")
+    args = parser.parse_args(argv)
+    rendered = render_all()
+    stale = []
+    for page in pages():
+        text = page.read_text()
+        new, changed = fill(text, rendered)
+        for kind, name, content in blocks_in(text):
+            if kind == "unverified" and not content.startswith(UNVERIFIED_LEAD):
+                raise SystemExit(
+                    f"{page.relative_to(ROOT)}: unverified:{name} must start with {UNVERIFIED_LEAD!r}"
+                )
+        for name in changed:
+            stale.append(f"{page.relative_to(ROOT)}: {name}")
+        if changed and not args.check:
+            page.write_text(new)
+    for line in stale:
+        print(f"{line} {'differs' if args.check else 'updated'}")
+    return 1 if (args.check and stale) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
