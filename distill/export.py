@@ -96,10 +96,12 @@ def model_card(
             if consistency
             else 'images = pipe("a photo of a cat", num_inference_steps=25).images'
         )
+        custom = type(student).__module__.split(".")[0] != "diffusers"
         lines += [
             "A complete diffusers pipeline folder (the teacher's VAE and text encoder beside the student):",
             "",
             "```python",
+            *(["import students  # the student's class (pip install distill-diffusion)"] if custom else []),
             f"from diffusers import {pipeline or 'DiffusionPipeline'}",
             "",
             f'pipe = {pipeline or "DiffusionPipeline"}.from_pretrained("THIS_FOLDER")',
@@ -108,7 +110,8 @@ def model_card(
         ]
     else:
         lines += [
-            "Load and sample without remote code:",
+            "Load and sample without remote code (pip install distill-diffusion; diffusers' DiffusionPipeline does "
+            "not load class-conditional pixel models):",
             "",
             "```python",
             "from distill.pipelines import ClassConditionalPipeline",

@@ -42,7 +42,7 @@ def test_kd_export_reproduces_the_checkpoints_samples_exactly(tiny_teacher_dir, 
     ckpt = _train(_kd(tiny_teacher_dir), tmp_path)
     fresh = _kd(tiny_teacher_dir)  # built from the config, weights from the checkpoint
     out = export_module(fresh, ckpt_path=ckpt, output=tmp_path / "export")
-    assert {p.name for p in out.iterdir()} == {"unet", "scheduler", "README.md"}
+    assert {p.name for p in out.iterdir()} == {"unet", "scheduler", "model_index.json", "README.md"}
     card = (out / "README.md").read_text()
     assert "KnowledgeDistillation" in card and "trained 2 steps" in card and "MACs per forward" in card
     pipe = ClassConditionalPipeline.from_pretrained(out)
