@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from teachers.provenance import teacher_record, write_teacher_record
+
 if TYPE_CHECKING:
     from teachers.teacher import DiffusionTeacher
 
@@ -19,11 +21,17 @@ PIXEL_PIPELINE = "ClassConditionalPipeline"
 
 def save_student_folder(directory: str | Path, *, student: nn.Module, schedule, teacher) -> None:
     """Write ``student`` as ``unet/`` with ``schedule`` as ``scheduler/`` and ``model_index.json``; for a latent
-    teacher also its VAE, text encoder(s) and tokenizer(s) (a whole pipeline folder)."""
+    teacher also its VAE, text encoder(s) and tokenizer(s) (a whole pipeline folder). A teacher loaded from a
+    folder is recorded in ``unet/distilled_from.json`` (:mod:`teachers.provenance`)."""
     directory = Path(directory)
     if not hasattr(student, "save_pretrained"):
         raise TypeError(f"{type(student).__name__} has no save_pretrained(); only diffusers students export")
     student.save_pretrained(directory / "unet")
+    record = teacher_record(teacher)
+    if (
+        record is not None
+    ):  # which teacher these weights were distilled from (checked when a run starts from them)
+        write_teacher_record(directory / "unet", record)
     schedule.save_pretrained(directory / "scheduler")
     if teacher.is_latent:
         teacher.save_latent_parts(directory)
