@@ -27,10 +27,9 @@ def save_student_folder(directory: str | Path, *, student: nn.Module, schedule, 
     if not hasattr(student, "save_pretrained"):
         raise TypeError(f"{type(student).__name__} has no save_pretrained(); only diffusers students export")
     student.save_pretrained(directory / "unet")
+    # which teacher these weights were distilled from (checked when a run starts from them)
     record = teacher_record(teacher)
-    if (
-        record is not None
-    ):  # which teacher these weights were distilled from (checked when a run starts from them)
+    if record is not None:
         write_teacher_record(directory / "unet", record)
     schedule.save_pretrained(directory / "scheduler")
     if teacher.is_latent:
