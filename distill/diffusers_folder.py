@@ -1,5 +1,5 @@
-"""Writing a trained student as a diffusers folder: ``unet/`` + ``scheduler/`` (+ the teacher's VAE and text
-encoders and ``model_index.json`` for latent teachers), the layout ``DiffusionTeacher.from_pretrained`` and
+"""Writing a trained student as a diffusers folder: ``unet/`` + ``scheduler/`` + ``model_index.json`` (+ the
+teacher's VAE and text encoders for latent teachers), the layout ``DiffusionTeacher.from_pretrained`` and
 diffusers' pipelines load."""
 
 from __future__ import annotations
@@ -10,34 +10,67 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from teachers.provenance import teacher_record, write_teacher_record
+
 if TYPE_CHECKING:
     from teachers.teacher import DiffusionTeacher
 
+#: the ``_class_name`` of a pixel-space export's ``model_index.json``: the library's own pipeline
+PIXEL_PIPELINE = "ClassConditionalPipeline"
+
 
 def save_student_folder(directory: str | Path, *, student: nn.Module, schedule, teacher) -> None:
-    """Write ``student`` as ``unet/`` with ``schedule`` as ``scheduler/``; for a latent teacher also its VAE,
-    text encoder(s) and tokenizer(s) and ``model_index.json`` (a whole pipeline folder)."""
+    """Write ``student`` as ``unet/`` with ``schedule`` as ``scheduler/`` and ``model_index.json``; for a latent
+    teacher also its VAE, text encoder(s) and tokenizer(s) (a whole pipeline folder). A teacher loaded from a
+    folder is recorded in ``unet/distilled_from.json`` (:mod:`teachers.provenance`)."""
     directory = Path(directory)
     if not hasattr(student, "save_pretrained"):
         raise TypeError(f"{type(student).__name__} has no save_pretrained(); only diffusers students export")
     student.save_pretrained(directory / "unet")
+    # which teacher these weights were distilled from (checked when a run starts from them)
+    record = teacher_record(teacher)
+    if record is not None:
+        write_teacher_record(directory / "unet", record)
     schedule.save_pretrained(directory / "scheduler")
     if teacher.is_latent:
         teacher.save_latent_parts(directory)
-        write_model_index(
-            directory, student=student, scheduler_class=schedule.scheduler_class, teacher=teacher
-        )
+    write_model_index(directory, student=student, scheduler_class=schedule.scheduler_class, teacher=teacher)
+
+
+def component_library(model: nn.Module) -> str:
+    """The library ``model_index.json`` names for ``model``: ``diffusers`` for diffusers' classes, ``students``
+    for the classes this package defines (the package exposes them and the base classes diffusers' loader looks
+    for), else the class's module."""
+    from students import model_classes
+
+    cls = type(model)
+    if cls.__module__.startswith("diffusers"):
+        return "diffusers"
+    if model_classes().get(cls.__name__) is cls:
+        return "students"
+    return cls.__module__
 
 
 def write_model_index(
     directory: Path, *, student: nn.Module, scheduler_class: str, teacher: DiffusionTeacher
 ) -> None:
-    """``model_index.json`` so that diffusers loads the export as a whole pipeline: ``StableDiffusionPipeline``
+    """``model_index.json`` so that diffusers loads a latent export as a whole pipeline: ``StableDiffusionPipeline``
     (``StableDiffusionXLPipeline`` for SDXL teachers) or, for consistency students (``LCMScheduler``),
-    ``LatentConsistencyModelPipeline``. A student class of this package is named by its module (importable
-    wherever distill-diffusion is installed)."""
-    module = type(student).__module__
-    library = "diffusers" if module.startswith("diffusers") else module
+    ``LatentConsistencyModelPipeline``. A student class of this package is named as ``["students", CLASS]``:
+    diffusers loads it wherever distill-diffusion is installed and ``students`` imported.
+
+    A pixel-space (class-conditional) export names ``ClassConditionalPipeline``, which diffusers does not have:
+    ``DiffusionPipeline.from_pretrained`` fails naming it ("module diffusers has no attribute
+    ClassConditionalPipeline") instead of guessing; ``distill.pipelines.ClassConditionalPipeline`` loads it."""
+    library = component_library(student)
+    if not teacher.is_latent:
+        index = {
+            "_class_name": PIXEL_PIPELINE,
+            "unet": [library, type(student).__name__],
+            "scheduler": ["diffusers", scheduler_class],
+        }
+        (Path(directory) / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        return
     if teacher.is_sdxl:
         pipeline = "StableDiffusionXLPipeline"
     elif scheduler_class == "LCMScheduler":

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from students.provenance import RECORD_NAME, read_teacher_record
+
 WEIGHTS = ("ema", "raw")
 FORMATS = ("diffusers", "onnx")
 
@@ -72,10 +74,14 @@ def model_card(
         if getattr(getattr(student, "config", None), "time_cond_proj_dim", None)
         else "classifier-free guidance runs the conditional and null-class branches"
     )
+    record = read_teacher_record(Path(output_dir) / "unet") if output_dir else None
+    recorded = (
+        f" (denoiser weights sha256 `{record.sha256}`, recorded in `unet/{RECORD_NAME}`)" if record else ""
+    )
     lines = [
         f"# {type(student).__name__} distilled by {type(module).__name__}",
         "",
-        f"- teacher: `{checkpoint.get('teacher_source') or module.teacher.source}`",
+        f"- teacher: `{checkpoint.get('teacher_source') or module.teacher.source}`" + recorded,
         f"- method: `{type(module).__module__}.{type(module).__name__}`, trained {checkpoint.get('global_step')} steps",
         f"- weights: {'EMA' if weights == 'ema' else 'raw (non-EMA)'}",
         f"- scheduler: `{schedule.scheduler_class}`; steps: {steps}; {guidance}",
@@ -96,10 +102,12 @@ def model_card(
             if consistency
             else 'images = pipe("a photo of a cat", num_inference_steps=25).images'
         )
+        custom = type(student).__module__.split(".")[0] != "diffusers"
         lines += [
             "A complete diffusers pipeline folder (the teacher's VAE and text encoder beside the student):",
             "",
             "```python",
+            *(["import students  # the student's class (pip install distill-diffusion)"] if custom else []),
             f"from diffusers import {pipeline or 'DiffusionPipeline'}",
             "",
             f'pipe = {pipeline or "DiffusionPipeline"}.from_pretrained("THIS_FOLDER")',
@@ -108,7 +116,8 @@ def model_card(
         ]
     else:
         lines += [
-            "Load and sample without remote code:",
+            "Load and sample without remote code (pip install distill-diffusion; diffusers' DiffusionPipeline does "
+            "not load class-conditional pixel models):",
             "",
             "```python",
             "from distill.pipelines import ClassConditionalPipeline",

@@ -3,7 +3,14 @@
 import students
 students.list_students("bk_*")
 unet = students.create_student("bk_small", teacher="path/to/teacher/unet")
+
+The model classes this package defines (``students.EfficientUNet2DConditionModel``, ``students.TimmUNet``) and
+diffusers' ``ModelMixin`` are attributes of the package: an exported pipeline's ``model_index.json`` names its
+student as ``["students", CLASS]``, and diffusers' ``DiffusionPipeline.from_pretrained`` looks both the class and
+the base classes it knows how to load up on that module (``import students`` first).
 """
+
+from typing import Any
 
 from students.common import StudentInfo, count_parameters, teacher_config
 from students.registry import (
@@ -27,6 +34,21 @@ def model_classes() -> dict:
 
 
 DIFFUSERS_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
+_MODEL_MODULES = {"EfficientUNet2DConditionModel": "students.efficient", "TimmUNet": "students.timm_unet"}
+
+
+def __getattr__(name: str) -> Any:
+    """The model classes (imported on first use) and ``ModelMixin``, the base class diffusers' pipeline loader
+    checks a component's class against on the module ``model_index.json`` names."""
+    import importlib
+
+    if name in _MODEL_MODULES:
+        return getattr(importlib.import_module(_MODEL_MODULES[name]), name)
+    if name == "ModelMixin":
+        from diffusers import ModelMixin
+
+        return ModelMixin
+    raise AttributeError(f"module 'students' has no attribute {name!r}")
 
 
 def loadable_classes() -> dict:
@@ -39,7 +61,9 @@ def loadable_classes() -> dict:
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "EfficientUNet2DConditionModel",
     "StudentInfo",
+    "TimmUNet",
     "count_parameters",
     "create_student",
     "get_student_builder",

@@ -4,8 +4,12 @@ depthwise-separable 3x3 convolutions in the residual blocks.
 
 Without separable convolutions the student is a plain diffusers ``UNet2DConditionModel`` (it saves with
 ``save_pretrained`` and drops into any pipeline as ``unet=``). With them it is
-:class:`EfficientUNet2DConditionModel`, a subclass that differs only in those convolutions and records
-``separable_convs`` in its config, so ``EfficientUNet2DConditionModel.from_pretrained`` rebuilds it exactly.
+:class:`EfficientUNet2DConditionModel`, a subclass that differs only in those convolutions. Its config names its
+blocks ``Separable*`` (``SeparableDownBlock2D``, ...), so ``EfficientUNet2DConditionModel.from_pretrained`` (and
+``students.load_student``) rebuild it exactly, while diffusers' own ``UNet2DConditionModel.from_pretrained``
+refuses the folder ("SeparableDownBlock2D does not exist") instead of building a different network around
+weights it cannot place. Folders that spell the blocks the stock way with ``separable_convs: true`` (written
+before) still load.
 """
 
 from __future__ import annotations
@@ -48,17 +52,57 @@ def separate_resnet_convs(model: nn.Module) -> int:
     return replaced
 
 
+SEPARABLE_PREFIX = "Separable"
+_BLOCK_KEYS = ("down_block_types", "up_block_types", "mid_block_type")
+
+
+def _strip_block(name: Any) -> Any:
+    return (
+        name[len(SEPARABLE_PREFIX) :] if isinstance(name, str) and name.startswith(SEPARABLE_PREFIX) else name
+    )
+
+
+def _mark_block(name: Any) -> Any:
+    return name if not isinstance(name, str) or name.startswith(SEPARABLE_PREFIX) else SEPARABLE_PREFIX + name
+
+
+def _map_blocks(config: dict[str, Any], rename) -> dict[str, Any]:
+    """``config``'s block-type entries renamed by ``rename`` (lists element-wise, None kept)."""
+    out = {}
+    for key in _BLOCK_KEYS:
+        if key in config:
+            value = config[key]
+            out[key] = [rename(v) for v in value] if isinstance(value, list | tuple) else rename(value)
+    return out
+
+
+def _names_separable(config: dict[str, Any]) -> bool:
+    marked = _map_blocks(config, lambda name: isinstance(name, str) and name.startswith(SEPARABLE_PREFIX))
+    return any(any(v) if isinstance(v, list) else v for v in marked.values())
+
+
 class EfficientUNet2DConditionModel(UNet2DConditionModel):
     """``UNet2DConditionModel`` whose residual blocks may use depthwise-separable 3x3 convolutions.
 
-    Every UNet2DConditionModel argument is accepted unchanged; ``separable_convs`` is the one addition.
+    Every UNet2DConditionModel argument is accepted unchanged; ``separable_convs`` is the one addition. With it,
+    the config's block types read ``Separable<diffusers block>`` (e.g. ``SeparableDownBlock2D``): the names a
+    stock ``UNet2DConditionModel`` rejects, so a saved folder never loads there as a different network. Stock
+    names with ``separable_convs=True`` (folders written before) are accepted and renamed.
     """
 
     @register_to_config
     def __init__(self, separable_convs: bool = False, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        if _names_separable(kwargs) and not separable_convs:
+            named = {key: kwargs[key] for key in _BLOCK_KEYS if key in kwargs}
+            raise ValueError(
+                f"separable_convs=False, but the block types name separable blocks ({named}); set "
+                "separable_convs=True or use diffusers' block names"
+            )
+        super().__init__(**{**kwargs, **_map_blocks(kwargs, _strip_block)})
         if separable_convs:
             separate_resnet_convs(self)
+            stock = {key: self.config[key] for key in _BLOCK_KEYS}  # as diffusers' __init__ registered them
+            self.register_to_config(**_map_blocks(stock, _mark_block))
 
 
 # ConfigMixin reads the constructor's signature to know which config keys it takes: advertise the parent's.

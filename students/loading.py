@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from students.common import builtin_folder, builtin_name, list_builtins, package_dir
+from students.provenance import read_teacher_record
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
@@ -68,7 +69,9 @@ def load_student(path: str | Path, time_cond_proj_dim: int | None = None) -> nn.
             a network that already has one must have this size.
 
     When the folder has a scheduler config (an export does), the network gets ``trained_prediction_type`` (what
-    its outputs mean); the distillation methods refuse a teacher that predicts something else.
+    its outputs mean); the distillation methods refuse a teacher that predicts something else. When it records its
+    teacher (``unet/distilled_from.json``, written by ``distill export``), the network gets ``distilled_from``;
+    the methods warn when their teacher is another one (``check_student_teacher``).
     """
     unet_dir = resolve_student_dir(path)
     config = json.loads((unet_dir / "config.json").read_text())
@@ -104,6 +107,8 @@ def load_student(path: str | Path, time_cond_proj_dim: int | None = None) -> nn.
     if adding:
         with torch.no_grad():
             model.time_embedding.cond_proj.weight.zero_()
+    model.distilled_from = read_teacher_record(unet_dir)  # checked against a run's teacher by the methods
+    model.student_source = str(path)
     for scheduler_file in (
         unet_dir / "scheduler_config.json",
         unet_dir.parent / "scheduler" / "scheduler_config.json",

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["BUILTIN_TEACHERS", "DiffusionTeacher", "Prediction", "call_denoiser"]
+__all__ = ["BUILTIN_TEACHERS", "DiffusionTeacher", "Prediction", "call_denoiser", "teacher_fingerprint"]
 
 if TYPE_CHECKING:
     from teachers.network import call_denoiser
     from teachers.parameterization import Prediction
+    from teachers.provenance import teacher_fingerprint
     from teachers.teacher import BUILTIN_TEACHERS, DiffusionTeacher
 
 _LAZY = {
@@ -16,6 +17,7 @@ _LAZY = {
     "BUILTIN_TEACHERS": "teachers.teacher",
     "call_denoiser": "teachers.network",
     "Prediction": "teachers.parameterization",
+    "teacher_fingerprint": "teachers.provenance",
 }
 
 

@@ -94,6 +94,7 @@ class DiffusionTeacher(nn.Module):
         n_classes = num_class_embeds(unet)
         self.null_class = null_class if null_class is not None else (n_classes - 1 if n_classes else None)
         self.source: str | None = None
+        self.weights_dir: Path | None = None  # the denoiser's folder, when loaded from one (its fingerprint)
         self.requires_grad_(False)
         self.eval()
 
@@ -148,6 +149,7 @@ class DiffusionTeacher(nn.Module):
             vae_dtype=vae_dtype,
         )
         teacher.source = str(path)
+        teacher.weights_dir = unet_dir
         return teacher
 
     def save_pretrained(self, directory: str | Path) -> None:

@@ -14,7 +14,7 @@ from distill.export import export_module, load_checkpoint
 from distill.methods.consistency import ConsistencyDistillation
 from distill.methods.knowledge import KnowledgeDistillation
 from distill.pipelines import ClassConditionalPipeline
-from teachers import DiffusionTeacher
+from teachers import DiffusionTeacher, teacher_fingerprint
 from teachers.sampling import per_sample_noise
 
 
@@ -42,9 +42,11 @@ def test_kd_export_reproduces_the_checkpoints_samples_exactly(tiny_teacher_dir, 
     ckpt = _train(_kd(tiny_teacher_dir), tmp_path)
     fresh = _kd(tiny_teacher_dir)  # built from the config, weights from the checkpoint
     out = export_module(fresh, ckpt_path=ckpt, output=tmp_path / "export")
-    assert {p.name for p in out.iterdir()} == {"unet", "scheduler", "README.md"}
+    assert {p.name for p in out.iterdir()} == {"unet", "scheduler", "model_index.json", "README.md"}
     card = (out / "README.md").read_text()
     assert "KnowledgeDistillation" in card and "trained 2 steps" in card and "MACs per forward" in card
+    assert f"sha256 `{teacher_fingerprint(tiny_teacher_dir)}`" in card  # the teacher it was distilled from
+    assert (out / "unet" / "distilled_from.json").is_file()
     pipe = ClassConditionalPipeline.from_pretrained(out)
     labels = torch.tensor([0, 3, 9])
     images = pipe(class_labels=labels, num_inference_steps=4, seed=7).images

@@ -83,3 +83,55 @@ def test_builtin_students_load():
     for name in list_builtin_students():
         net = load_student(f"builtin:{name}")
         assert sum(p.numel() for p in net.parameters()) > 0
+
+
+def test_stock_diffusers_refuses_an_efficient_student_instead_of_building_another_network(tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from distill.diffusers_folder import save_student_folder
+    from students.loading import builtin_students_dir
+    from teachers import DiffusionTeacher
+
+    teacher = DiffusionTeacher.from_pretrained("builtin:digits")
+    torch.manual_seed(0)
+    net = efficient_unet_digits(teacher="builtin:digits").eval()
+    save_student_folder(tmp_path / "export", student=net, schedule=teacher.schedule, teacher=teacher)
+    shipped = [builtin_students_dir() / name / "unet" for name in list_builtin_students()]
+    for folder in (tmp_path / "export" / "unet", *shipped):
+        with pytest.raises(ValueError, match="SeparableDownBlock2D does not exist"):
+            UNet2DConditionModel.from_pretrained(folder)
+    x, t, labels = _inputs()
+    with torch.no_grad():
+        expected = net(x, t, encoder_hidden_states=None, class_labels=labels).sample
+        for loaded in (
+            load_student(tmp_path / "export"),
+            type(net).from_pretrained(tmp_path / "export" / "unet"),
+            DiffusionTeacher.from_pretrained(tmp_path / "export").unet,
+        ):
+            got = loaded.eval()(x, t, encoder_hidden_states=None, class_labels=labels).sample
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_folders_naming_stock_blocks_with_separable_convs_still_load(saved_student):
+    from students.efficient import EfficientUNet2DConditionModel
+
+    net, folder = saved_student
+    config_file = folder / "unet" / "config.json"
+    config = json.loads(config_file.read_text())
+    assert config["down_block_types"][0] == "SeparableDownBlock2D"
+    old = {
+        **config,
+        "down_block_types": [name.removeprefix("Separable") for name in config["down_block_types"]],
+        "up_block_types": [name.removeprefix("Separable") for name in config["up_block_types"]],
+        "mid_block_type": config["mid_block_type"].removeprefix("Separable"),
+    }
+    config_file.write_text(json.dumps(old))  # as written before the blocks were renamed
+    x, t, labels = _inputs()
+    with torch.no_grad():
+        expected = net(x, t, encoder_hidden_states=None, class_labels=labels).sample
+        for loaded in (load_student(folder), EfficientUNet2DConditionModel.from_pretrained(folder / "unet")):
+            assert loaded.config.down_block_types[0] == "SeparableDownBlock2D"
+            got = loaded.eval()(x, t, encoder_hidden_states=None, class_labels=labels).sample
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="separable_convs=False, but the block types name separable blocks"):
+        EfficientUNet2DConditionModel.from_config({**config, "separable_convs": False})

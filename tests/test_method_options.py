@@ -34,9 +34,14 @@ def test_print_config_lists_every_base_option(config, capsys, tmp_path, monkeypa
     init_args = printed["model"]["init_args"]
     missing = [name for name in BASE_OPTIONS if name not in init_args]
     assert not missing, missing
-    assert {"optimizer", "ema_decay", "compile_student", "evaluator", "eval_guidance_scale"} <= set(
-        BASE_OPTIONS
-    )
+    assert {
+        "optimizer",
+        "ema_decay",
+        "compile_student",
+        "evaluator",
+        "eval_guidance_scale",
+        "check_student_teacher",
+    } <= set(BASE_OPTIONS)
 
 
 def test_no_method_redeclares_the_base_options():

@@ -25,7 +25,7 @@ from torch import nn
 
 from distill.diffusers_folder import save_student_folder
 from distill.ema import EMA
-from distill.methods.checks import check_data_matches, null_class_of
+from distill.methods.checks import check_data_matches, null_class_of, other_teacher
 from distill.methods.optim import configure
 from distill.metrics import GenerativeEvaluator
 from distill.rng import GeneratorRandom, KeyedRandom, global_sample_indices
@@ -73,6 +73,9 @@ class DistillationModule(L.LightningModule):
         eval_teacher_steps: the teacher's DDIM steps in the grid (None: no teacher row).
         eval_clip: a local CLIP folder: a text teacher's prompt grid is also scored by CLIP score.
         eval_seed: seed of the validation noise and draws (the same at every validation).
+        check_student_teacher: warn when the student was loaded from a folder recording another teacher than this
+            run's (``unet/distilled_from.json``, compared by weights fingerprint, :mod:`teachers.provenance`),
+            naming both; false: no check.
     """
 
     #: the method's defaults where the ``eval_*`` options say None
@@ -100,6 +103,7 @@ class DistillationModule(L.LightningModule):
         eval_teacher_steps: int | None = 25,
         eval_clip: str | None = None,
         eval_seed: int = 0,
+        check_student_teacher: bool = True,
     ) -> None:
         super().__init__()
         self.seed = seed
@@ -134,6 +138,9 @@ class DistillationModule(L.LightningModule):
                 "parameterisation. Start from a student exported from this teacher, or from scratch / the teacher's "
                 "weights (a students.* builder)"
             )
+        mismatch = other_teacher(student, teacher) if check_student_teacher else None
+        if mismatch is not None:
+            rank_zero_warn(mismatch)
         if student is teacher.unet:
             raise ValueError("student must be a separate network, not the teacher's own (copy it first)")
         self.teacher = teacher

@@ -99,3 +99,23 @@ def check_guidance(
             "eval_guidance_scale = 1"
         )
     return embed_dim
+
+
+def other_teacher(student: nn.Module, teacher) -> str | None:
+    """A warning when ``student`` records (``distilled_from``, set by ``students.load_student``) a teacher other
+    than ``teacher``, naming both; None when they match, or when either side has no fingerprint to compare."""
+    from teachers.provenance import teacher_fingerprint
+
+    record = getattr(student, "distilled_from", None)
+    if record is None or getattr(teacher, "weights_dir", None) is None:
+        return None
+    fingerprint = teacher_fingerprint(teacher)
+    if fingerprint == record.sha256:
+        return None
+    name = getattr(student, "student_source", None) or type(student).__name__
+    return (
+        f"student {name} was distilled from teacher {record.describe()}, this run's teacher is {teacher.source} "
+        f"(sha256 {fingerprint[:16]}...): it starts from weights trained to imitate another model. Start from a "
+        "student distilled from this teacher (or from scratch), or set check_student_teacher: false if this is "
+        "intended"
+    )
