@@ -90,7 +90,7 @@ def fill(text: str, rendered: dict[str, str]) -> tuple[str, list[str]]:
 
     def replace(match: re.Match) -> str:
         kind, name, content = match.groups()
-        if kind == "unverified":
+        if kind == "unverified" or (name in BLOCKS and name not in rendered):
             return match.group(0)
         if name not in rendered:
             raise KeyError(f"<!-- result:{name} --> has no generator in benchmarks/update_docs.py BLOCKS")
@@ -106,15 +106,17 @@ def blocks_in(text: str) -> list[tuple[str, str, str]]:
     return [m.groups() for m in BLOCK.finditer(text)]
 
 
-def render_all() -> dict[str, str]:
-    return {name: block.text() for name, block in BLOCKS.items()}
+def render_all(only: list[str] | None = None) -> dict[str, str]:
+    """Every block rendered (``only``: just these; the others keep their content)."""
+    return {name: block.text() for name, block in BLOCKS.items() if only is None or name in only}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if any block is stale")
+    parser.add_argument("--only", nargs="+", choices=sorted(BLOCKS), help="render only these blocks")
     args = parser.parse_args(argv)
-    rendered = render_all()
+    rendered = render_all(args.only)
     stale = []
     for page in pages():
         text = page.read_text()

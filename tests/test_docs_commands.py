@@ -59,12 +59,13 @@ def _parsed_commands() -> list[str]:
 
 
 @pytest.mark.parametrize("command", _parsed_commands())
-def test_documented_command_parses(command, capsys):
+def test_documented_command_parses(command, capsys, monkeypatch):
     """The CLI accepts the command as written (keys, types, config files); ``--print_config`` stops before
     anything is built or written."""
     from distill.cli import main
 
     args = shlex.split(command)[1:]
+    monkeypatch.setattr(sys, "argv", ["distill"])
     with pytest.raises(SystemExit) as exit_info:
         main([*args, "--print_config"])
     assert exit_info.value.code in (0, None), capsys.readouterr().err[-2000:]
