@@ -43,6 +43,8 @@ from students.common import StudentInfo, TeacherLike, attach_info, teacher_confi
 from students.registry import register_student
 
 NORMS = ("auto", "group", "affine", "batch")
+# In config.json only: a block type stock diffusers does not have, so UNet2DConditionModel refuses the folder.
+STOCK_REFUSING_BLOCKS = ("TimmBackboneEncoder",)
 
 
 @dataclass
@@ -138,6 +140,9 @@ class TimmUNet(ModelMixin, ConfigMixin):
         pretrained_file: a local weights file for the backbone (nothing is ever downloaded); None: random.
         backbone_kwargs: extra ``timm.create_model`` arguments.
         reparameterized: built in the folded deployment form (set by :meth:`reparameterize`).
+        down_block_types: always ``("TimmBackboneEncoder",)``. Saved in ``config.json`` so that diffusers'
+            ``UNet2DConditionModel.from_pretrained`` refuses the folder (it has no such block) instead of building
+            a default UNet with fresh weights in its place.
     """
 
     @register_to_config
@@ -161,8 +166,14 @@ class TimmUNet(ModelMixin, ConfigMixin):
         pretrained_file: str | None = None,
         backbone_kwargs: dict | None = None,
         reparameterized: bool = False,
+        down_block_types: Sequence[str] = STOCK_REFUSING_BLOCKS,
     ) -> None:
         super().__init__()
+        if tuple(down_block_types) != STOCK_REFUSING_BLOCKS:
+            raise ValueError(
+                f"down_block_types of a TimmUNet is always {list(STOCK_REFUSING_BLOCKS)} (the timm backbone is the "
+                f"encoder), got {list(down_block_types)}"
+            )
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         if input_scale < 1 or min_feature_size < 1:

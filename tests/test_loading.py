@@ -135,3 +135,26 @@ def test_folders_naming_stock_blocks_with_separable_convs_still_load(saved_stude
             torch.testing.assert_close(got, expected, rtol=0, atol=0)
     with pytest.raises(ValueError, match="separable_convs=False, but the block types name separable blocks"):
         EfficientUNet2DConditionModel.from_config({**config, "separable_convs": False})
+
+
+def test_timm_student_folder_refuses_a_stock_unet_and_reloads_exactly(tmp_path):
+    """A TimmUNet folder names a block stock diffusers lacks: UNet2DConditionModel refuses it instead of
+    building a default network with fresh weights; the library's loader reloads it exactly."""
+    from diffusers import UNet2DConditionModel
+
+    from students.timm_unet import timm_unet_digits
+
+    torch.manual_seed(0)
+    net = timm_unet_digits(teacher="builtin:digits").eval()
+    net.save_pretrained(tmp_path / "unet")
+    assert json.loads((tmp_path / "unet" / "config.json").read_text())["down_block_types"] == [
+        "TimmBackboneEncoder"
+    ]
+    with pytest.raises((ValueError, TypeError, KeyError)):
+        UNet2DConditionModel.from_pretrained(tmp_path / "unet")
+    x, t, labels = _inputs()
+    loaded = load_student(tmp_path).eval()
+    with torch.no_grad():
+        expected = net(x, t, encoder_hidden_states=None, class_labels=labels).sample
+        got = loaded(x, t, encoder_hidden_states=None, class_labels=labels).sample
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
