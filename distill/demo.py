@@ -48,9 +48,10 @@ def evaluate(models: dict, rows, *, num_samples: int, seed: int = 0) -> dict[str
 
 
 def grid(models: dict, rows, *, path: Path, per_class: int = 1) -> None:
-    """One row of ten digits per table row, same noise and labels."""
+    """One row of ten digits per table row, same noise and labels (enlarged for viewing, nearest neighbour)."""
     from torchvision.utils import save_image
 
+    from distill.images import viewable_grid
     from distill.pipelines import sample_images
 
     n = 10 * per_class
@@ -67,7 +68,7 @@ def grid(models: dict, rows, *, path: Path, per_class: int = 1) -> None:
         )
         for _, role, steps in rows
     ]
-    save_image(torch.cat(images).add(1).div(2).clamp(0, 1), path, nrow=n, padding=1, pad_value=1.0)
+    save_image(viewable_grid(torch.cat(images).add(1).div(2).clamp(0, 1), nrow=n), path)
 
 
 def table(results: dict[str, dict], rows, macs: dict[str, float] | None, *, num_samples: int) -> str:
