@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from pathlib import Path
 
 import torch
 
+from distill.console import quiet_third_party
 from distill.lightning_cli import DistillCLI
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,6 +109,11 @@ def main(argv: list[str] | None = None) -> None:
         "--out", type=Path, default=Path("runs/demo"), help="where logs, checkpoint, student go"
     )
     args = parser.parse_args(argv)
+    quiet_third_party()
+    # The demo hands LightningCLI its own arguments; the ones on its command line are the demo's.
+    warnings.filterwarnings(
+        "ignore", message=r"LightningCLI's args parameter is intended to run from within Python"
+    )
     for name in ("steps", "eval_samples", "teacher_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -134,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     model, trainer = cli.model, cli.trainer
     run_dir = Path(trainer.log_dir)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    trainer.save_checkpoint(ckpt)
+    trainer.save_checkpoint(ckpt, weights_only=False)  # the full checkpoint: resumable, as fit writes it
     student_dir = run_dir / "student"
     model.save_pretrained(student_dir)
 
