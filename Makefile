@@ -18,12 +18,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/python -m distill.demo
 
+# --durations=10: the ten slowest tests, so a test that outgrows the fast suite's budget shows up.
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=10
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow -p no:cacheprovider
+	$(BIN)/python -m pytest -q -m slow -p no:cacheprovider --durations=10
 
 # Benchmarks behind the README's tables (under 20 minutes on 2 idle cores): each script timed, every ratio compared
 # with the previous run (benchmarks/results/rerun.md), then the tables copied into README.md.

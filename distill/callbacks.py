@@ -3,21 +3,26 @@ the model summary and progress bars the ``distill`` CLI installs in place of Lig
 
 from __future__ import annotations
 
+import math
 import random
+import sys
+import time
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelSummary, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_summary import get_formatted_model_size, get_human_readable_count
 
+from distill.console import format_duration
 from distill.flops import FlopReport, report_for_module, summary_metrics
 
 __all__ = [
     "DistillModelSummary",
     "FlopReportCallback",
+    "PlainProgressBar",
     "RNGStateCallback",
     "StepRichProgressBar",
     "StepTQDMProgressBar",
@@ -265,3 +270,225 @@ class StepRichProgressBar(RichProgressBar):
             return
         style = self.theme.description
         self.progress.update(self.train_progress_bar_id, description=f"[{style}]{text}" if style else text)
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _batches(num: Any) -> int | float:
+    """Lightning's ``num_*_batches`` (one per dataloader, or one number) as one total."""
+    return sum(num) if isinstance(num, list | tuple) else num
+
+
+def _rate(steps: int, seconds: float) -> str:
+    if seconds <= 0 or steps <= 0:
+        return ""
+    rate = steps / seconds
+    return f"{rate:.2f} it/s" if rate >= 1 else f"{1 / rate:.2f} s/it"
+
+
+class PlainProgressBar(ProgressBar):
+    """Progress as plain text lines, for output that is not a terminal (a log file, CI, ``nohup``, a cluster job),
+    where Rich draws nothing until the end and tqdm writes carriage-return frames.
+
+    Training prints ``step 250/500  train/loss 0.0123  2.10 it/s  eta 1:59`` every ``every_n_steps`` optimizer
+    steps and at the last one (the rate is that of the steps since the previous line, validation time excluded);
+    each validation (not the sanity check) and test prints a line when it starts and one with its progress-bar
+    metrics and duration when it ends, plus ``batch 40/400`` lines at every tenth of a loop of ``min_eval_batches``
+    batches or more. ``distill`` installs it in place of Lightning's default bar when stdout is not a terminal and
+    the config names no progress bar.
+
+    Args:
+        every_n_steps: training steps between lines (None: ``trainer.log_every_n_steps``, raised so that a run
+            prints about ``max_lines`` lines at most).
+        max_lines: the most training lines an automatic interval gives.
+        min_eval_batches: validation/test loops of fewer batches print no per-batch lines.
+        stream: where to write (None: ``sys.stdout`` at each line, so redirections made later are followed).
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int | None = None,
+        max_lines: int = 50,
+        min_eval_batches: int = 20,
+        stream: Any = None,
+    ) -> None:
+        super().__init__()
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1 or None, got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self.max_lines = max(1, max_lines)
+        self.min_eval_batches = min_eval_batches
+        self.stream = stream
+        self._enabled = True
+        self._every = 1
+        self._total: int | None = None
+        self._last_step = 0
+        self._last_time = 0.0
+        self._paused_at: float | None = None
+        self._eval_start = 0.0
+        self._eval_total: int | float = 0
+        self._eval_every = 0
+
+    # ProgressBar's interface
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled
+
+    @property
+    def is_disabled(self) -> bool:
+        return not self._enabled
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("file", self.stream or sys.stdout)
+        kwargs.setdefault("flush", True)
+        print(*args, **kwargs)
+
+    def _line(self, text: str) -> None:
+        if self._enabled:
+            self.print(text)
+
+    # training
+    def total_steps(self, trainer: L.Trainer) -> int | None:
+        """The step the run stops at: ``max_steps``, else Lightning's estimate from the epochs (None: unbounded)."""
+        if trainer.max_steps not in (None, -1):
+            return int(trainer.max_steps)
+        try:
+            total = trainer.estimated_stepping_batches
+        except Exception:  # an iterable dataset without a length, an unbounded run
+            return None
+        return int(total) if math.isfinite(total) else None
+
+    def interval(self, trainer: L.Trainer) -> int:
+        """Steps between training lines (see ``every_n_steps``)."""
+        if self.every_n_steps is not None:
+            return self.every_n_steps
+        every = max(1, int(trainer.log_every_n_steps or 1))
+        total = self.total_steps(trainer)
+        if total is not None:
+            remaining = max(1, total - trainer.global_step)
+            every = max(every, math.ceil(remaining / self.max_lines))
+        return every
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._total = self.total_steps(trainer)
+        self._every = self.interval(trainer)
+        self._last_step = trainer.global_step
+        self._last_time = time.perf_counter()
+        self._paused_at = None
+        to = f"to step {self._total}" if self._total is not None else "without a step limit"
+        start = f" from step {trainer.global_step}" if trainer.global_step else ""
+        self._line(f"training{start} {to}: a line every {self._every} steps")
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        last = self._total is not None and step >= self._total
+        if step - self._last_step >= self._every or (last and step > self._last_step):
+            self._line(self.train_line(trainer, pl_module))
+
+    def train_line(self, trainer: L.Trainer, pl_module: L.LightningModule) -> str:
+        """The training line at this step; resets the rate's window."""
+        now = time.perf_counter()
+        step = trainer.global_step
+        steps, seconds = step - self._last_step, now - self._last_time
+        self._last_step, self._last_time = step, now
+        parts = [f"step {step}/{self._total}" if self._total is not None else f"step {step}"]
+        if self._total is None or trainer.max_epochs not in (None, -1):
+            parts[0] += f" (epoch {trainer.current_epoch})"
+        parts += [
+            f"{name} {_format_value(value)}" for name, value in self._metrics(trainer, pl_module, "val")
+        ]
+        rate = _rate(steps, seconds)
+        if rate:
+            parts.append(rate)
+            if self._total is not None and step < self._total:
+                parts.append(f"eta {format_duration((self._total - step) * seconds / steps)}")
+        return "  ".join(parts)
+
+    def _metrics(self, trainer: L.Trainer, pl_module: L.LightningModule, skip: str) -> list[tuple[str, Any]]:
+        """The progress-bar metrics (no version number), leaving out those whose name starts with ``skip``."""
+        metrics = self.get_metrics(trainer, pl_module)
+        return [(k, v) for k, v in metrics.items() if k != "v_num" and not (skip and k.startswith(skip))]
+
+    # validation and test
+    def _eval_start_line(self, trainer: L.Trainer, what: str, total: int | float) -> None:
+        self._eval_start = time.perf_counter()
+        self._eval_total = total
+        finite = math.isfinite(total) and total >= self.min_eval_batches
+        self._eval_every = math.ceil(total / 10) if finite else 0
+        at = f" at step {trainer.global_step}" if trainer.state.fn == "fit" else ""
+        size = f" ({int(total)} batch{'' if total == 1 else 'es'})" if math.isfinite(total) else ""
+        self._line(f"{what}{at}{size}")
+
+    def _eval_batch_line(self, what: str, batch_idx: int) -> None:
+        done = batch_idx + 1
+        if self._eval_every and (done % self._eval_every == 0 or done == self._eval_total):
+            elapsed = time.perf_counter() - self._eval_start
+            self._line(f"{what} batch {done}/{int(self._eval_total)}  {format_duration(elapsed)}")
+
+    def _eval_end_line(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, what: str, prefix: str
+    ) -> None:
+        elapsed = format_duration(time.perf_counter() - self._eval_start)
+        metrics = [
+            f"{name} {_format_value(value)}"
+            for name, value in self._metrics(trainer, pl_module, "")
+            if name.startswith(prefix)
+        ]
+        self._line("  ".join([f"{what} done in {elapsed}", *metrics]))
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self._paused_at = time.perf_counter()
+        self._eval_start_line(trainer, "validation", _batches(trainer.num_val_batches))
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not trainer.sanity_checking:
+            self._eval_batch_line("validation", batch_idx)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self._eval_end_line(trainer, pl_module, "validation", "val")
+        if self._paused_at is not None:  # the training rate leaves validation out
+            self._last_time += time.perf_counter() - self._paused_at
+            self._paused_at = None
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._eval_start_line(trainer, "test", _batches(trainer.num_test_batches))
+
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._eval_batch_line("test", batch_idx)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._eval_end_line(trainer, pl_module, "test", "test")

@@ -9,9 +9,14 @@ __all__ = ["DistillCLI", "DistillTrainer", "main"]
 
 
 def main(args: list[str] | None = None) -> None:
-    """Console entry point; ``args`` lets tests drive it in-process. ``distill sample`` needs no config."""
+    """Console entry point; ``args`` lets tests drive it in-process. ``distill sample`` needs no config.
+    Dependencies' hints and deprecation warnings are silenced unless ``DISTILL_VERBOSE=1``
+    (:func:`distill.console.quiet_third_party`)."""
     import sys
 
+    from distill.console import quiet_third_party
+
+    quiet_third_party()
     argv = list(sys.argv[1:] if args is None else args)
     if argv[:1] == ["sample"]:
         from distill.sample import main as sample_main

@@ -14,10 +14,12 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
 
+from distill.console import quiet_third_party
 from distill.lightning_cli import DistillCLI
 from distill.provenance import provenance
 
@@ -51,9 +53,10 @@ def evaluate(models: dict, rows, *, num_samples: int, seed: int = 0) -> dict[str
 
 
 def grid(models: dict, rows, *, path: Path, per_class: int = 1) -> None:
-    """One row of ten digits per table row, same noise and labels."""
+    """One row of ten digits per table row, same noise and labels (enlarged for viewing, nearest neighbour)."""
     from torchvision.utils import save_image
 
+    from distill.images import viewable_grid
     from distill.pipelines import sample_images
 
     n = 10 * per_class
@@ -70,7 +73,7 @@ def grid(models: dict, rows, *, path: Path, per_class: int = 1) -> None:
         )
         for _, role, steps in rows
     ]
-    save_image(torch.cat(images).add(1).div(2).clamp(0, 1), path, nrow=n, padding=1, pad_value=1.0)
+    save_image(viewable_grid(torch.cat(images).add(1).div(2).clamp(0, 1), nrow=n), path)
 
 
 def record(
@@ -141,6 +144,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    quiet_third_party()
+    # The demo hands LightningCLI its own arguments; the ones on its command line are the demo's.
+    warnings.filterwarnings(
+        "ignore", message=r"LightningCLI's args parameter is intended to run from within Python"
+    )
     for name in ("steps", "eval_samples", "teacher_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -168,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     model, trainer = cli.model, cli.trainer
     run_dir = Path(trainer.log_dir)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    trainer.save_checkpoint(ckpt)
+    trainer.save_checkpoint(ckpt, weights_only=False)  # the full checkpoint: resumable, as fit writes it
     student_dir = run_dir / "student"
     model.save_pretrained(student_dir)
 

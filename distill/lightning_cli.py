@@ -208,15 +208,18 @@ class DistillCLI(LightningCLI):
         adds when the config names none, :class:`~distill.callbacks.DistillModelSummary` (no column of zero
         FLOPs beside the MAC report) and a bar that counts steps on step-bounded runs
         (:class:`~distill.callbacks.StepRichProgressBar` or :class:`~distill.callbacks.StepTQDMProgressBar`,
-        whichever kind Lightning chose)."""
+        whichever kind Lightning chose) on a terminal, or plain progress lines
+        (:class:`~distill.callbacks.PlainProgressBar`) when stdout is a file or a pipe."""
         from lightning.pytorch.callbacks import ModelSummary, ProgressBar, RichProgressBar
 
         from distill.callbacks import (
             DistillModelSummary,
+            PlainProgressBar,
             RNGStateCallback,
             StepRichProgressBar,
             StepTQDMProgressBar,
         )
+        from distill.console import interactive
 
         named = self._named_callbacks()
         trainer = super().instantiate_trainer(**kwargs)
@@ -226,8 +229,12 @@ class DistillCLI(LightningCLI):
             if isinstance(callback, ModelSummary) and not any(isinstance(c, ModelSummary) for c in named):
                 trainer.callbacks[i] = DistillModelSummary()
             elif isinstance(callback, ProgressBar) and not any(isinstance(c, ProgressBar) for c in named):
-                rich = isinstance(callback, RichProgressBar)
-                trainer.callbacks[i] = StepRichProgressBar() if rich else StepTQDMProgressBar()
+                if not interactive():
+                    trainer.callbacks[i] = PlainProgressBar()
+                elif isinstance(callback, RichProgressBar):
+                    trainer.callbacks[i] = StepRichProgressBar()
+                else:
+                    trainer.callbacks[i] = StepTQDMProgressBar()
         return trainer
 
     def _named_callbacks(self) -> list:

@@ -75,12 +75,18 @@ def evaluate_model(
     desc: str | None = None,
 ) -> dict[str, float]:
     """FID/KID/accuracy (``evaluator.accumulator()``) of ``model``'s samples for ``labels``, image ``i`` from
-    noise keyed on ``(seed, i)``: every model scored this way sees the same noise. ``desc`` shows progress."""
+    noise keyed on ``(seed, i)``: every model scored this way sees the same noise. ``desc`` shows progress: a
+    tqdm bar on a terminal, else plain lines on stdout (:func:`plain_progress`)."""
     starts = range(0, labels.shape[0], batch_size)
     if desc is not None:
-        from tqdm.auto import tqdm
+        from distill.console import interactive
 
-        starts = tqdm(starts, desc=desc, unit="batch")
+        if interactive():
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc=desc, unit="batch")
+        else:
+            starts = plain_progress(starts, desc=desc, total=labels.shape[0], batch_size=batch_size)
     metrics = evaluator.accumulator()
     for start in starts:
         idx = torch.arange(start, min(start + batch_size, labels.shape[0]))
@@ -94,6 +100,26 @@ def evaluate_model(
         )
         metrics.update(images, labels[idx])
     return metrics.compute()
+
+
+def plain_progress(starts, *, desc: str, total: int, batch_size: int, lines: int = 10):
+    """Yield ``starts`` (batch offsets), printing ``desc: 500/1000 samples  0:12`` after every tenth of the batches
+    (``lines`` at most) and the last: progress a log file can hold, where a tqdm bar writes carriage returns."""
+    import math
+    import sys
+    import time
+
+    from distill.console import format_duration
+
+    starts = list(starts)
+    every = max(1, math.ceil(len(starts) / lines))
+    t0 = time.perf_counter()
+    for i, start in enumerate(starts):
+        yield start
+        if (i + 1) % every == 0 or i + 1 == len(starts):
+            done = min(start + batch_size, total)
+            elapsed = format_duration(time.perf_counter() - t0)
+            print(f"{desc}: {done}/{total} samples  {elapsed}", file=sys.stdout, flush=True)
 
 
 @dataclass

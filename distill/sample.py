@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--config needs --ckpt")
     from torchvision.utils import save_image
 
+    from distill.images import viewable_grid
     from distill.pipelines import ClassConditionalPipeline
 
     if args.model is not None:
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_image(out.images, args.out, nrow=args.nrow, padding=1, pad_value=1.0)
+    # the grid enlarged for viewing (nearest neighbour, an integer factor); --files keeps the native size
+    save_image(viewable_grid(out.images, nrow=args.nrow), args.out)
     if args.files is not None:
         args.files.mkdir(parents=True, exist_ok=True)
         for i, image in enumerate(out.images):

@@ -29,10 +29,11 @@ def balanced_labels(n: int, num_classes: int, *, device: torch.device | str = "c
 
 
 def image_grid(images: torch.Tensor, *, nrow: int) -> torch.Tensor:
-    """(N, C, H, W) in [-1, 1] -> one (C, H', W') grid in [0, 1] with 1-pixel gaps."""
-    from torchvision.utils import make_grid
+    """(N, C, H, W) in [-1, 1] -> one (C, H', W') grid in [0, 1] with 1-pixel gaps, enlarged for viewing
+    (nearest neighbour, an integer factor: :func:`distill.images.viewable_grid`)."""
+    from distill.images import viewable_grid
 
-    return make_grid(images.float().clamp(-1, 1).add(1).div(2), nrow=nrow, padding=1, pad_value=1.0)
+    return viewable_grid(images.float().clamp(-1, 1).add(1).div(2), nrow=nrow, padding=1, pad_value=1.0)
 
 
 def log_image(module: L.LightningModule, tag: str, image: torch.Tensor) -> None:

@@ -50,7 +50,8 @@ def test_subcommand_help_keeps_its_own_description(capsys):
         (["--trainer.enable_model_summary=false", "--trainer.enable_progress_bar=false"], None, [[]]),
     ],
 )
-def test_cli_replaces_lightnings_default_summary_and_bar_only(args, summary, bars):
+def test_cli_replaces_lightnings_default_summary_and_bar_only(args, summary, bars, monkeypatch):
+    monkeypatch.setattr("distill.console.interactive", lambda stream=None: True)  # a terminal: a bar
     cli = DistillCLI(args=["-c", TEACHER_CFG, "--trainer.logger=false", *args], run=False)
     summaries = [type(c) for c in cli.trainer.callbacks if isinstance(c, ModelSummary)]
     assert summaries == ([] if summary is None else [summary])

@@ -77,13 +77,48 @@ CHEAP["configs/sd15/test.yaml"] = [
     "--trainer.accelerator=cpu",
 ]
 OVERLAYS = {"configs/sd15/shards.yaml"}  # not standalone: tested with lcm.yaml after distill precompute
+# Variants whose one-step run repeats a method the fast suite already runs from another config (kd.yaml,
+# lcm.yaml) with another student: the run is in make test-slow; the fast suite parses them
+# (test_config_parses) and builds their students (tests/test_students.py, tests/test_timm_unet.py).
+SLOW_RUNS = {
+    "configs/digits/kd_bk_tiny.yaml",
+    "configs/digits/kd_efficient.yaml",
+    "configs/digits/kd_efficient_long.yaml",
+    "configs/digits/kd_timm.yaml",
+    "configs/sd15/kd_bk_small.yaml",
+    "configs/sd15/lcm_bk_small.yaml",
+}
+
+
+def _rel(config: Path) -> str:
+    return str(config.relative_to(config.parents[2]))
+
+
+def _param(config: Path):
+    marks = [pytest.mark.slow] if _rel(config) in SLOW_RUNS else []
+    return pytest.param(config, id=_rel(config), marks=marks)
 
 
 def test_configs_exist():
     assert CONFIGS, "configs/ holds no YAML"
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[2])))
+@pytest.mark.parametrize("config", sorted(SLOW_RUNS))
+def test_config_parses(config, capsys):
+    """The configs whose run is slow-only still parse, with every class_path resolved (--print_config)."""
+    path = Path(__file__).resolve().parents[1] / config
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "-c", str(path), "--print_config"])
+    assert info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"].startswith("distill.")
+
+
+def test_slow_runs_are_configs():
+    assert {_rel(c) for c in CONFIGS} >= SLOW_RUNS
+
+
+@pytest.mark.parametrize("config", [_param(c) for c in CONFIGS])
 def test_config_fast_dev_run(config, tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)
     rel = str(config.relative_to(config.parents[2]))

@@ -11,6 +11,7 @@ from distill import demo
 from teachers import DiffusionTeacher
 
 
+@pytest.mark.slow  # the whole demo end to end (make test-slow); its parts have fast tests of their own
 def test_demo_trains_evaluates_and_writes_what_it_prints(tmp_path, capsys):
     demo.main(
         [

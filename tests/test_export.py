@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pickle
 
+import numpy
 import pytest
 import torch
 from conftest import cpu_trainer, fit_config_one_step, random_digits_loader, tiny_cond_unet
@@ -163,6 +164,15 @@ def test_distill_export_and_sample_commands(tmp_path, monkeypatch):
             "png",
         ]
     )
-    grid = Image.open(tmp_path / "grid.png")
-    assert grid.size == (3 * 17 + 1, 17 + 1)  # three 16x16 images, 1 px padding
+    # three 16x16 images with 1 px gaps (52 x 18), enlarged 10x for viewing; the files keep the native size
+    grid = torch.from_numpy(numpy.asarray(Image.open(tmp_path / "grid.png").convert("RGB")).copy())
+    assert tuple(grid.shape) == (10 * 18, 10 * (3 * 17 + 1), 3)
     assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["00000.png", "00001.png", "00002.png"]
+    for i in range(3):
+        tile = torch.from_numpy(
+            numpy.asarray(Image.open(tmp_path / "png" / f"{i:05d}.png").convert("RGB")).copy()
+        )
+        assert tile.shape[:2] == (16, 16)
+        top, left = 10, 10 * (1 + 17 * i)
+        block = grid[top : top + 160, left : left + 160]
+        assert torch.equal(block, tile.repeat_interleave(10, 0).repeat_interleave(10, 1))

@@ -215,4 +215,7 @@ def test_validation_reuses_the_teacher_samples(teacher, tmp_path, monkeypatch):
     acc = EventAccumulator(str(events[0].parent), size_guidance={"images": 0})
     acc.Reload()
     assert acc.Tags()["images"] == ["samples/teacher_3ddim_then_student_2step"]
-    assert len(acc.Images("samples/teacher_3ddim_then_student_2step")) == 3
+    images = acc.Images("samples/teacher_3ddim_then_student_2step")
+    assert len(images) == 3
+    # two rows of ten 8x8 images with 1 px gaps (91 x 19) enlarged 8x (nearest), for 64 px images
+    assert (images[-1].width, images[-1].height) == (8 * 91, 8 * 19)
