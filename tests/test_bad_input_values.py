@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import save_teacher_folder, tiny_cond_unet
 from safetensors.torch import load_file, save_file
 
@@ -78,3 +79,68 @@ def test_an_unknown_beta_schedule_names_the_file_the_key_and_the_allowed_values(
     message = str(info.value)
     for fragment in (str(scheduler_file), "beta_schedule", "'cosine_typo'", "squaredcos_cap_v2"):
         assert fragment in message, message
+
+
+# -- sampling: `distill sample`, the pipeline and the sampling contract ---------------------------------------
+
+
+def _sample(folder, tmp_path, *extra: str) -> None:
+    from distill.cli import main
+
+    main(
+        ["sample", "--model", str(folder), "--labels", "0", "1", "--out", str(tmp_path / "grid.png"), *extra]
+    )
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--guidance", "nan"), ("--guidance", "inf"), ("--steps", "0"), ("--steps", "-2"), ("--nrow", "0")],
+)
+def test_sample_refuses_non_finite_or_non_positive_options_naming_them(
+    tiny_teacher_dir, tmp_path, capsys, option, value
+):
+    with pytest.raises(SystemExit) as info:
+        _sample(tiny_teacher_dir, tmp_path, option, value)
+    assert info.value.code != 0
+    err = capsys.readouterr().err
+    assert option in err and value in err, err
+    assert not (tmp_path / "grid.png").exists()
+
+
+def test_sample_refuses_a_model_with_non_finite_weights_naming_the_file(tiny_teacher_dir, tmp_path):
+    weights = tiny_teacher_dir / "unet" / WEIGHTS_NAME
+    _poison(weights)
+    with pytest.raises(ValueError, match="NaN or inf") as info:
+        _sample(tiny_teacher_dir, tmp_path, "--steps", "1")
+    assert str(weights) in str(info.value)
+    assert not (tmp_path / "grid.png").exists()
+
+
+def test_sample_raises_instead_of_writing_black_images(tiny_teacher_dir, tmp_path, monkeypatch):
+    """Weights that are finite but blow up (a diverged run's) give NaN samples: an error, no PNG."""
+    weights = tiny_teacher_dir / "unet" / WEIGHTS_NAME
+    state = load_file(str(weights))
+    state = {k: v * 1e30 if v.is_floating_point() else v for k, v in state.items()}
+    save_file(state, str(weights))
+    with pytest.raises(FloatingPointError, match=r"samples from ddim sampling in 2 step\(s\) are NaN or inf"):
+        _sample(tiny_teacher_dir, tmp_path, "--steps", "2")
+    assert not (tmp_path / "grid.png").exists()
+
+
+def test_the_pipeline_refuses_zero_steps_and_non_finite_guidance(tiny_teacher_dir):
+    from distill.pipelines import ClassConditionalPipeline
+
+    pipe = ClassConditionalPipeline.from_pretrained(tiny_teacher_dir)
+    with pytest.raises(ValueError, match=r"num_inference_steps must be a positive integer, got 0"):
+        pipe(class_labels=[0], num_inference_steps=0)
+    with pytest.raises(ValueError, match="guidance_scale must be a finite number"):
+        pipe(class_labels=[0], num_inference_steps=1, guidance_scale=float("nan"))
+
+
+def test_the_sampling_contract_raises_on_non_finite_samples(tiny_teacher_dir):
+    teacher = DiffusionTeacher.from_pretrained(tiny_teacher_dir)
+    noise = torch.randn(3, 1, 8, 8)
+    noise[1, 0, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"1 of 3 samples"):
+        teacher.sample(torch.tensor([0, 1, 2]), noise, steps=2)
+    assert torch.isfinite(teacher.sample(torch.tensor([0, 1]), torch.randn(2, 1, 8, 8), steps=2)).all()
