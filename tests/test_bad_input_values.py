@@ -144,3 +144,91 @@ def test_the_sampling_contract_raises_on_non_finite_samples(tiny_teacher_dir):
     with pytest.raises(FloatingPointError, match=r"1 of 3 samples"):
         teacher.sample(torch.tensor([0, 1, 2]), noise, steps=2)
     assert torch.isfinite(teacher.sample(torch.tensor([0, 1]), torch.randn(2, 1, 8, 8), steps=2)).all()
+
+
+# -- the methods' numeric options, refused at construction ----------------------------------------------------
+
+
+def _kd(teacher_dir, **options):
+    from distill.methods.knowledge import KnowledgeDistillation
+
+    teacher = DiffusionTeacher.from_pretrained(teacher_dir)
+    options.setdefault("samples_per_class", 0)
+    return KnowledgeDistillation(teacher, tiny_cond_unet(seed=1), init_from_teacher=False, **options)
+
+
+@pytest.mark.parametrize(
+    ("options", "fragments"),
+    [
+        (
+            {"cond_drop_prob": 1.5},
+            ["cond_drop_prob must be in [0, 1]", "1.5", "model.init_args.cond_drop_prob"],
+        ),
+        ({"cond_drop_prob": -0.1}, ["cond_drop_prob must be in [0, 1]"]),
+        ({"ema_decay": 1.0}, ["ema_decay must be in [0, 1)", "model.init_args.ema_decay"]),
+        ({"ema_decay": float("nan")}, ["ema_decay must be in [0, 1)", "nan"]),
+        ({"eval_steps": [0, 1, 4]}, ["eval_steps", "[0, 1, 4]", "[1, 1000]", "model.init_args.eval_steps"]),
+        ({"eval_steps": [2, 5000]}, ["eval_steps", "[1, 1000]"]),
+        ({"eval_steps": []}, ["eval_steps", "non-empty"]),
+        ({"eval_teacher_steps": -5}, ["eval_teacher_steps", "-5"]),
+        ({"eval_guidance_scale": float("inf")}, ["eval_guidance_scale must be a finite number"]),
+        ({"feature_weight": float("nan")}, ["feature_weight must be a finite number"]),
+        ({"eval_num_samples": -1}, ["eval_num_samples", ">= 0"]),
+    ],
+    ids=lambda v: str(v) if isinstance(v, dict) else "",
+)
+def test_method_options_out_of_range_are_refused_naming_the_key(tiny_teacher_dir, options, fragments):
+    with pytest.raises(ValueError) as info:
+        _kd(tiny_teacher_dir, **options)
+    for fragment in fragments:
+        assert fragment in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "key"),
+    [
+        ({"lr": -1e-3}, "optimizer.init_args.lr"),
+        ({"lr": float("nan")}, "optimizer.init_args.lr"),
+        ({"lr": float("inf")}, "optimizer.init_args.lr"),
+        ({"lr": 1e-3, "weight_decay": -0.01}, "optimizer.init_args.weight_decay"),
+        ({"lr": 1e-3, "betas": (0.9, 1.5)}, "optimizer.init_args.betas"),
+    ],
+)
+def test_invalid_optimizer_values_are_refused_at_construction_naming_the_key(
+    tiny_teacher_dir, optimizer, key
+):
+    from functools import partial
+
+    with pytest.raises(ValueError, match=f"model.init_args.{key}") as info:
+        _kd(tiny_teacher_dir, optimizer=partial(torch.optim.AdamW, **optimizer))
+    assert "e.g. lr: 0.0005" in str(info.value)
+
+
+def test_the_consistency_and_training_options_are_checked_too(tiny_teacher_dir):
+    from diffusers import DDPMScheduler
+
+    from distill.methods.consistency import ConsistencyDistillation
+    from distill.methods.training import DiffusionTraining
+
+    teacher = DiffusionTeacher.from_pretrained(tiny_teacher_dir)
+    student = tiny_cond_unet(seed=1, time_cond_proj_dim=8)
+    with pytest.raises(ValueError, match=r"cond_drop_prob must be in \[0, 1\], got 2"):
+        ConsistencyDistillation(teacher, student, cond_drop_prob=2.0, init_from_teacher=False)
+    with pytest.raises(ValueError, match="guidance_max must be a finite number"):
+        ConsistencyDistillation(teacher, student, guidance_max=float("inf"), init_from_teacher=False)
+    with pytest.raises(ValueError, match="sample_steps must be a whole number"):
+        DiffusionTraining(tiny_cond_unet(seed=0), DDPMScheduler(), sample_steps=0)
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused_naming_the_file(tiny_teacher_dir, tmp_path):
+    from distill.export import load_checkpoint
+
+    module = _kd(tiny_teacher_dir)
+    state = {k: v for k, v in module.state_dict().items() if not k.startswith("teacher.")}
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = torch.full_like(state[name], float("nan"))
+    path = tmp_path / "diverged.ckpt"
+    torch.save({"state_dict": state}, path)
+    with pytest.raises(ValueError, match="NaN or inf") as info:
+        load_checkpoint(_kd(tiny_teacher_dir), path)
+    assert str(path) in str(info.value) and name in str(info.value)
