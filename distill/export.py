@@ -38,6 +38,10 @@ def load_checkpoint(module: torch.nn.Module, ckpt_path: str | Path) -> dict[str,
         ) from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(f"ckpt_path {path} is not a Lightning checkpoint (no state_dict)")
+    from students.common import check_finite_weights
+
+    state = checkpoint["state_dict"]
+    check_finite_weights(((k, v) for k, v in state.items() if isinstance(v, torch.Tensor)), source=path)
     if hasattr(module, "on_load_checkpoint"):
         module.on_load_checkpoint(checkpoint)
     module.load_state_dict(checkpoint["state_dict"])

@@ -8,8 +8,8 @@ import warnings
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from distill.provenance import provenance
 
@@ -173,6 +173,10 @@ EPILOG = (
 )
 
 
+# the subcommands that run the trainer (set up loggers, write config.yaml); the others only build objects
+RUN_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
 class DistillCLI(LightningCLI):
     """``distill fit|validate|test|flops -c CONFIG``; any model or data class is chosen by ``class_path``."""
 
@@ -202,6 +206,24 @@ class DistillCLI(LightningCLI):
             parser.error("\n".join(messages))
         super().parse_arguments(parser, args)
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run the subcommand; a run refused before its first batch (a data/network mismatch found in ``setup``, a
+        checkpoint of another method) leaves no new run folder behind (:mod:`distill.run_folder`)."""
+        if subcommand not in RUN_SUBCOMMANDS:
+            super()._run_subcommand(subcommand)
+            return
+        from distill.run_folder import RunFolders
+
+        folders = RunFolders.before(self.trainer)
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            try:
+                folders.discard(self.trainer)
+            except OSError as error:  # never hide the refusal behind a clean-up problem
+                rank_zero_warn(f"could not remove the refused run's folder: {error}")
+            raise
+
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         """Lightning's trainer plus :class:`distill.callbacks.RNGStateCallback` when the config has none, so every
         checkpoint can resume with its RNG state; and, in place of the model summary and progress bar Lightning
@@ -209,7 +231,8 @@ class DistillCLI(LightningCLI):
         FLOPs beside the MAC report) and a bar that counts steps on step-bounded runs
         (:class:`~distill.callbacks.StepRichProgressBar` or :class:`~distill.callbacks.StepTQDMProgressBar`,
         whichever kind Lightning chose) on a terminal, or plain progress lines
-        (:class:`~distill.callbacks.PlainProgressBar`) when stdout is a file or a pipe."""
+        (:class:`~distill.callbacks.PlainProgressBar`) when stdout is a file or a pipe. Without a logger and a
+        ``default_root_dir``, no ``config.yaml`` is saved (Lightning would write it into the working directory)."""
         from lightning.pytorch.callbacks import ModelSummary, ProgressBar, RichProgressBar
 
         from distill.callbacks import (
@@ -223,6 +246,9 @@ class DistillCLI(LightningCLI):
 
         named = self._named_callbacks()
         trainer = super().instantiate_trainer(**kwargs)
+        if not trainer.loggers and Path(trainer.default_root_dir).resolve() == Path.cwd().resolve():
+            # no logger and no root folder given: no run folder, so no config.yaml dropped into the working directory
+            trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, SaveConfigCallback)]
         if not any(isinstance(c, RNGStateCallback) for c in trainer.callbacks):
             trainer.callbacks.append(RNGStateCallback())
         for i, callback in enumerate(trainer.callbacks):

@@ -10,12 +10,13 @@ Nothing in the folder is executed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from teachers.sampling import SAMPLERS, per_sample_noise
+from teachers.sampling import SAMPLERS, is_step_count, per_sample_noise
 from teachers.sampling import resolve_sampler as resolve_schedule_sampler
 from teachers.teacher import DiffusionTeacher
 
@@ -185,10 +186,19 @@ class ClassConditionalPipeline:
                 )
             n = len(labels)
         elif num_images is not None:
+            if not is_step_count(num_images):
+                raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
             n = num_images
         else:
             raise ValueError("pass class_labels or num_images")
-        steps = num_inference_steps or self.default_steps
+        if num_inference_steps is not None and not is_step_count(num_inference_steps):
+            raise ValueError(
+                f"num_inference_steps must be a positive integer, got {num_inference_steps!r}; leave it None for "
+                f"the sampler's default ({self.default_steps})"
+            )
+        if not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number (1: no guidance), got {guidance_scale}")
+        steps = self.default_steps if num_inference_steps is None else num_inference_steps
         images = sample_images(
             model,
             labels=labels,

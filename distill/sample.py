@@ -7,6 +7,7 @@ distill sample --config RUN/config.yaml --ckpt RUN/checkpoints/last.ckpt --out g
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 
@@ -21,6 +22,30 @@ def _from_run(config: Path, ckpt: Path, work: Path):
     return ClassConditionalPipeline.from_pretrained(work)
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (argparse names the option when this refuses)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer, got {value} (leave the option out for its default)"
+        )
+    return value
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a finite number (no nan or inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="distill sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -32,15 +57,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--labels", type=int, nargs="+", help="class labels, one image each (default: 0..9 x 2)"
     )
-    parser.add_argument("--num-images", type=int, default=None, help="for unconditional models")
+    parser.add_argument("--num-images", type=positive_int, default=None, help="for unconditional models")
     parser.add_argument(
-        "--steps", type=int, default=None, help="sampling steps (default: 4 consistency, 50 DDIM)"
+        "--steps",
+        type=positive_int,
+        default=None,
+        help="sampling steps (default: 4 consistency, 50 DDIM)",
     )
     parser.add_argument(
-        "--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = off)"
+        "--guidance", type=finite_float, default=1.0, help="classifier-free guidance scale (1 = off)"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--nrow", type=int, default=10)
+    parser.add_argument("--nrow", type=positive_int, default=10)
     parser.add_argument("--out", type=Path, required=True, help="the PNG grid to write")
     parser.add_argument(
         "--files", type=Path, default=None, help="also write one PNG per image into this folder"
@@ -52,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from distill.images import viewable_grid
     from distill.pipelines import ClassConditionalPipeline
+    from teachers.sampling import check_finite_samples
 
     if args.model is not None:
         pipe = ClassConditionalPipeline.from_pretrained(str(args.model))
@@ -69,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         guidance_scale=args.guidance,
         seed=args.seed,
     )
+    check_finite_samples(out.images, what=f"the model at {args.model or args.ckpt}")  # nothing written
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # the grid enlarged for viewing (nearest neighbour, an integer factor); --files keeps the native size
     save_image(viewable_grid(out.images, nrow=args.nrow), args.out)
@@ -76,5 +106,5 @@ def main(argv: list[str] | None = None) -> None:
         args.files.mkdir(parents=True, exist_ok=True)
         for i, image in enumerate(out.images):
             save_image(image, args.files / f"{i:05d}.png")
-    steps = args.steps or pipe.default_steps
+    steps = pipe.default_steps if args.steps is None else args.steps
     print(f"wrote {len(out.images)} images ({pipe.sampler}, {steps} steps, seed {args.seed}) to {args.out}")

@@ -4,17 +4,65 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 TeacherLike = nn.Module | Mapping[str, Any] | str | Path
 
 # Keys diffusers writes into a saved config that are not constructor arguments.
 _PRIVATE = ("_class_name", "_diffusers_version", "_name_or_path", "_use_default_values")
+
+
+def read_json(path: str | Path, *, what: str) -> dict[str, Any]:
+    """The JSON object in ``path``; a file that is not valid JSON, or holds something other than an object, raises
+    ValueError naming the file and what it should hold (``what``)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"{path} is not valid JSON ({error}); it should be {what}. Restore the file, or write the folder again "
+            "with save_pretrained(...) / distill export"
+        ) from error
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{path} holds a JSON {type(data).__name__}, not an object; it should be {what}. Restore the file, or "
+            "write the folder again with save_pretrained(...) / distill export"
+        )
+    return data
+
+
+def check_finite_weights(named: Iterable[tuple[str, torch.Tensor]], *, source: str | Path) -> None:
+    """Refuse weights holding NaN or inf (a corrupt file, or one saved from a diverged run), naming ``source``
+    (the file) and the first bad tensors; sampling from them would only give blank images."""
+    bad = [
+        name
+        for name, tensor in named
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if bad:
+        raise ValueError(
+            f"weights at {source} contain NaN or inf values in {len(bad)} tensor(s) "
+            f"({bad[:4]}{'...' if len(bad) > 4 else ''}); the file is corrupt or was saved from a diverged run. "
+            "Load a file with finite weights (e.g. export an earlier checkpoint again)"
+        )
+
+
+def named_tensors(module: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
+    """A module's parameters and buffers with their names (what :func:`check_finite_weights` reads)."""
+    yield from module.named_parameters()
+    yield from module.named_buffers()
+
+
+def weights_source(folder: Path) -> Path:
+    """The weights file of a model folder, for messages (the folder itself when it holds none or several)."""
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
+    return files[0] if len(files) == 1 else folder
 
 
 def package_dir(package: str) -> Path:
@@ -91,7 +139,7 @@ def teacher_config(teacher: TeacherLike) -> dict[str, Any]:
                 f"teacher {text!r}: no UNet config found (looked for {', '.join(map(str, candidates))}); pass a "
                 "diffusers model folder, a pipeline folder with unet/, a config.json, or a loaded model"
             )
-        config = json.loads(found.read_text())
+        config = read_json(found, what="a diffusers UNet config (config.json)")
     return {k: v for k, v in config.items() if k not in _PRIVATE}
 
 

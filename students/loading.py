@@ -9,14 +9,20 @@ network computes exactly what it computed before until training moves it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from students.common import builtin_folder, builtin_name, list_builtins, package_dir
+from students.common import (
+    builtin_folder,
+    builtin_name,
+    check_finite_weights,
+    list_builtins,
+    package_dir,
+    read_json,
+)
 from students.provenance import read_teacher_record
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -74,7 +80,7 @@ def load_student(path: str | Path, time_cond_proj_dim: int | None = None) -> nn.
     the methods warn when their teacher is another one (``check_student_teacher``).
     """
     unet_dir = resolve_student_dir(path)
-    config = json.loads((unet_dir / "config.json").read_text())
+    config = read_json(unet_dir / "config.json", what="the student network's diffusers config")
     model_class = _model_class(config.get("_class_name"), unet_dir)
     weights_file = unet_dir / WEIGHTS_NAME
     if not weights_file.is_file():
@@ -97,6 +103,7 @@ def load_student(path: str | Path, time_cond_proj_dim: int | None = None) -> nn.
         config["time_cond_proj_dim"] = time_cond_proj_dim
     model = model_class.from_config(config)
     state = load_file(str(weights_file))
+    check_finite_weights(state.items(), source=weights_file)
     missing, unexpected = model.load_state_dict(state, strict=False)
     allowed_missing = {"time_embedding.cond_proj.weight"} if adding else set()
     if unexpected or set(missing) - allowed_missing:
@@ -116,7 +123,7 @@ def load_student(path: str | Path, time_cond_proj_dim: int | None = None) -> nn.
         if (
             scheduler_file.is_file()
         ):  # what the weights were trained to predict, checked against the teacher's
-            scheduler = json.loads(scheduler_file.read_text())
+            scheduler = read_json(scheduler_file, what="a diffusers scheduler config")
             model.trained_prediction_type = scheduler.get("prediction_type", "epsilon")
             model.trained_prediction_source = str(scheduler_file)
             break

@@ -6,12 +6,13 @@ only. Text encoders need the ``t2i`` extra (transformers).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import nn
+
+from students.common import check_finite_weights, named_tensors, read_json, weights_source
 
 VAE_CLASSES = ("AutoencoderKL", "AutoencoderTiny")
 TEXT_ENCODER_CLASSES = ("CLIPTextModel", "CLIPTextModelWithProjection")
@@ -36,28 +37,33 @@ def _transformers():
     return transformers
 
 
+def _finite(module: nn.Module, folder: Path) -> nn.Module:
+    check_finite_weights(named_tensors(module), source=weights_source(folder))
+    return module
+
+
 def load_vae(folder: Path) -> nn.Module:
     import diffusers
 
-    config = json.loads((folder / "config.json").read_text())
+    config = read_json(folder / "config.json", what="the VAE's diffusers config")
     name = config.get("_class_name")
     if name not in VAE_CLASSES:
         raise ValueError(f"the VAE at {folder} is a {name!r}; supported: {VAE_CLASSES}")
-    return getattr(diffusers, name).from_pretrained(folder)
+    return _finite(getattr(diffusers, name).from_pretrained(folder), folder)
 
 
 def load_text_encoder(folder: Path) -> nn.Module:
-    config = json.loads((folder / "config.json").read_text())
+    config = read_json(folder / "config.json", what="the text encoder's transformers config")
     names = config.get("architectures") or []
     name = names[0] if names else None
     if name not in TEXT_ENCODER_CLASSES:
         raise ValueError(f"the text encoder at {folder} is a {name!r}; supported: {TEXT_ENCODER_CLASSES}")
-    return getattr(_transformers(), name).from_pretrained(folder)
+    return _finite(getattr(_transformers(), name).from_pretrained(folder), folder)
 
 
 def load_tokenizer(folder: Path) -> Any:
     config_file = folder / "tokenizer_config.json"
-    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    config = read_json(config_file, what="a tokenizer config") if config_file.is_file() else {}
     name = config.get("tokenizer_class", "CLIPTokenizer")
     if name not in TOKENIZER_CLASSES:
         raise ValueError(f"the tokenizer at {folder} is a {name!r}; supported: {TOKENIZER_CLASSES}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable
 
 import torch
@@ -127,6 +128,10 @@ def guided_denoiser(
     off), taken the way the network takes it: a guidance-distilled network (with a ``timestep_cond`` input, as
     LCM and guided progressive students) gets LCM's ``w = scale - 1`` embedded there, one forward per step;
     any other network runs CFG with ``uncond(cond)`` (the null class or empty prompt) batched beside ``cond``."""
+    if isinstance(guidance_scale, int | float) and not math.isfinite(guidance_scale):
+        raise ValueError(
+            f"guidance_scale must be a finite number (1: no guidance), got {guidance_scale}; pass e.g. 1 or 2"
+        )
     embed_dim = time_cond_dim(net)
     if embed_dim:
         return _EmbeddedGuidance(

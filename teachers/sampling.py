@@ -6,6 +6,7 @@ A *denoiser* is any callable ``(z, t) -> Prediction`` where ``t`` is a LongTenso
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 
 import torch
@@ -183,14 +184,19 @@ def sample(
     """The one sampling loop behind teachers, methods and exported pipelines: ``steps`` steps of DDIM on
     ``spacing`` or, for a consistency model (``sampler="consistency"``, or ``"auto"`` with an LCMScheduler
     config), multistep consistency sampling at LCM's timesteps with the config's ``original_inference_steps``
-    and ``timestep_scaling`` and re-noising from ``step_noise(i)`` (see :func:`keyed_step_noise`)."""
-    if resolve_sampler(schedule, sampler) == "consistency":
+    and ``timestep_scaling`` and re-noising from ``step_noise(i)`` (see :func:`keyed_step_noise`).
+
+    Samples that come out NaN or inf raise FloatingPointError (one check on the result): never a blank image."""
+    kind = resolve_sampler(schedule, sampler)
+    if not is_step_count(steps):
+        raise ValueError(f"steps must be a positive integer (sampling steps), got {steps!r}")
+    if kind == "consistency":
         timesteps = lcm_timesteps(
             num_train_timesteps=schedule.num_train_timesteps,
             num_inference_steps=steps,
             original_steps=int(schedule.config.get("original_inference_steps", 50)),
         )
-        return consistency_sample(
+        samples = consistency_sample(
             denoiser=denoiser,
             noise=noise,
             timesteps=timesteps.to(noise.device),
@@ -200,17 +206,44 @@ def sample(
             timestep_scaling=float(schedule.config.get("timestep_scaling", 10.0)),
             clip_x0=clip_x0,
         )
-    grid = timestep_grid(
-        num_inference_steps=steps,
-        num_train_timesteps=schedule.num_train_timesteps,
-        spacing=spacing,  # type: ignore[arg-type]
-        steps_offset=schedule.steps_offset,
-    )
-    return ddim_sample(
-        denoiser=denoiser,
-        noise=noise,
-        timesteps=grid.to(noise.device),
-        alphas_cumprod=schedule.alphas_cumprod,
-        clip_x0=clip_x0,
-        final_alphas_cumprod=schedule.final_alphas_cumprod,
+    else:
+        grid = timestep_grid(
+            num_inference_steps=steps,
+            num_train_timesteps=schedule.num_train_timesteps,
+            spacing=spacing,  # type: ignore[arg-type]
+            steps_offset=schedule.steps_offset,
+        )
+        samples = ddim_sample(
+            denoiser=denoiser,
+            noise=noise,
+            timesteps=grid.to(noise.device),
+            alphas_cumprod=schedule.alphas_cumprod,
+            clip_x0=clip_x0,
+            final_alphas_cumprod=schedule.final_alphas_cumprod,
+        )
+    check_finite_samples(samples, what=f"{kind} sampling in {steps} step(s)")
+    return samples
+
+
+def is_step_count(value: object) -> bool:
+    """Whether ``value`` is a whole number >= 1 (Python or NumPy integer, not a bool)."""
+    if isinstance(value, bool):
+        return False
+    try:
+        return operator.index(value) >= 1  # type: ignore[arg-type]
+    except TypeError:
+        return False
+
+
+def check_finite_samples(samples: torch.Tensor, *, what: str) -> None:
+    """Raise FloatingPointError when any of ``samples`` holds NaN or inf, counting the images and naming ``what``
+    produced them (saved as images they would only be black)."""
+    finite = torch.isfinite(samples)
+    if bool(finite.all()):
+        return
+    bad = int((~finite).reshape(samples.shape[0], -1).any(dim=1).sum())
+    raise FloatingPointError(
+        f"{bad} of {samples.shape[0]} samples from {what} are NaN or inf: the network's weights or the noise are "
+        "not finite, or its dtype overflows. Check the model (load it in float32 or bfloat16 rather than "
+        "float16), the guidance scale and the noise"
     )

@@ -13,6 +13,7 @@ A negative timestep stands for "after the last step" (clean data) and maps to ``
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,39 @@ import torch
 Spacing = Literal["leading", "trailing", "linspace"]
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 SPACINGS = ("leading", "trailing", "linspace")
+# the beta schedules diffusers' discrete schedulers compute (unless the config gives trained_betas)
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
+
+
+def check_scheduler_config(config: Mapping[str, Any], *, source: str | None = None) -> None:
+    """Refuse a scheduler config this library cannot build a schedule from, naming ``source`` (its file), the
+    key, the allowed values and the fix, before diffusers fails on it without saying where."""
+    where = f"scheduler config {source}" if source else "scheduler config"
+    fix = "fix the file, or write it again with scheduler.save_pretrained(...)"
+    prediction_type = config.get("prediction_type", "epsilon")
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(
+            f"{where}: prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}; {fix}"
+        )
+    if config.get("trained_betas") is None:
+        beta_schedule = config.get("beta_schedule", "linear")
+        if beta_schedule not in BETA_SCHEDULES:
+            raise ValueError(
+                f"{where}: beta_schedule must be one of {BETA_SCHEDULES} (or give trained_betas), got "
+                f"{beta_schedule!r}; {fix}"
+            )
+    steps = config.get("num_train_timesteps", 1000)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"{where}: num_train_timesteps must be a positive integer, got {steps!r}; {fix}")
+    for key in ("beta_start", "beta_end"):
+        value = config.get(key)
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or not 0 < value < 1
+        ):
+            raise ValueError(f"{where}: {key} must be a number in (0, 1), got {value!r}; {fix}")
 
 
 def _broadcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -115,16 +149,14 @@ class NoiseSchedule:
     config: Mapping[str, Any]
 
     @classmethod
-    def from_scheduler_config(cls, config: Mapping[str, Any]) -> NoiseSchedule:
-        """Build from a diffusers scheduler config (any of DDPM/DDIM/LCM/Euler's ``scheduler_config.json``)."""
+    def from_scheduler_config(cls, config: Mapping[str, Any], *, source: str | None = None) -> NoiseSchedule:
+        """Build from a diffusers scheduler config (any of DDPM/DDIM/LCM/Euler's ``scheduler_config.json``);
+        errors name ``source`` (the file it was read from) when given."""
         from diffusers import DDPMScheduler
 
         cfg = dict(config)
+        check_scheduler_config(cfg, source=source)
         prediction_type = cfg.get("prediction_type", "epsilon")
-        if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(
-                f"scheduler config prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}"
-            )
         # DDPMScheduler computes betas -> alphas_cumprod exactly as every diffusers discrete scheduler does,
         # including rescale_betas_zero_snr and trained_betas.
         keys = (

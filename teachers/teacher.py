@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -11,11 +10,20 @@ import torch
 from torch import nn
 
 from students import DIFFUSERS_CLASSES
-from students.common import BUILTIN_PREFIX, builtin_folder, builtin_name, list_builtins
+from students.common import (
+    BUILTIN_PREFIX,
+    builtin_folder,
+    builtin_name,
+    check_finite_weights,
+    list_builtins,
+    named_tensors,
+    read_json,
+    weights_source,
+)
 from teachers.conditioning import Cond, expand_cond, is_text
 from teachers.network import denoise, num_class_embeds
 from teachers.parameterization import Prediction
-from teachers.schedule import NoiseSchedule
+from teachers.schedule import NoiseSchedule, check_scheduler_config
 
 # diffusers classes a teacher folder may name; loading never imports code from the folder itself.
 SUPPORTED_CLASSES = DIFFUSERS_CLASSES
@@ -121,7 +129,9 @@ class DiffusionTeacher(nn.Module):
         """
         root = _resolve_root(path)
         unet_dir, scheduler_file = _locate(root, subfolder)
-        config = json.loads((unet_dir / "config.json").read_text())
+        config = read_json(unet_dir / "config.json", what="the network's diffusers config")
+        scheduler_config = read_json(scheduler_file, what="a diffusers scheduler config")
+        check_scheduler_config(scheduler_config, source=str(scheduler_file))
         class_name = config.get("_class_name")
         # diffusers' UNets or an exported student of ours: a fixed list, nothing named by the folder is imported
         from students import loadable_classes, model_classes
@@ -133,6 +143,7 @@ class DiffusionTeacher(nn.Module):
                 f"and {sorted(model_classes())} (students)"
             )
         unet = model_class.from_pretrained(unet_dir)
+        check_finite_weights(named_tensors(unet), source=weights_source(unet_dir))
         parts = None
         if latent_parts and unet_dir == root / "unet":
             from teachers.latent import load_latent_parts
@@ -140,7 +151,7 @@ class DiffusionTeacher(nn.Module):
             parts = load_latent_parts(root)
         teacher = cls(
             unet,
-            json.loads(scheduler_file.read_text()),
+            scheduler_config,
             dtype=dtype,
             null_class=null_class,
             vae=None if parts is None else parts.vae,

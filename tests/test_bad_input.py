@@ -129,6 +129,27 @@ CASES = [
         ["--model.init_args.round_steps=0"],
         ["round_steps", ">= 1"],
     ),
+    (
+        "condition dropout above 1",
+        "kd.yaml",
+        None,
+        ["--model.init_args.cond_drop_prob=1.5"],
+        ["cond_drop_prob must be in [0, 1]", "1.5", "model.init_args.cond_drop_prob"],
+    ),
+    (
+        "a step count of zero in eval_steps",
+        "consistency.yaml",
+        None,
+        ["--model.init_args.eval_steps=[0, 1, 4]"],
+        ["eval_steps", "[0, 1, 4]", "model.init_args.eval_steps"],
+    ),
+    (
+        "negative learning rate",
+        "kd.yaml",
+        None,
+        ["--model.init_args.optimizer.init_args.lr=-0.001"],
+        ["model.init_args.optimizer.init_args.lr", "-0.001"],
+    ),
 ]
 
 
@@ -156,6 +177,7 @@ def test_bad_config_fails_before_the_first_step(
     for fragment in fragments:
         assert fragment in message, f"{fragment!r} not in the error: {message[:2000]}"
     assert not list(tmp_path.rglob("*.ckpt"))  # no step ran, nothing was saved
+    assert not list(tmp_path.rglob("version_*")) and not list(tmp_path.rglob("config.yaml"))  # no run folder
 
 
 def test_unreadable_and_foreign_checkpoints_are_named(tiny_teacher_dir, tmp_path):

@@ -26,7 +26,14 @@ from torch import nn
 from distill.diffusers_folder import save_student_folder
 from distill.ema import EMA
 from distill.methods.checks import check_data_matches, null_class_of, other_teacher
-from distill.methods.optim import configure
+from distill.methods.optim import check_optimizer, configure
+from distill.methods.ranges import (
+    check_at_least,
+    check_finite,
+    check_probability,
+    check_step_count,
+    check_step_counts,
+)
 from distill.metrics import GenerativeEvaluator
 from distill.rng import GeneratorRandom, KeyedRandom, global_sample_indices
 from teachers.conditioning import Cond
@@ -106,6 +113,11 @@ class DistillationModule(L.LightningModule):
         check_student_teacher: bool = True,
     ) -> None:
         super().__init__()
+        check_probability(ema_decay, key="ema_decay", example=0.999, open_above=True)
+        check_finite({"eval_guidance_scale": eval_guidance_scale})
+        check_at_least(eval_num_samples, key="eval_num_samples", minimum=0)
+        check_at_least(samples_per_class, key="samples_per_class", minimum=0)
+        check_optimizer(optimizer)
         self.seed = seed
         self.compile_student = compile_student
         if channels_last:
@@ -155,7 +167,10 @@ class DistillationModule(L.LightningModule):
         self.null_class = null_class_of(student, teacher.num_classes, argument="student")
         self.evaluator = evaluator
         self.eval_num_samples = eval_num_samples
-        self._eval_steps = None if eval_steps is None else [int(k) for k in eval_steps]
+        max_steps = teacher.schedule.num_train_timesteps
+        self._eval_steps = check_step_counts(eval_steps, key="eval_steps", max_steps=max_steps)
+        if eval_teacher_steps:  # None or 0: no teacher row
+            check_step_count(eval_teacher_steps, key="eval_teacher_steps", max_steps=max_steps)
         self.eval_guidance_scale = (
             self.default_eval_guidance_scale if eval_guidance_scale is None else float(eval_guidance_scale)
         )

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from distill.classifier import DigitsClassifier
-from distill.methods.optim import configure
+from distill.methods.optim import check_optimizer, configure
+from distill.methods.ranges import check_probability
 
 
 def augment(
@@ -39,6 +40,8 @@ class ClassifierTraining(L.LightningModule):
         label_smoothing: float = 0.05,
     ) -> None:
         super().__init__()
+        check_probability(label_smoothing, key="label_smoothing", example=0.05)
+        check_optimizer(optimizer)
         self.classifier = classifier
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler

@@ -18,6 +18,7 @@ from distill.ema import EMA
 from distill.features import transfer_weights
 from distill.methods.base import DistillationModule
 from distill.methods.checks import check_guidance
+from distill.methods.ranges import check_at_least, check_finite, check_probability
 from distill.objectives import ConsistencyOptions, consistency_distillation_loss, draw_consistency
 from distill.rng import GeneratorRandom, KeyedRandom
 from teachers.teacher import DiffusionTeacher
@@ -62,6 +63,15 @@ class ConsistencyDistillation(DistillationModule):
         cond_drop_prob: float = 0.0,
         **kwargs: Any,
     ) -> None:
+        check_probability(cond_drop_prob, key="cond_drop_prob", example=0.0)
+        check_probability(target_decay, key="target_decay", example=0.95, open_above=True)
+        check_finite({"guidance_min": guidance_min, "guidance_max": guidance_max})
+        for key, value in (
+            ("huber_c", huber_c),
+            ("sigma_data", sigma_data),
+            ("timestep_scaling", timestep_scaling),
+        ):
+            check_at_least(value, key=key, minimum=0)
         schedule = teacher.schedule
         if not 1 <= original_steps <= schedule.num_train_timesteps:
             raise ValueError(

@@ -10,6 +10,7 @@ from torch import nn
 
 from distill.features import TransferReport, default_feature_pairs, transfer_weights
 from distill.methods.base import DistillationModule
+from distill.methods.ranges import check_finite, check_probability
 from distill.objectives import FeatureKD, KnowledgeOptions, draw_noising, knowledge_distillation_loss
 from distill.rng import GeneratorRandom, KeyedRandom
 from teachers.teacher import DiffusionTeacher
@@ -69,6 +70,10 @@ class KnowledgeDistillation(DistillationModule):
         cond_drop_prob: float = 0.1,
         **kwargs: Any,
     ) -> None:
+        check_probability(cond_drop_prob, key="cond_drop_prob", example=0.1)
+        check_finite(
+            {"task_weight": task_weight, "output_weight": output_weight, "feature_weight": feature_weight}
+        )
         check_compatible(teacher, student)
         info = getattr(student, "student_info", None)  # what a students/ builder knows about the pairing
         if init_mapping is None and info is not None:

@@ -28,6 +28,7 @@ from distill.ema import EMA
 from distill.features import transfer_weights
 from distill.methods.base import DistillationModule
 from distill.methods.checks import check_guidance
+from distill.methods.ranges import check_finite
 from distill.objectives import ProgressiveOptions, draw_progressive, progressive_distillation_loss
 from distill.rng import GeneratorRandom, KeyedRandom
 from teachers.teacher import DiffusionTeacher
@@ -87,6 +88,7 @@ class ProgressiveDistillation(DistillationModule):
         init_from_teacher: bool = True,
         **kwargs: Any,
     ) -> None:
+        check_finite({"guidance_min": guidance_min, "guidance_max": guidance_max})
         self.rounds = round_schedule(teacher_steps, final_steps)
         if teacher_steps > teacher.schedule.num_train_timesteps:
             raise ValueError(

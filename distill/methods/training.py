@@ -12,7 +12,8 @@ from torch import nn
 
 from distill.ema import EMA
 from distill.methods.checks import check_data_matches, null_class_of
-from distill.methods.optim import configure
+from distill.methods.optim import check_optimizer, configure
+from distill.methods.ranges import check_at_least, check_finite, check_probability, check_step_count
 from distill.objectives import denoising_loss, draw_noising
 from distill.rng import GeneratorRandom
 from teachers.network import guided_denoiser
@@ -58,10 +59,14 @@ class DiffusionTraining(L.LightningModule):
         eval_seed: int = 0,
     ) -> None:
         super().__init__()
-        if not 0.0 <= cond_drop_prob < 1.0:
-            raise ValueError(f"cond_drop_prob must be in [0, 1), got {cond_drop_prob}")
+        check_probability(cond_drop_prob, key="cond_drop_prob", example=0.1, open_above=True)
+        check_probability(ema_decay, key="ema_decay", example=0.999, open_above=True)
+        check_finite({"min_snr_gamma": min_snr_gamma, "sample_guidance": sample_guidance})
+        check_at_least(samples_per_class, key="samples_per_class", minimum=0)
+        check_optimizer(optimizer)
         self.model = model
         self.schedule = NoiseSchedule.from_scheduler(noise_scheduler)
+        check_step_count(sample_steps, key="sample_steps", max_steps=self.schedule.num_train_timesteps)
         self.null_class = null_class_of(model, num_classes, argument="model")
         self.num_classes = num_classes if self.null_class is not None else None
         self.optimizer = optimizer
