@@ -43,6 +43,14 @@ def source_line(path: str, meta: Mapping[str, Any] | None) -> str:
     return f"<sub>Source: `{path}`, written by `{meta['command']}` at commit {commit}{dirty} on {date}.</sub>"
 
 
+def protocol_cells(summary: Mapping[str, Any]) -> str:
+    """FID vs real | FID vs teacher ref | KID vs real (x1e3) | accuracy (%): the protocol's columns."""
+    return (
+        f"{mean_std(summary, 'fid_real')} | {mean_std(summary, 'fid_ref')} | "
+        f"{mean_std(summary, 'kid_real', scale=1e3, digits=2)} | {mean_std(summary, 'accuracy', scale=100, digits=1)}"
+    )
+
+
 def _by_steps(entry: Mapping[str, Any]) -> dict[int, Mapping[str, Any]]:
     return {int(row["steps"]): row["summary"] for row in entry["rows"]}
 
@@ -69,9 +77,7 @@ def step_distillation(shipped: Mapping[str, Any]) -> str:
     for steps in sorted(teacher_steps, reverse=True):
         s = teacher_steps[steps]
         lines.append(
-            f"| teacher, DDIM | {steps} | {macs(teacher['macs_per_forward'] * steps)} | {mean_std(s, 'fid_real')} | "
-            f"{mean_std(s, 'fid_ref')} | {mean_std(s, 'kid_real', scale=1e3, digits=2)} | "
-            f"{mean_std(s, 'accuracy', scale=100, digits=1)} | |"
+            f"| teacher, DDIM | {steps} | {macs(teacher['macs_per_forward'] * steps)} | {protocol_cells(s)} | |"
         )
     for method, name in STEP_STUDENTS:
         if name not in shipped:
@@ -83,9 +89,7 @@ def step_distillation(shipped: Mapping[str, Any]) -> str:
                 versus = f"{teacher_steps[steps]['fid_real']['mean'] / s['fid_real']['mean']:.1f}x"
             lines.append(
                 f"| {method} (`{name}`) | {steps} | {macs(entry['macs_per_forward'] * steps)} | "
-                f"{mean_std(s, 'fid_real')} | {mean_std(s, 'fid_ref')} | "
-                f"{mean_std(s, 'kid_real', scale=1e3, digits=2)} | {mean_std(s, 'accuracy', scale=100, digits=1)} | "
-                f"{versus} |"
+                f"{protocol_cells(s)} | {versus} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -98,10 +102,7 @@ def teacher_steps(shipped: Mapping[str, Any]) -> str:
         "| ---: | ---: | ---: | ---: | ---: |",
     ]
     for steps, s in sorted(_by_steps(teacher).items(), reverse=True):
-        lines.append(
-            f"| {steps} | {mean_std(s, 'fid_real')} | {mean_std(s, 'fid_ref')} | "
-            f"{mean_std(s, 'kid_real', scale=1e3, digits=2)} | {mean_std(s, 'accuracy', scale=100, digits=1)} |"
-        )
+        lines.append(f"| {steps} | {protocol_cells(s)} |")
     floor = teacher.get("noise_floor")
     if floor:
         lines.append(
@@ -143,11 +144,7 @@ def student_card(shipped: Mapping[str, Any], name: str) -> str:
     ]
     for steps, s in sorted(_by_steps(entry).items()):
         ref = mean_std(teacher[steps], "fid_real") if steps in teacher else ""
-        lines.append(
-            f"| {steps} | {macs(entry['macs_per_forward'] * steps)} | {mean_std(s, 'fid_real')} | "
-            f"{mean_std(s, 'fid_ref')} | {mean_std(s, 'kid_real', scale=1e3, digits=2)} | "
-            f"{mean_std(s, 'accuracy', scale=100, digits=1)} | {ref} |"
-        )
+        lines.append(f"| {steps} | {macs(entry['macs_per_forward'] * steps)} | {protocol_cells(s)} | {ref} |")
     return "\n".join(lines) + "\n"
 
 
