@@ -33,14 +33,16 @@ def ratio_spread(value: float, quartiles: Sequence[float] | None, *, digits: int
     return f"{value:.{digits}f}x ({lo:.{digits}f}-{hi:.{digits}f})"
 
 
-def source_line(path: str, meta: Mapping[str, Any] | None) -> str:
-    """The provenance line printed under every generated table."""
+def source_line(path: str, meta: Mapping[str, Any] | None, *, older: bool = False) -> str:
+    """The provenance line printed under every generated table (``older``: some entries of the file predate
+    recorded provenance; ``meta`` is then the newest entry's)."""
     if not meta:
         return f"<sub>Source: `{path}` (written before results recorded their commit).</sub>"
     commit = (meta.get("commit") or "unknown")[:10]
     dirty = " with uncommitted changes" if meta.get("dirty") else ""
     date = (meta.get("date") or "")[:10]
-    return f"<sub>Source: `{path}`, written by `{meta['command']}` at commit {commit}{dirty} on {date}.</sub>"
+    partly = "; some of its entries are older and record no commit" if older else ""
+    return f"<sub>Source: `{path}`, written by `{meta['command']}` at commit {commit}{dirty} on {date}{partly}.</sub>"
 
 
 def protocol_cells(summary: Mapping[str, Any]) -> str:

@@ -41,10 +41,13 @@ class Block:
     def text(self) -> str:
         data = json.loads((ROOT / self.source).read_text())
         meta = data.get("meta") if isinstance(data, dict) else None
+        older = False
         if meta is None and isinstance(data, dict):  # per-entry meta (shipped_students.json): the newest
-            metas = [v["meta"] for v in data.values() if isinstance(v, dict) and "meta" in v]
+            entries = [v for v in data.values() if isinstance(v, dict)]
+            metas = [v["meta"] for v in entries if "meta" in v]
             meta = max(metas, key=lambda m: m.get("date", "")) if metas else None
-        return self.render(data) + "\n" + tables.source_line(self.source, meta) + "\n"
+            older = bool(metas) and len(metas) < len(entries)
+        return self.render(data) + "\n" + tables.source_line(self.source, meta, older=older) + "\n"
 
 
 SHIPPED = "benchmarks/results/shipped_students.json"
