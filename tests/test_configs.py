@@ -76,7 +76,9 @@ CHEAP["configs/sd15/test.yaml"] = [
     "--data.init_args.batch_size=4",
     "--trainer.accelerator=cpu",
 ]
-OVERLAYS = {"configs/sd15/shards.yaml"}  # not standalone: tested with lcm.yaml after distill precompute
+# not standalone: shards.yaml is tested with lcm.yaml after distill precompute, cpu_smoke.yaml on top of lcm.yaml
+# (tests/test_docs_commands.py runs it under the documented workflow in make test-slow)
+OVERLAYS = {"configs/sd15/shards.yaml", "configs/sd15/cpu_smoke.yaml"}
 # Variants whose one-step run repeats a method the fast suite already runs from another config (kd.yaml,
 # lcm.yaml) with another student: the run is in make test-slow; the fast suite parses them
 # (test_config_parses) and builds their students (tests/test_students.py, tests/test_timm_unet.py).
@@ -122,6 +124,24 @@ def test_slow_runs_are_configs():
 def test_config_fast_dev_run(config, tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)
     rel = str(config.relative_to(config.parents[2]))
+    if rel == "configs/sd15/cpu_smoke.yaml":
+        pipeline, captions = request.getfixturevalue("tiny_sd")
+        lcm = str(config.parents[1] / "sd15" / "lcm.yaml")
+        cheap = [a.format(pipeline=pipeline, captions=captions) for a in CHEAP["configs/sd15/lcm.yaml"]]
+        main(
+            [
+                "fit",
+                "-c",
+                lcm,
+                "-c",
+                str(config),
+                *[a for a in cheap if not a.startswith("--trainer.")],
+                "--trainer.fast_dev_run=1",
+                f"--trainer.default_root_dir={tmp_path}",
+                "--trainer.enable_progress_bar=false",
+            ]
+        )
+        return
     if rel in OVERLAYS:
         pipeline, captions = request.getfixturevalue("tiny_sd")
         base = [str(config.parents[1] / "sd15" / "lcm.yaml")]
