@@ -64,7 +64,10 @@ def provenance(
     return {
         "command": shlex.join(command),
         "commit": _git("rev-parse", "HEAD"),
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        # result files the run itself rewrites do not count as uncommitted changes to the code
+        "dirty": bool(
+            _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results")
+        ),
         "configs": [str(p) for p in configs],
         "config_sha256": config_sha256(list(configs)) if configs else None,
         "date": datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat(),

@@ -87,7 +87,8 @@ def test_result_files_record_where_they_came_from():
     """Results written by the current scripts carry their command, commit, config hash and date."""
     for block in update_docs.BLOCKS.values():
         data = json.loads((ROOT / block.source).read_text())
-        metas = [data["meta"]] if "meta" in data else [v["meta"] for v in data.values() if "meta" in v]
+        entries = [v for v in data.values() if isinstance(v, dict)]
+        metas = [data["meta"]] if "meta" in data else [v["meta"] for v in entries if "meta" in v]
         for meta in metas:
             assert {"command", "commit", "date"} <= set(meta), block.source
 
