@@ -26,8 +26,8 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow -p no:cacheprovider --durations=10
 
-# Benchmarks behind the README's tables (under 20 minutes on 2 idle cores): each script timed, every ratio compared
-# with the previous run (benchmarks/results/rerun.md), then the tables copied into README.md.
+# Benchmarks behind the tables of docs/benchmarks.md: each script timed, every ratio compared with the previous run
+# (benchmarks/results/rerun.json), then every table rendered from the JSON results (benchmarks/update_docs.py).
 bench: $(STAMP)
 	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/run_all.py
