@@ -14,6 +14,9 @@ import torch
 
 from teachers.schedule import PREDICTION_TYPES, _broadcast
 
+# what a network may be trained to predict: the discrete family's three, and the flow velocity ``eps - x0``
+ALL_PREDICTION_TYPES = (*PREDICTION_TYPES, "flow_prediction")
+
 
 def _b(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return _broadcast(value, like) if value.ndim == 1 and like.ndim > 1 else value
@@ -45,12 +48,32 @@ def v_from_x0_eps(
     return _b(alpha, x0) * eps - _b(sigma, x0) * x0
 
 
+def x0_from_flow(
+    *, z: torch.Tensor, flow: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
+) -> torch.Tensor:
+    """x0 from the velocity ``u = eps - x0``: ``(z - sigma u) / (alpha + sigma)`` (rectified flow: ``z - s u``)."""
+    return (z - _b(sigma, z) * flow) / (_b(alpha, z) + _b(sigma, z))
+
+
+def eps_from_flow(
+    *, z: torch.Tensor, flow: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
+) -> torch.Tensor:
+    """eps from the velocity ``u = eps - x0``: ``(z + alpha u) / (alpha + sigma)`` (rectified flow: ``z + (1 - s) u``)."""
+    return (z + _b(alpha, z) * flow) / (_b(alpha, z) + _b(sigma, z))
+
+
 class Prediction(NamedTuple):
-    """A denoiser's answer in all three parameterisations, mutually consistent for the same ``z``."""
+    """A denoiser's answer in all parameterisations, mutually consistent for the same ``z``: x0, eps, v
+    (``alpha eps - sigma x0``) and, as a property, the flow velocity ``eps - x0``."""
 
     x0: torch.Tensor
     eps: torch.Tensor
     v: torch.Tensor
+
+    @property
+    def flow(self) -> torch.Tensor:
+        """The flow-matching velocity ``eps - x0`` (what SD3/FLUX networks output)."""
+        return self.eps - self.x0
 
 
 def to_prediction(
@@ -72,8 +95,12 @@ def to_prediction(
         x0 = output
         eps = eps_from_x0(z=z, x0=x0, alpha=alpha, sigma=sigma)
         v = v_from_x0_eps(x0=x0, eps=eps, alpha=alpha, sigma=sigma)
+    elif prediction_type == "flow_prediction":
+        x0 = x0_from_flow(z=z, flow=output, alpha=alpha, sigma=sigma)
+        eps = eps_from_flow(z=z, flow=output, alpha=alpha, sigma=sigma)
+        v = v_from_x0_eps(x0=x0, eps=eps, alpha=alpha, sigma=sigma)
     else:
-        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+        raise ValueError(f"prediction_type must be one of {ALL_PREDICTION_TYPES}, got {prediction_type!r}")
     return Prediction(x0=x0, eps=eps, v=v)
 
 
@@ -87,7 +114,9 @@ def target_for(
         return v_from_x0_eps(x0=x0, eps=eps, alpha=alpha, sigma=sigma)
     if prediction_type == "sample":
         return x0
-    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    if prediction_type == "flow_prediction":
+        return eps - x0
+    raise ValueError(f"prediction_type must be one of {ALL_PREDICTION_TYPES}, got {prediction_type!r}")
 
 
 def ddim_step(

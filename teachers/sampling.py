@@ -19,15 +19,55 @@ from teachers.parameterization import (
     eps_from_x0,
 )
 from teachers.schedule import (
-    NoiseSchedule,
     alpha_sigma,
-    lcm_timesteps,
-    previous_timesteps,
     q_sample,
-    timestep_grid,
 )
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], Prediction]
+
+
+@torch.no_grad()
+def ode_sample(
+    *,
+    denoiser: Denoiser,
+    noise: torch.Tensor,
+    times: torch.Tensor,
+    alphas: torch.Tensor,
+    sigmas: torch.Tensor,
+    clip_x0: float | None = None,
+) -> torch.Tensor:
+    """The deterministic sampler of either family: from ``noise`` along the decreasing network ``times`` (n,),
+    each step ``z <- alpha_next x0 + sigma_next eps`` (DDIM, eta = 0; for a flow schedule this is exactly the Euler
+    step ``z + (s_next - s) (eps - x0)`` of FlowMatchEulerDiscreteScheduler). ``alphas``/``sigmas`` hold the n grid
+    points' values and the end point's (n + 1). ``clip_x0`` clamps the x0-prediction and recomputes eps from it."""
+    if times.ndim != 1 or len(times) == 0:
+        raise ValueError(f"timesteps must be a non-empty 1-D grid, got shape {tuple(times.shape)}")
+    if alphas.shape != (len(times) + 1,) or sigmas.shape != (len(times) + 1,):
+        raise ValueError("alphas and sigmas must hold one value per grid point plus the end point")
+    z = noise
+    batch = noise.shape[0]
+    for i in range(len(times)):
+        t_vec = times[i].expand(batch).to(noise.device)
+        pred = denoiser(z, t_vec)
+        x0, eps = pred.x0, pred.eps
+        if clip_x0 is not None:
+            x0 = x0.clamp(-clip_x0, clip_x0)
+            alpha = alphas[i].to(z).expand(batch)
+            sigma = sigmas[i].to(z).expand(batch)
+            eps = eps_from_x0(z=z, x0=x0, alpha=alpha, sigma=sigma)
+        z = ddim_step(x0=x0, eps=eps, alpha_next=alphas[i + 1].to(z), sigma_next=sigmas[i + 1].to(z))
+    return z
+
+
+def grid_alpha_sigma(schedule, times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(alphas, sigmas)`` (n + 1,) of a decreasing grid of network times and the end point the schedule's
+    sampler steps to after the last (clean data; DDIM's ``set_alpha_to_one``), in float64."""
+    alpha, sigma = schedule.alpha_sigma(times, dtype=torch.float64)
+    end_alpha, end_sigma = schedule.end_alpha_sigma()
+    return (
+        torch.cat([alpha.cpu(), torch.tensor([end_alpha], dtype=torch.float64)]),
+        torch.cat([sigma.cpu(), torch.tensor([end_sigma], dtype=torch.float64)]),
+    )
 
 
 @torch.no_grad()
@@ -40,32 +80,30 @@ def ddim_sample(
     clip_x0: float | None = None,
     final_alphas_cumprod: float = 1.0,
 ) -> torch.Tensor:
-    """Deterministic DDIM (eta = 0) from ``noise`` along the decreasing integer ``timesteps``.
+    """Deterministic DDIM (eta = 0) from ``noise`` along the decreasing integer ``timesteps`` of a discrete
+    schedule (:func:`ode_sample`).
 
     Each step goes to the next grid point, the last to clean data (``final_alphas_cumprod``, 1.0 as DDIM's
     ``set_alpha_to_one``). ``clip_x0`` clamps the x0-prediction to ``[-clip_x0, clip_x0]`` and recomputes eps
-    from it, as GLIDE and diffusers' DDIM with ``clip_sample=True, use_clipped_model_output=True``. The start is scaled by ``sigma_T`` only through the caller's
-    noise: diffusers' DDIM also starts from unit-variance noise.
+    from it, as GLIDE and diffusers' DDIM with ``clip_sample=True, use_clipped_model_output=True``. The start is
+    scaled by ``sigma_T`` only through the caller's noise: diffusers' DDIM also starts from unit-variance noise.
     """
     if timesteps.ndim != 1 or len(timesteps) == 0:
         raise ValueError(f"timesteps must be a non-empty 1-D grid, got shape {tuple(timesteps.shape)}")
-    acp = alphas_cumprod.to(noise.device)
-    z = noise
-    batch = noise.shape[0]
-    for t, t_next in zip(timesteps.tolist(), previous_timesteps(timesteps=timesteps).tolist(), strict=True):
-        t_vec = torch.full((batch,), t, device=noise.device, dtype=torch.long)
-        pred = denoiser(z, t_vec)
-        x0, eps = pred.x0, pred.eps
-        if clip_x0 is not None:
-            x0 = x0.clamp(-clip_x0, clip_x0)
-            alpha, sigma = alpha_sigma(alphas_cumprod=acp, timesteps=t_vec)
-            eps = eps_from_x0(z=z, x0=x0, alpha=alpha.to(z.dtype), sigma=sigma.to(z.dtype))
-        nxt = torch.full((batch,), t_next, device=noise.device, dtype=torch.long)
-        alpha_n, sigma_n = alpha_sigma(
-            alphas_cumprod=acp, timesteps=nxt, final_alphas_cumprod=final_alphas_cumprod
-        )
-        z = ddim_step(x0=x0, eps=eps, alpha_next=alpha_n.to(z.dtype), sigma_next=sigma_n.to(z.dtype))
-    return z
+    steps = timesteps.long().cpu()
+    alphas, sigmas = alpha_sigma(
+        alphas_cumprod=alphas_cumprod.cpu(),
+        timesteps=torch.cat([steps, steps.new_tensor([-1])]),
+        final_alphas_cumprod=final_alphas_cumprod,
+    )
+    return ode_sample(
+        denoiser=denoiser,
+        noise=noise,
+        times=timesteps.long(),
+        alphas=alphas.to(noise.dtype),
+        sigmas=sigmas.to(noise.dtype),
+        clip_x0=clip_x0,
+    )
 
 
 def per_sample_noise(
@@ -85,21 +123,22 @@ def ddim_sample_steps(
     *,
     denoiser: Denoiser,
     noise: torch.Tensor,
-    schedule: NoiseSchedule,
+    schedule,
     steps: int,
     spacing: str = "trailing",
     clip_x0: float | None = 1.0,
 ) -> torch.Tensor:
-    """:func:`ddim_sample` on a ``steps``-step grid of ``schedule`` (trailing spacing by default: a few-step
-    grid must start at pure noise), ending where the config's ``set_alpha_to_one`` says."""
-    grid = schedule.grid(steps, spacing=spacing).to(noise.device)
-    return ddim_sample(
+    """:func:`ode_sample` on a ``steps``-step grid of ``schedule`` (either family; trailing spacing by default for
+    a discrete one: a few-step grid must start at pure noise), ending at clean data."""
+    times = schedule.grid(steps, spacing=spacing)
+    alphas, sigmas = grid_alpha_sigma(schedule, times)
+    return ode_sample(
         denoiser=denoiser,
         noise=noise,
-        timesteps=grid,
-        alphas_cumprod=schedule.alphas_cumprod,
+        times=times.to(noise.device),
+        alphas=alphas.to(noise.dtype),
+        sigmas=sigmas.to(noise.dtype),
         clip_x0=clip_x0,
-        final_alphas_cumprod=schedule.final_alphas_cumprod,
     )
 
 
@@ -109,7 +148,8 @@ def consistency_sample(
     denoiser: Denoiser,
     noise: torch.Tensor,
     timesteps: torch.Tensor,
-    alphas_cumprod: torch.Tensor,
+    alphas_cumprod: torch.Tensor | None = None,
+    schedule=None,
     step_noise: Callable[[int], torch.Tensor] | None = None,
     sigma_data: float = 0.5,
     timestep_scaling: float = 10.0,
@@ -120,27 +160,40 @@ def consistency_sample(
     timestep, ``z = alpha_next x + sigma_next n``. The last step's ``x`` is the sample (one step: one forward).
 
     ``step_noise(i)`` gives the noise injected after step ``i`` (default: ``torch.randn_like``); the same noise
-    as diffusers' LCMScheduler makes the result agree with it.
+    as diffusers' LCMScheduler makes the result agree with it. ``schedule`` (either family) gives alpha/sigma and
+    the boundary scalings; without it, ``alphas_cumprod`` and LCM's discrete scalings are used. For a flow schedule
+    this is diffusers' FlowMatchLCMScheduler (``x = z - s v``, re-noised as ``(1 - s') x + s' n``).
     """
     if timesteps.ndim != 1 or len(timesteps) == 0:
         raise ValueError(f"timesteps must be a non-empty 1-D grid, got shape {tuple(timesteps.shape)}")
-    acp = alphas_cumprod.to(noise.device)
+    if (schedule is None) == (alphas_cumprod is None):
+        raise ValueError("pass exactly one of schedule and alphas_cumprod")
+
+    def alpha_sigma_at(t_vec: torch.Tensor):
+        if schedule is not None:
+            return schedule.alpha_sigma(t_vec, dtype=torch.float64)
+        return alpha_sigma(alphas_cumprod=alphas_cumprod.to(noise.device), timesteps=t_vec)
+
+    def scalings(t_vec: torch.Tensor):
+        if schedule is not None:
+            return schedule.consistency_scalings(
+                t_vec, sigma_data=sigma_data, timestep_scaling=timestep_scaling
+            )
+        return consistency_scalings(timesteps=t_vec, sigma_data=sigma_data, timestep_scaling=timestep_scaling)
+
     z = noise
     batch = noise.shape[0]
     steps = timesteps.tolist()
     x = z
-    for i, t in enumerate(steps):
-        t_vec = torch.full((batch,), t, device=noise.device, dtype=torch.long)
+    for i in range(len(steps)):
+        t_vec = timesteps[i].expand(batch).to(noise.device)
         x0 = denoiser(z, t_vec).x0
         if clip_x0 is not None:
             x0 = x0.clamp(-clip_x0, clip_x0)
-        c_skip, c_out = consistency_scalings(
-            timesteps=t_vec, sigma_data=sigma_data, timestep_scaling=timestep_scaling
-        )
+        c_skip, c_out = scalings(t_vec)
         x = consistency_output(z=z, x0=x0, c_skip=c_skip, c_out=c_out)
         if i + 1 < len(steps):
-            nxt = torch.full((batch,), steps[i + 1], device=noise.device, dtype=torch.long)
-            alpha_n, sigma_n = alpha_sigma(alphas_cumprod=acp, timesteps=nxt)
+            alpha_n, sigma_n = alpha_sigma_at(timesteps[i + 1].expand(batch).to(noise.device))
             n = step_noise(i) if step_noise is not None else torch.randn_like(x)
             z = q_sample(x0=x, eps=n.to(x), alpha=alpha_n.to(x.dtype), sigma=sigma_n.to(x.dtype))
     return x
@@ -149,13 +202,17 @@ def consistency_sample(
 SAMPLERS = ("auto", "ddim", "consistency")
 
 
-def resolve_sampler(schedule: NoiseSchedule, sampler: str = "auto") -> str:
-    """``"consistency"`` for a schedule whose scheduler is an LCMScheduler, else ``"ddim"`` (unless given)."""
+CONSISTENCY_SCHEDULERS = ("LCMScheduler", "FlowMatchLCMScheduler")
+
+
+def resolve_sampler(schedule, sampler: str = "auto") -> str:
+    """``"consistency"`` for a schedule whose scheduler is an LCMScheduler or FlowMatchLCMScheduler, else
+    ``"ddim"`` (the deterministic step: DDIM, or Euler for a flow schedule), unless given."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     if sampler != "auto":
         return sampler
-    return "consistency" if schedule.scheduler_class == "LCMScheduler" else "ddim"
+    return "consistency" if schedule.scheduler_class in CONSISTENCY_SCHEDULERS else "ddim"
 
 
 def keyed_step_noise(
@@ -172,7 +229,7 @@ def keyed_step_noise(
 def sample(
     *,
     denoiser: Denoiser,
-    schedule: NoiseSchedule,
+    schedule,
     noise: torch.Tensor,
     steps: int,
     sampler: str = "auto",
@@ -181,45 +238,32 @@ def sample(
     step_noise: Callable[[int], torch.Tensor] | None = None,
     sigma_data: float = 0.5,
 ) -> torch.Tensor:
-    """The one sampling loop behind teachers, methods and exported pipelines: ``steps`` steps of DDIM on
-    ``spacing`` or, for a consistency model (``sampler="consistency"``, or ``"auto"`` with an LCMScheduler
-    config), multistep consistency sampling at LCM's timesteps with the config's ``original_inference_steps``
-    and ``timestep_scaling`` and re-noising from ``step_noise(i)`` (see :func:`keyed_step_noise`).
+    """The one sampling loop behind teachers, methods and exported pipelines, for either schedule family
+    (``schedule``: :class:`~teachers.schedule.NoiseSchedule` or :class:`~teachers.flow.FlowSchedule`): ``steps``
+    deterministic steps (DDIM on ``spacing``; Euler on the shifted sigma grid for a flow schedule, as
+    FlowMatchEulerDiscreteScheduler) or, for a consistency model (``sampler="consistency"``, or ``"auto"`` with an
+    LCMScheduler / FlowMatchLCMScheduler config), multistep consistency sampling at that scheduler's timesteps
+    (LCM: the config's ``original_inference_steps`` and ``timestep_scaling``) with re-noising from
+    ``step_noise(i)`` (see :func:`keyed_step_noise`).
 
     Samples that come out NaN or inf raise FloatingPointError (one check on the result): never a blank image."""
     kind = resolve_sampler(schedule, sampler)
     if not is_step_count(steps):
         raise ValueError(f"steps must be a positive integer (sampling steps), got {steps!r}")
     if kind == "consistency":
-        timesteps = lcm_timesteps(
-            num_train_timesteps=schedule.num_train_timesteps,
-            num_inference_steps=steps,
-            original_steps=int(schedule.config.get("original_inference_steps", 50)),
-        )
         samples = consistency_sample(
             denoiser=denoiser,
             noise=noise,
-            timesteps=timesteps.to(noise.device),
-            alphas_cumprod=schedule.alphas_cumprod,
+            timesteps=schedule.consistency_grid(steps).to(noise.device),
+            schedule=schedule,
             step_noise=step_noise,
             sigma_data=sigma_data,
             timestep_scaling=float(schedule.config.get("timestep_scaling", 10.0)),
             clip_x0=clip_x0,
         )
     else:
-        grid = timestep_grid(
-            num_inference_steps=steps,
-            num_train_timesteps=schedule.num_train_timesteps,
-            spacing=spacing,  # type: ignore[arg-type]
-            steps_offset=schedule.steps_offset,
-        )
-        samples = ddim_sample(
-            denoiser=denoiser,
-            noise=noise,
-            timesteps=grid.to(noise.device),
-            alphas_cumprod=schedule.alphas_cumprod,
-            clip_x0=clip_x0,
-            final_alphas_cumprod=schedule.final_alphas_cumprod,
+        samples = ddim_sample_steps(
+            denoiser=denoiser, noise=noise, schedule=schedule, steps=steps, spacing=spacing, clip_x0=clip_x0
         )
     check_finite_samples(samples, what=f"{kind} sampling in {steps} step(s)")
     return samples

@@ -27,6 +27,29 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 SPACINGS = ("leading", "trailing", "linspace")
 # the beta schedules diffusers' discrete schedulers compute (unless the config gives trained_betas)
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
+# diffusers' discrete-time schedulers: all share DDPM's alphas_cumprod, so a teacher saved with any of them loads
+DISCRETE_SCHEDULERS = frozenset(
+    {
+        "DDPMScheduler",
+        "DDIMScheduler",
+        "LCMScheduler",
+        "TCDScheduler",
+        "PNDMScheduler",
+        "EulerDiscreteScheduler",
+        "EulerAncestralDiscreteScheduler",
+        "HeunDiscreteScheduler",
+        "LMSDiscreteScheduler",
+        "KDPM2DiscreteScheduler",
+        "KDPM2AncestralDiscreteScheduler",
+        "DPMSolverMultistepScheduler",
+        "DPMSolverSinglestepScheduler",
+        "DPMSolverSDEScheduler",
+        "UniPCMultistepScheduler",
+        "DEISMultistepScheduler",
+        "DDPMParallelScheduler",
+        "DDIMParallelScheduler",
+    }
+)
 
 
 def check_scheduler_config(config: Mapping[str, Any], *, source: str | None = None) -> None:
@@ -148,6 +171,9 @@ class NoiseSchedule:
     steps_offset: int
     config: Mapping[str, Any]
 
+    family = "vp"
+    clip_pixels = True  # a pixel-space sampler clamps the x0-prediction to [-1, 1] (diffusers' clip_sample)
+
     @classmethod
     def from_scheduler_config(cls, config: Mapping[str, Any], *, source: str | None = None) -> NoiseSchedule:
         """Build from a diffusers scheduler config (any of DDPM/DDIM/LCM/Euler's ``scheduler_config.json``);
@@ -222,15 +248,57 @@ class NoiseSchedule:
         alpha, sigma = alpha_sigma(alphas_cumprod=self.alphas_cumprod.to(t.device), timesteps=t)
         return alpha.to(dtype), sigma.to(dtype)
 
-    def train_times(self, rng: Any, batch: int) -> torch.Tensor:
-        """Training times of ``batch`` samples in the network's own time input (here: integer timesteps uniform
-        over ``[0, num_train_timesteps)``), drawn from ``rng`` (``distill.rng``'s interface: ``randint``)."""
-        return rng.randint(self.num_train_timesteps, batch)
+    def train_times(
+        self,
+        rng: Any,
+        batch: int,
+        *,
+        density: str = "uniform",
+        logit_mean: float = 0.0,
+        logit_std: float = 1.0,
+    ) -> torch.Tensor:
+        """Training times of ``batch`` samples in the network's own time input (integer timesteps), drawn from
+        ``rng`` (``distill.rng``'s interface): uniform over ``[0, num_train_timesteps)``, or ``floor(u T)`` for a
+        logit-normal ``u`` (SD3's density, offered for both families)."""
+        if density == "uniform":
+            return rng.randint(self.num_train_timesteps, batch)
+        if density != "logit_normal":
+            raise ValueError(f"density must be one of ('uniform', 'logit_normal'), got {density!r}")
+        u = torch.sigmoid(logit_mean + logit_std * rng.randn((batch,)))
+        return (u * self.num_train_timesteps).long().clamp(0, self.num_train_timesteps - 1)
 
     def skipping_grid(self, original_steps: int) -> torch.Tensor:
-        """The increasing solver grid consistency distillation trains on (LCM's skipping-step grid)."""
+        """The increasing solver grid consistency distillation trains on (LCM's skipping-step grid); refuses an
+        ``original_steps`` that does not divide ``num_train_timesteps`` (the skipping interval must be whole)."""
+        if 1 <= original_steps <= self.num_train_timesteps and self.num_train_timesteps % original_steps:
+            raise ValueError(
+                f"original_steps={original_steps} does not divide the teacher's {self.num_train_timesteps} "
+                f"timesteps, so the skipping interval k is not whole; pick a divisor (e.g. 50 for 1000)"
+            )
         return lcm_skipping_timesteps(
             num_train_timesteps=self.num_train_timesteps, original_steps=original_steps
+        )
+
+    def next_times(self, grid: torch.Tensor) -> torch.Tensor:
+        """Where each grid point steps to: the next point, and ``-1`` (clean data) after the last."""
+        return previous_timesteps(timesteps=grid)
+
+    def end_alpha_sigma(self) -> tuple[float, float]:
+        """``(alpha, sigma)`` after a sampler's last step (:attr:`final_alphas_cumprod`)."""
+        abar = self.final_alphas_cumprod
+        return math.sqrt(abar), math.sqrt(max(0.0, 1.0 - abar))
+
+    def consistency_grid(
+        self, num_inference_steps: int, *, original_steps: int | None = None
+    ) -> torch.Tensor:
+        """Decreasing timesteps a consistency model samples at (LCMScheduler's, from the skipping grid of
+        ``original_steps``, default the config's ``original_inference_steps`` or 50)."""
+        if original_steps is None:
+            original_steps = int(self.config.get("original_inference_steps", 50))
+        return lcm_timesteps(
+            num_train_timesteps=self.num_train_timesteps,
+            num_inference_steps=num_inference_steps,
+            original_steps=original_steps,
         )
 
     def consistency_scalings(
@@ -249,6 +317,40 @@ class NoiseSchedule:
             spacing=spacing or self.timestep_spacing,  # type: ignore[arg-type]
             steps_offset=self.steps_offset,
         )
+
+
+def schedule_from_config(config: Mapping[str, Any], *, source: str | None = None):
+    """The schedule a diffusers scheduler config describes: :class:`teachers.flow.FlowSchedule` for a
+    flow-matching config (FlowMatch* classes, or ``use_flow_sigmas``), else the discrete :class:`NoiseSchedule`.
+    Refuses a scheduler class neither family knows, naming ``source``."""
+    from teachers.flow import FLOW_SCHEDULERS, FlowSchedule, is_flow_config
+
+    name = config.get("_class_name")
+    if is_flow_config(config):
+        return FlowSchedule.from_scheduler_config(config, source=source)
+    if name is not None and name not in DISCRETE_SCHEDULERS:
+        where = f"scheduler config {source}" if source else "scheduler config"
+        raise ValueError(
+            f"{where}: scheduler class {name!r} is not one this library samples; discrete (DDPM-family) classes: "
+            f"{sorted(DISCRETE_SCHEDULERS)}; flow-matching classes: {sorted(FLOW_SCHEDULERS)} (or a multistep "
+            "solver with use_flow_sigmas: true). Save the teacher's training scheduler with "
+            "scheduler.save_pretrained(...)"
+        )
+    if config.get("prediction_type") == "flow_prediction":
+        where = f"scheduler config {source}" if source else "scheduler config"
+        raise ValueError(
+            f"{where}: prediction_type 'flow_prediction' needs a flow-matching schedule, but {name or 'the config'} "
+            "is a discrete (DDPM-family) scheduler; use FlowMatchEulerDiscreteScheduler, or set use_flow_sigmas: "
+            "true on a multistep solver (SANA's form)"
+        )
+    return NoiseSchedule.from_scheduler_config(config, source=source)
+
+
+def schedule_from_scheduler(scheduler: Any):
+    """:func:`schedule_from_config` of a diffusers scheduler instance."""
+    import json
+
+    return schedule_from_config(json.loads(scheduler.to_json_string()))
 
 
 def lcm_skipping_timesteps(*, num_train_timesteps: int, original_steps: int) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from students.common import (
 from teachers.conditioning import Cond, expand_cond, is_text
 from teachers.network import denoise, num_class_embeds
 from teachers.parameterization import Prediction
-from teachers.schedule import NoiseSchedule, check_scheduler_config
+from teachers.schedule import schedule_from_config
 
 # diffusers classes a teacher folder may name; loading never imports code from the folder itself.
 SUPPORTED_CLASSES = DIFFUSERS_CLASSES
@@ -66,6 +67,11 @@ class DiffusionTeacher(nn.Module):
         text_encoders, tokenizers: a text-conditioned teacher's encoder/tokenizer pairs (one for SD 1.x/2.x, two
             for SDXL, whose hidden states are concatenated and whose second encoder gives the pooled embedding).
         vae_dtype: dtype of the VAE and text encoders (fp32 by default even when the UNet is half precision).
+        shift: the flow-matching shift this run expects (None: the scheduler config's, which is always what is
+            used). Given, it must equal the config's: a run never silently samples or trains at another shift.
+
+    The schedule family comes from ``scheduler_config``: a discrete (DDPM-family) ``NoiseSchedule`` or, for
+    ``FlowMatchEulerDiscreteScheduler`` (SD3, FLUX) and ``use_flow_sigmas`` solvers (SANA), a ``FlowSchedule``.
     """
 
     def __init__(
@@ -79,6 +85,7 @@ class DiffusionTeacher(nn.Module):
         text_encoders: list[nn.Module] | None = None,
         tokenizers: list[Any] | None = None,
         vae_dtype: str | torch.dtype | None = None,
+        shift: float | None = None,
     ) -> None:
         super().__init__()
         text_encoders, tokenizers = list(text_encoders or []), list(tokenizers or [])
@@ -98,7 +105,11 @@ class DiffusionTeacher(nn.Module):
         target = resolve_dtype(dtype)
         current = next(unet.parameters()).dtype
         self.unet = unet if current == target else unet.to(target)
-        self.schedule = NoiseSchedule.from_scheduler_config(scheduler_config)
+        schedule = schedule_from_config(scheduler_config)
+        check_shift(schedule, shift)
+        if getattr(schedule, "use_dynamic_shifting", False):
+            schedule = schedule.with_image_seq_len(image_tokens(self.unet))
+        self.schedule = schedule
         n_classes = num_class_embeds(unet)
         self.null_class = null_class if null_class is not None else (n_classes - 1 if n_classes else None)
         self.source: str | None = None
@@ -117,6 +128,7 @@ class DiffusionTeacher(nn.Module):
         null_class: int | None = None,
         latent_parts: bool = True,
         vae_dtype: str | torch.dtype | None = None,
+        shift: float | None = None,
     ) -> DiffusionTeacher:
         """Load from a diffusers pipeline folder (``unet/`` + ``scheduler/``) or a model folder.
 
@@ -125,13 +137,17 @@ class DiffusionTeacher(nn.Module):
         it (``scheduler_config.json``) or in a sibling ``scheduler/`` folder. A Stable-Diffusion-style pipeline
         folder also gives the teacher its ``vae/``, ``text_encoder/`` (+ ``_2``) and ``tokenizer/`` (+ ``_2``)
         unless ``latent_parts`` is false (e.g. when training from precomputed latents and embeddings, which
-        carry the empty-prompt embedding themselves).
+        carry the empty-prompt embedding themselves). ``shift``: see the class (a flow teacher's shift check).
         """
         root = _resolve_root(path)
         unet_dir, scheduler_file = _locate(root, subfolder)
         config = read_json(unet_dir / "config.json", what="the network's diffusers config")
         scheduler_config = read_json(scheduler_file, what="a diffusers scheduler config")
-        check_scheduler_config(scheduler_config, source=str(scheduler_file))
+        check_shift(
+            schedule_from_config(scheduler_config, source=str(scheduler_file)),
+            shift,
+            source=str(scheduler_file),
+        )
         class_name = config.get("_class_name")
         # diffusers' UNets or an exported student of ours: a fixed list, nothing named by the folder is imported
         from students import loadable_classes, model_classes
@@ -158,6 +174,7 @@ class DiffusionTeacher(nn.Module):
             text_encoders=None if parts is None else parts.text_encoders,
             tokenizers=None if parts is None else parts.tokenizers,
             vae_dtype=vae_dtype,
+            shift=shift,
         )
         teacher.source = str(path)
         teacher.weights_dir = unet_dir
@@ -386,7 +403,10 @@ class DiffusionTeacher(nn.Module):
         noise), or multistep consistency sampling when this folder's scheduler is an LCMScheduler; a network with a
         ``timestep_cond`` input takes ``w = scale - 1`` there (diffusers' LCM convention). Re-noising between
         consistency steps is keyed on ``(seeds, indices)`` per image and per step (default: seed 0, position in
-        ``noise``). ``clip_x0`` "auto" clamps x0 to [-1, 1] for pixel teachers and not for latents.
+        ``noise``). ``clip_x0`` "auto" clamps x0 to [-1, 1] for pixel teachers of the discrete family (never for
+        latents, nor for flow teachers: diffusers' flow schedulers do not clip). A flow teacher samples by Euler on
+        its scheduler's shifted sigma grid (FlowMatchEulerDiscreteScheduler), or FlowMatchLCMScheduler's
+        consistency steps.
         """
         from teachers.network import guided_denoiser
         from teachers.sampling import keyed_step_noise, sample
@@ -395,7 +415,7 @@ class DiffusionTeacher(nn.Module):
         seeds = torch.zeros(n, dtype=torch.long) if seeds is None else seeds
         indices = torch.arange(n) if indices is None else indices
         if clip_x0 == "auto":
-            clip_x0 = None if self.is_latent else 1.0
+            clip_x0 = 1.0 if self.schedule.clip_pixels and not self.is_latent else None
         denoiser = guided_denoiser(
             self.unet, self.schedule, cond=cond, guidance_scale=guidance_scale, uncond=self.null_cond
         )
@@ -414,6 +434,39 @@ class DiffusionTeacher(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Prediction:
         return self.predict(*args, **kwargs)
+
+
+def check_shift(schedule: Any, shift: float | None, *, source: str | None = None) -> None:
+    """Refuse a ``shift`` that contradicts the scheduler config's (or any shift for a discrete schedule)."""
+    if shift is None:
+        return
+    where = f" ({source})" if source else ""
+    if schedule.family != "flow":
+        raise ValueError(
+            f"shift={shift}: the teacher's scheduler config{where} is a discrete (DDPM-family) schedule, which has no "
+            "shift; remove shift from the config"
+        )
+    if schedule.use_dynamic_shifting:
+        raise ValueError(
+            f"shift={shift}: the teacher's scheduler config{where} shifts dynamically by image size "
+            "(use_dynamic_shifting: true), so no fixed shift applies; remove shift from the config"
+        )
+    if not math.isclose(float(shift), schedule.shift, rel_tol=1e-9, abs_tol=1e-12):
+        raise ValueError(
+            f"shift={shift} contradicts the teacher's scheduler config{where}, which says shift={schedule.shift}; "
+            "the teacher was trained and is sampled at its own shift. Remove shift from the config (the teacher's "
+            "is read from its scheduler config) or point at a teacher saved with that shift"
+        )
+
+
+def image_tokens(net: nn.Module) -> int:
+    """The token count dynamic shifting reads for a network's samples: ``(sample_size / patch_size)^2``
+    (a UNet has patch size 1)."""
+    config = getattr(net, "config", None)
+    size = getattr(config, "sample_size", 1) or 1
+    size = int(size[0] if isinstance(size, list | tuple) else size)
+    patch = int(getattr(config, "patch_size", None) or 1)
+    return (size // patch) ** 2
 
 
 def _resolve_root(path: str | Path) -> Path:

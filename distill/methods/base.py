@@ -391,7 +391,7 @@ class DistillationModule(L.LightningModule):
             schedule=schedule,
             noise=noise,
             steps=self.eval_steps[0] if steps is None else steps,
-            clip_x0=None if self.teacher.is_latent else 1.0,
+            clip_x0=1.0 if schedule.clip_pixels and not self.teacher.is_latent else None,
             step_noise=keyed_step_noise(
                 seeds=seeds, indices=indices, shape=tuple(noise.shape[1:]), device=noise.device
             ),

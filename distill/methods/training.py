@@ -19,7 +19,7 @@ from distill.rng import GeneratorRandom
 from teachers.network import guided_denoiser
 from teachers.sampling import per_sample_noise
 from teachers.sampling import sample as sample_loop
-from teachers.schedule import NoiseSchedule
+from teachers.schedule import schedule_from_scheduler
 
 
 class DiffusionTraining(L.LightningModule):
@@ -38,7 +38,12 @@ class DiffusionTraining(L.LightningModule):
             the last one being the null class); None for an unconditional model.
         cond_drop_prob: probability of replacing a label by the null class during training.
         ema_decay: EMA decay of the weights used for validation samples and export.
-        min_snr_gamma: Min-SNR loss weighting (Hang et al. 2023); None for the plain MSE on the target.
+        min_snr_gamma: Min-SNR loss weighting (Hang et al. 2023) of a discrete schedule; None for the plain MSE
+            on the target.
+        time_density: how training times are drawn: "uniform" over the scheduler's training timesteps, or
+            "logit_normal" (SD3's rectified-flow recipe: ``u = sigmoid(logit_mean + logit_std n)``, time index
+            ``floor(u T)``).
+        logit_mean, logit_std: the logit-normal density's parameters (SD3: 0 and 1).
         sample_steps, sample_guidance, samples_per_class: the validation sample grid (DDIM, trailing).
         eval_seed: seed of the fixed noise/timesteps of the validation loss and the sample grid.
     """
@@ -53,6 +58,9 @@ class DiffusionTraining(L.LightningModule):
         cond_drop_prob: float = 0.1,
         ema_decay: float = 0.999,
         min_snr_gamma: float | None = None,
+        time_density: str = "uniform",
+        logit_mean: float = 0.0,
+        logit_std: float = 1.0,
         sample_steps: int = 25,
         sample_guidance: float = 2.0,
         samples_per_class: int = 8,
@@ -65,7 +73,20 @@ class DiffusionTraining(L.LightningModule):
         check_at_least(samples_per_class, key="samples_per_class", minimum=0)
         check_optimizer(optimizer)
         self.model = model
-        self.schedule = NoiseSchedule.from_scheduler(noise_scheduler)
+        self.schedule = schedule_from_scheduler(noise_scheduler)
+        if time_density not in ("uniform", "logit_normal"):
+            raise ValueError(
+                f"time_density must be 'uniform' or 'logit_normal' (SD3's rectified-flow recipe), got {time_density!r}"
+            )
+        check_finite({"logit_mean": logit_mean, "logit_std": logit_std})
+        check_at_least(logit_std, key="logit_std", minimum=0)
+        if min_snr_gamma is not None and self.schedule.family == "flow":
+            raise ValueError(
+                "min_snr_gamma: Min-SNR weighting is defined for the discrete family's epsilon/v/sample targets; "
+                "a flow-matching scheduler trains on the velocity (use time_density: logit_normal, as SD3); "
+                "remove min_snr_gamma"
+            )
+        self.time_density, self.logit_mean, self.logit_std = time_density, logit_mean, logit_std
         check_step_count(sample_steps, key="sample_steps", max_steps=self.schedule.num_train_timesteps)
         self.null_class = null_class_of(model, num_classes, argument="model")
         self.num_classes = num_classes if self.null_class is not None else None
@@ -106,6 +127,9 @@ class DiffusionTraining(L.LightningModule):
             schedule=self.schedule,
             cond=cond,
             cond_drop_prob=self.cond_drop_prob if self.training else 0.0,
+            density=self.time_density,
+            logit_mean=self.logit_mean,
+            logit_std=self.logit_std,
         )
         return denoising_loss(
             net=self.model if net is None else net,
@@ -191,13 +215,19 @@ class DiffusionTraining(L.LightningModule):
         use_ema: bool = True,
         **_: object,
     ) -> torch.Tensor:
-        """Samples by DDIM (trailing spacing) from the EMA (or raw) weights at the CFG scale ``guidance_scale``."""
+        """Samples by DDIM (trailing spacing; Euler on the shifted grid for a flow schedule) from the EMA (or raw)
+        weights at the CFG scale ``guidance_scale``."""
         net = self.ema.module if use_ema else self.model
         denoiser = guided_denoiser(
             net, self.schedule, cond=cond, guidance_scale=guidance_scale, uncond=self.null_cond
         )
         return sample_loop(
-            denoiser=denoiser, schedule=self.schedule, noise=noise, steps=steps, sampler="ddim", clip_x0=1.0
+            denoiser=denoiser,
+            schedule=self.schedule,
+            noise=noise,
+            steps=steps,
+            sampler="ddim",
+            clip_x0=1.0 if self.schedule.clip_pixels else None,
         )
 
     def configure_callbacks(self) -> list[L.Callback]:

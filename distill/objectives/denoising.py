@@ -1,5 +1,6 @@
-"""The denoising objective of diffusion training (how the digits teacher is trained): MSE to the schedule's
-target at uniformly drawn times, optionally Min-SNR weighted (Hang et al. 2023)."""
+"""The denoising objective of diffusion training (how the digits teachers are trained): MSE to the schedule's
+target (eps, v, x0, or the flow velocity ``eps - x0`` for rectified flow) at drawn times, optionally Min-SNR
+weighted (Hang et al. 2023; discrete family)."""
 
 from __future__ import annotations
 

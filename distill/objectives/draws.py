@@ -50,10 +50,21 @@ class NoisingDraws:
 
 
 def draw_noising(
-    rng: Random, *, x0: torch.Tensor, schedule, cond: Cond, cond_drop_prob: float
+    rng: Random,
+    *,
+    x0: torch.Tensor,
+    schedule,
+    cond: Cond,
+    cond_drop_prob: float,
+    density: str = "uniform",
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
 ) -> NoisingDraws:
-    """Times from the schedule's training distribution, then noise, then the dropout draw (in this order)."""
-    t = schedule.train_times(rng, x0.shape[0]).to(x0.device)
+    """Times from the schedule's training distribution (``density``: uniform, or SD3's logit-normal with
+    ``logit_mean``/``logit_std``), then noise, then the dropout draw (in this order)."""
+    t = schedule.train_times(
+        rng, x0.shape[0], density=density, logit_mean=logit_mean, logit_std=logit_std
+    ).to(x0.device)
     noise = rng.randn(x0.shape, dtype=x0.dtype).to(x0.device)
     keep = draw_keep(rng, batch=x0.shape[0], cond=cond, prob=cond_drop_prob)
     return NoisingDraws(t=t, noise=noise, keep=keep)
