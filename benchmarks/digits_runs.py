@@ -77,8 +77,10 @@ def evaluate(
     seeds: list[int],
     num_samples: int,
     eval_steps: list[int],
+    protocol: str = "configs/digits/teacher_eval.yaml",
 ) -> dict:
-    """The protocol (configs/digits/teacher_eval.yaml) on ``student`` at ``eval_steps``."""
+    """The protocol (``protocol``: configs/digits/teacher_eval.yaml, or configs/digits_flow/teacher_eval.yaml with
+    the flow teacher's reference) on ``student`` at ``eval_steps``."""
     eval_json = out / f"{tag}.json"
     seconds = run(
         [
@@ -86,7 +88,7 @@ def evaluate(
             "distill.cli",
             "test",
             "-c",
-            "configs/digits/teacher_eval.yaml",
+            protocol,
             f"--model.init_args.model.init_args.path={student}",
             f"--model.init_args.name={name}",
             f"--model.init_args.steps={json.dumps(eval_steps)}",

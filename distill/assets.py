@@ -111,16 +111,17 @@ def reference(args) -> None:
     save_file(
         {"features": feats.contiguous(), "labels": labels.contiguous()}, args.out / "features.safetensors"
     )
-    unet_file = next(
-        Path(
-            teacher.source.replace("builtin:digits", str(Path(__file__).parents[1] / "teachers/digits"))
-        ).rglob("*.safetensors")
+    unet_file = next(Path(teacher.weights_dir).rglob("*.safetensors"))
+    sampler = (
+        "euler on FlowMatchEulerDiscreteScheduler's grid (no clipping)"
+        if teacher.schedule.family == "flow"
+        else "ddim (eta=0), trailing spacing, x0 clipped to [-1, 1]"
     )
     meta = {
         "teacher": args.teacher,
         "teacher_sha256": _sha256(unet_file),
         "classifier_sha256": _sha256(DEFAULT_CLASSIFIER / "model.safetensors"),
-        "sampler": "ddim (eta=0), trailing spacing, x0 clipped to [-1, 1]",
+        "sampler": sampler,
         "steps": args.steps,
         "guidance_scale": args.guidance,
         "seed": args.seed,

@@ -71,6 +71,12 @@ def write_model_index(
         }
         (Path(directory) / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
         return
+    if teacher.schedule.family == "flow":
+        raise ValueError(
+            "exporting a student of a latent flow-matching teacher as a diffusers pipeline folder is not supported: "
+            "its pipeline (SD3, FLUX) takes a transformer, not a UNet. Export the denoiser alone (--format unet) "
+            "or distil a pixel-space flow teacher"
+        )
     if teacher.is_sdxl:
         pipeline = "StableDiffusionXLPipeline"
     elif scheduler_class == "LCMScheduler":

@@ -71,8 +71,15 @@ def model_card(
     teacher_net = module.teacher.unet
     s_macs = count_macs(student, example_inputs(student))
     t_macs = count_macs(teacher_net, example_inputs(teacher_net))
-    consistency = schedule.scheduler_class == "LCMScheduler"
-    steps = "1-4 (multistep consistency sampling)" if consistency else "as trained (DDIM, trailing spacing)"
+    from teachers.sampling import resolve_sampler
+
+    consistency = resolve_sampler(schedule) == "consistency"
+    deterministic = (
+        "as trained (Euler on the scheduler's shifted sigma grid)"
+        if schedule.family == "flow"
+        else "as trained (DDIM, trailing spacing)"
+    )
+    steps = "1-4 (multistep consistency sampling)" if consistency else deterministic
     guidance = (
         "the guidance scale goes in as `timestep_cond` (scale - 1), one forward per step"
         if getattr(getattr(student, "config", None), "time_cond_proj_dim", None)

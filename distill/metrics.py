@@ -156,7 +156,8 @@ class DigitsEvaluator(GenerativeEvaluator):
 
     Args:
         classifier: folder of the shipped classifier (config.json + model.safetensors).
-        reference: folder of the shipped teacher reference (None: compare to real digits only).
+        reference: folder of a teacher's reference statistics, or ``builtin:NAME`` for the one shipped for
+            ``builtin:NAME`` (``builtin:digits``, the default, or ``builtin:digits_flow``); None: real digits only.
         image_size, num_heldout, split_seed: the held-out real digits (must match the data the teacher saw).
         kid_subset_size, kid_subsets: KID's subsets (the size is capped at the smaller set, 360 real digits).
     """
@@ -180,6 +181,8 @@ class DigitsEvaluator(GenerativeEvaluator):
         self.real_images, self.real_labels = images[held], labels[held]
         with torch.no_grad():
             self.real_features = self.classifier.features(self.real_images)
+        if reference is not None and str(reference).startswith("builtin:"):
+            reference = ASSETS / f"{str(reference).removeprefix('builtin:')}_reference"
         self.reference = Reference.load(reference) if reference is not None else None
         expected = None if self.reference is None else self.reference.meta.get("classifier_sha256")
         if expected is not None:

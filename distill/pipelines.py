@@ -165,7 +165,7 @@ class ClassConditionalPipeline:
         num_inference_steps: int | None = None,
         guidance_scale: float = 1.0,
         seed: int = 0,
-        clip_x0: float | None = 1.0,
+        clip_x0: float | str | None = "auto",
     ) -> ImagePipelineOutput:
         """Images for ``class_labels`` (one each; None: ``num_images`` unconditional ones).
 
@@ -207,7 +207,7 @@ class ClassConditionalPipeline:
             steps=steps,
             guidance_scale=guidance_scale,
             sampler=self.sampler,
-            spacing=model.schedule.timestep_spacing,
+            spacing=getattr(model.schedule, "timestep_spacing", "trailing"),  # a flow grid has none
             clip_x0=clip_x0,
         )
         return ImagePipelineOutput(images=images.add(1).div(2).clamp(0, 1))

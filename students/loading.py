@@ -124,7 +124,17 @@ def load_student(path: str | Path, time_cond_proj_dim: int | None = None) -> nn.
             scheduler_file.is_file()
         ):  # what the weights were trained to predict, checked against the teacher's
             scheduler = read_json(scheduler_file, what="a diffusers scheduler config")
-            model.trained_prediction_type = scheduler.get("prediction_type", "epsilon")
+            model.trained_prediction_type = trained_prediction(scheduler)
             model.trained_prediction_source = str(scheduler_file)
             break
     return model
+
+
+def trained_prediction(scheduler_config: dict) -> str:
+    """What a network saved beside ``scheduler_config`` was trained to predict: ``flow_prediction`` (the
+    velocity) for a flow-matching scheduler (FlowMatch* classes or ``use_flow_sigmas``), else the config's
+    ``prediction_type`` (diffusers' default ``epsilon``)."""
+    name = str(scheduler_config.get("_class_name", ""))
+    if name.startswith("FlowMatch") or scheduler_config.get("use_flow_sigmas"):
+        return "flow_prediction"
+    return str(scheduler_config.get("prediction_type", "epsilon"))

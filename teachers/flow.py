@@ -169,6 +169,11 @@ def flow_sigmas(
     else:
         sigmas = shift_sigmas(sigmas=sigmas, shift=shift)
     if shift_terminal:
+        if num_inference_steps < 2:
+            raise ValueError(
+                f"shift_terminal={shift_terminal} stretches the grid so its last point is that sigma, which a "
+                "1-step grid cannot do (diffusers returns NaN); sample with 2 or more steps"
+            )
         sigmas = stretch_to_terminal(sigmas=sigmas, terminal=shift_terminal)
     return torch.from_numpy(np.asarray(sigmas)).to(torch.float32)
 
@@ -286,6 +291,48 @@ class FlowSchedule:
 
     def end_alpha_sigma(self) -> tuple[float, float]:
         return 1.0, 0.0
+
+    def progressive_grid(self, teacher_steps: int, *, final_steps: int) -> torch.Tensor:
+        """The decreasing ``teacher_steps``-point grid a progressive-distillation round's teacher steps on: the
+        ``final_steps``-step sampling grid (the one an export samples with) halved ``log2(teacher_steps /
+        final_steps)`` times by inserting sigma midpoints (and one before clean data). diffusers' flow grids end
+        at ``sigma_min`` and are not nested, so every round's grid is built from the final one: each round's
+        student learns exactly the steps the next round's grid (and, last, the sampler) takes."""
+        levels = 0
+        while final_steps << levels < teacher_steps:
+            levels += 1
+        if final_steps << levels != teacher_steps:
+            raise ValueError(
+                f"teacher_steps={teacher_steps} is not final_steps={final_steps} times a power of two"
+            )
+        sigmas = self.sigmas(final_steps).to(torch.float64)
+        for _ in range(levels):
+            ends = torch.cat([sigmas, sigmas.new_zeros(1)])
+            mids = (ends[:-1] + ends[1:]) / 2
+            sigmas = torch.stack([sigmas, mids], dim=1).reshape(-1)
+        return (sigmas * self.num_train_timesteps).to(torch.float32)
+
+    def as_scheduler(self, class_name: str) -> FlowSchedule:
+        """This schedule as a config of diffusers' flow scheduler ``class_name``, keeping the keys that class
+        takes (its shift and shifting options), so stock diffusers loads it without ignored keys."""
+        import inspect
+
+        import diffusers
+
+        params = inspect.signature(getattr(diffusers, class_name).__init__).parameters
+        config = {k: v for k, v in self.config.items() if k in params}
+        if "flow_shift" in self.config and "shift" in params:  # SANA's key, FlowMatch*'s name
+            config["shift"] = self.shift
+        return dataclasses.replace(self, config={"_class_name": class_name, **config})
+
+    def deterministic_export(self) -> FlowSchedule:
+        """The scheduler config a few-step deterministic student samples with: FlowMatchEulerDiscreteScheduler
+        with this schedule's shift."""
+        return self.as_scheduler("FlowMatchEulerDiscreteScheduler")
+
+    def consistency_export(self, *, original_steps: int, timestep_scaling: float) -> FlowSchedule:
+        """The scheduler config a consistency student samples with: FlowMatchLCMScheduler, same shift."""
+        return self.as_scheduler("FlowMatchLCMScheduler")
 
     def consistency_grid(
         self, num_inference_steps: int, *, original_steps: int | None = None

@@ -279,6 +279,28 @@ class NoiseSchedule:
             num_train_timesteps=self.num_train_timesteps, original_steps=original_steps
         )
 
+    def progressive_grid(self, teacher_steps: int, *, final_steps: int) -> torch.Tensor:
+        """The decreasing ``teacher_steps``-point grid a progressive-distillation round's teacher steps on: the
+        trailing grid, which is nested (halving it keeps every other point), so the final student samples on the
+        stock trailing grid of its step count."""
+        return self.grid(teacher_steps, spacing="trailing")
+
+    def deterministic_export(self) -> NoiseSchedule:
+        """The scheduler config a few-step deterministic student samples with: DDIM on trailing spacing."""
+        return self.with_config(
+            _class_name="DDIMScheduler", timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False
+        )
+
+    def consistency_export(self, *, original_steps: int, timestep_scaling: float) -> NoiseSchedule:
+        """The scheduler config a consistency student samples with: LCMScheduler on this run's skipping grid."""
+        return self.with_config(
+            _class_name="LCMScheduler",
+            original_inference_steps=original_steps,
+            timestep_scaling=timestep_scaling,
+            timestep_spacing="leading",
+            clip_sample=False,
+        )
+
     def next_times(self, grid: torch.Tensor) -> torch.Tensor:
         """Where each grid point steps to: the next point, and ``-1`` (clean data) after the last."""
         return previous_timesteps(timesteps=grid)

@@ -49,6 +49,15 @@ CHEAP = {
         "--model.init_args.evaluator.init_args.kid_subsets=5",
     ],
 }
+# the flow-matching digits configs mirror the DDPM ones and are cheapened the same way
+CHEAP.update(
+    {
+        f"configs/digits_flow/{k.split('/')[-1]}": v
+        for k, v in list(CHEAP.items())
+        if k.split("/")[-1]
+        in ("teacher.yaml", "kd.yaml", "progressive.yaml", "consistency.yaml", "teacher_eval.yaml")
+    }
+)
 # configs/sd15 run against the tiny offline SD pipeline and caption folder (conftest.tiny_sd), on the CPU
 SD15 = [
     "--model.init_args.teacher.init_args.path={pipeline}",

@@ -143,12 +143,20 @@ class DistillationModule(L.LightningModule):
             )
         trained = getattr(student, "trained_prediction_type", None)
         if trained is not None and trained != teacher.prediction_type:
+
+            def family(prediction: str) -> str:
+                return (
+                    "flow matching"
+                    if prediction == "flow_prediction"
+                    else "a discrete (DDPM-family) schedule"
+                )
+
             raise ValueError(
-                f"student: its weights were trained to predict {trained!r} "
+                f"student: its weights were trained to predict {trained!r} with {family(trained)} "
                 f"({getattr(student, 'trained_prediction_source', 'its scheduler config')}) but the teacher "
-                f"predicts {teacher.prediction_type!r}; a student must start from weights of its teacher's "
-                "parameterisation. Start from a student exported from this teacher, or from scratch / the teacher's "
-                "weights (a students.* builder)"
+                f"predicts {teacher.prediction_type!r} with {family(teacher.prediction_type)}; a student must start "
+                "from weights of its teacher's family and parameterisation. Start from a student exported from this "
+                "teacher, or from scratch / the teacher's weights (a students.* builder)"
             )
         mismatch = other_teacher(student, teacher) if check_student_teacher else None
         if mismatch is not None:

@@ -78,11 +78,7 @@ class ConsistencyDistillation(DistillationModule):
                 f"original_steps must be in [1, {schedule.num_train_timesteps}] (the teacher's timesteps), got "
                 f"{original_steps}"
             )
-        if schedule.num_train_timesteps % original_steps:
-            raise ValueError(
-                f"original_steps={original_steps} does not divide the teacher's {schedule.num_train_timesteps} "
-                f"timesteps, so the skipping interval k is not whole; pick a divisor (e.g. 50 for 1000)"
-            )
+        solver_grid = schedule.skipping_grid(original_steps)  # refuses a grid the schedule cannot build
         if not 0.0 <= target_decay < 1.0:
             raise ValueError(f"target_decay must be in [0, 1), got {target_decay}")
         options = ConsistencyOptions(
@@ -105,7 +101,7 @@ class ConsistencyDistillation(DistillationModule):
         self.target = EMA(student, decay=target_decay, warmup=False)
         self._ddp_params_and_buffers_to_ignore += [f"target.{k}" for k in self.target.state_dict()]
         self.original_steps = original_steps
-        self.register_buffer("solver_timesteps", schedule.skipping_grid(original_steps), persistent=False)
+        self.register_buffer("solver_timesteps", solver_grid, persistent=False)
         self.guidance_min, self.guidance_max = guidance_min, guidance_max
         self.sigma_data, self.timestep_scaling = sigma_data, timestep_scaling
         self.cond_drop_prob = cond_drop_prob
@@ -141,21 +137,19 @@ class ConsistencyDistillation(DistillationModule):
         self.target.update(self.student)
 
     def sampling_schedule(self):
-        """The teacher's schedule as an LCMScheduler config with this run's skipping grid and scalings."""
-        return self.teacher.schedule.with_config(
-            _class_name="LCMScheduler",
-            original_inference_steps=self.original_steps,
-            timestep_scaling=self.timestep_scaling,
-            timestep_spacing="leading",
-            clip_sample=False,
+        """The teacher's schedule as its family's consistency scheduler config: LCMScheduler with this run's
+        skipping grid and scalings, or FlowMatchLCMScheduler (same shift) for a flow teacher."""
+        return self.teacher.schedule.consistency_export(
+            original_steps=self.original_steps, timestep_scaling=self.timestep_scaling
         )
 
     def sampler_options(self) -> dict[str, Any]:
         return {"sigma_data": self.sigma_data}
 
     def export_schedule(self):
-        """:meth:`sampling_schedule`, which diffusers' LCMScheduler loads (it fixes sigma_data = 0.5)."""
-        if self.sigma_data != 0.5:
+        """:meth:`sampling_schedule`, which diffusers' LCMScheduler loads (it fixes sigma_data = 0.5) or
+        FlowMatchLCMScheduler (no boundary scalings: a flow network's x0 is the identity at s = 0)."""
+        if self.sigma_data != 0.5 and self.teacher.schedule.family == "vp":
             raise ValueError(
                 f"LCMScheduler fixes sigma_data = 0.5; this run used {self.sigma_data}, which no diffusers scheduler "
                 "config can express"

@@ -122,6 +122,7 @@ class ProgressiveDistillation(DistillationModule):
         self.round_index = 0
         self.round_start = 0
         self.round_steps = round_steps
+        self.final_steps = final_steps
         self.promote = promote
         self.guidance_min, self.guidance_max = guidance_min, guidance_max
 
@@ -143,7 +144,11 @@ class ProgressiveDistillation(DistillationModule):
         return self.round_steps * len(self.rounds)
 
     def teacher_grid(self) -> torch.Tensor:
-        return self.teacher.schedule.grid(self.current_teacher_steps, spacing="trailing")
+        """The current round's teacher grid (the schedule's nested progressive grids; see
+        ``progressive_grid`` of NoiseSchedule / FlowSchedule)."""
+        return self.teacher.schedule.progressive_grid(
+            self.current_teacher_steps, final_steps=self.final_steps
+        )
 
     def training_losses(self, batch, rng: KeyedRandom | GeneratorRandom | None = None):
         x0, cond = self.prepare_batch(batch)
@@ -215,7 +220,6 @@ class ProgressiveDistillation(DistillationModule):
             )
 
     def export_schedule(self):
-        """The teacher's schedule as a DDIMScheduler config on trailing spacing: the grid the student learned."""
-        return self.teacher.schedule.with_config(
-            _class_name="DDIMScheduler", timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False
-        )
+        """The grid the student learned as a stock scheduler config: DDIM on trailing spacing for a discrete
+        teacher, the teacher's FlowMatchEulerDiscreteScheduler for a flow teacher."""
+        return self.teacher.schedule.deterministic_export()

@@ -1,7 +1,8 @@
 """Progressive distillation's objective (Salimans & Ho 2022; guided: Meng et al. 2023).
 
 Two DDIM steps of the (current round's) teacher from ``s`` to ``mid`` to ``end`` make one student step from ``s``
-to ``end``; the student regresses the x0 for which one DDIM step lands where the teacher's two did (closed form),
+to ``end`` (on a flow schedule a DDIM step is exactly an Euler step, so this is "two teacher Euler steps -> one
+student step"); the student regresses the x0 for which one DDIM step lands where the teacher's two did (closed form),
 weighted by the truncated SNR ``max(SNR, 1)``.
 """
 
@@ -17,7 +18,7 @@ from distill.objectives.draws import Random, guidance_w
 from teachers.conditioning import Cond
 from teachers.network import denoise
 from teachers.parameterization import ddim_step, progressive_x_target, truncated_snr_weight
-from teachers.schedule import previous_timesteps, q_sample
+from teachers.schedule import q_sample
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def progressive_distillation_loss(
     previous round's student (None in round 1, where the frozen teacher steps)."""
     schedule = teacher.schedule
     grid = grid.to(x0.device)
-    nxt = previous_timesteps(timesteps=grid)
+    nxt = schedule.next_times(grid)
     s, mid, end = grid[draws.start], nxt[draws.start], nxt[draws.start + 1]
     w_emb = w_embedding(draws.w, options.embed_dim)
     alpha_s, sigma_s = schedule.alpha_sigma(s, dtype=x0.dtype)
