@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=sorted(MODELS), default=list(MODELS))
     args = parser.parse_args()
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    meta = provenance(configs=[PROTOCOL])  # before the floors below rewrite the reference's record
     if not (REFERENCE / "features.safetensors").is_file():
         python(
             "-m",
@@ -95,7 +96,7 @@ def main() -> None:
                 "folder": str(folder.relative_to(ROOT.parent)),
                 "steps": MODELS[name],
                 "macs_per_forward": macs_per_forward(folder),
-                "meta": provenance(configs=[PROTOCOL]),
+                "meta": meta,
                 "eval_minutes": round(result["eval_minutes"], 2),
                 "rows": result["rows"],
                 "noise_floor": floor,

@@ -136,17 +136,55 @@ def kd_students(shipped: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def student_card(shipped: Mapping[str, Any], name: str) -> str:
+def student_card(
+    shipped: Mapping[str, Any], name: str, *, teacher_key: str = "teacher", sampler: str = "DDIM"
+) -> str:
     """A shipped student's measured table (its card in students/weights/NAME/README.md)."""
-    entry, teacher = shipped[name], _by_steps(shipped["teacher"])
+    entry, teacher = shipped[name], _by_steps(shipped[teacher_key])
     lines = [
         "| steps | MACs / sample | FID vs real | FID vs teacher ref | KID vs real (x1e3) | accuracy (%) | "
-        "teacher DDIM, same steps: FID vs real |",
+        f"teacher {sampler}, same steps: FID vs real |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for steps, s in sorted(_by_steps(entry).items()):
         ref = mean_std(teacher[steps], "fid_real") if steps in teacher else ""
         lines.append(f"| {steps} | {macs(entry['macs_per_forward'] * steps)} | {protocol_cells(s)} | {ref} |")
+    return "\n".join(lines) + "\n"
+
+
+# -- the flow-matching digits teacher and its students (benchmarks/results/digits_flow.json) -----------------------
+FLOW_TEACHER = "digits_flow_teacher"
+FLOW_STUDENTS = (("KD", "digits_flow_kd"), ("consistency", "digits_flow_consistency"))
+
+
+def digits_flow(results: Mapping[str, Any]) -> str:
+    """The flow teacher's Euler sampler at each step count, its KD and consistency students, the noise floor, and
+    each row's FID vs real as a multiple of the teacher's at 50 steps."""
+    teacher = results[FLOW_TEACHER]
+    teacher_steps = _by_steps(teacher)
+    best = teacher_steps[50]["fid_real"]["mean"] if 50 in teacher_steps else None
+    lines = [
+        "| model | steps | MACs / sample | FID vs real | FID vs teacher ref | KID vs real (x1e3) | accuracy (%) | "
+        "FID vs real / teacher's at 50 steps |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+
+    def row(label: str, entry: Mapping[str, Any], steps: int, s: Mapping[str, Any]) -> str:
+        versus = f"{s['fid_real']['mean'] / best:.2f}x" if best else ""
+        return f"| {label} | {steps} | {macs(entry['macs_per_forward'] * steps)} | {protocol_cells(s)} | {versus} |"
+
+    for steps in sorted(teacher_steps, reverse=True):
+        lines.append(row("flow teacher, Euler", teacher, steps, teacher_steps[steps]))
+    for method, name in FLOW_STUDENTS:
+        if name in results:
+            for steps, s in sorted(_by_steps(results[name]).items()):
+                lines.append(row(f"{method} (`{name}`)", results[name], steps, s))
+    floor = teacher.get("noise_floor")
+    if floor:
+        lines.append(
+            f"| noise floor (teacher vs itself, other seeds) | | | {mean_std(floor, 'fid_real')} | "
+            f"{mean_std(floor, 'fid_ref')} | | | |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -53,7 +53,15 @@ class Block:
 SHIPPED = "benchmarks/results/shipped_students.json"
 
 
+DIGITS_FLOW = "benchmarks/results/digits_flow.json"
+
+
 def _card(name: str) -> Block:
+    if name.startswith("digits_flow_"):
+        return Block(
+            DIGITS_FLOW,
+            lambda data: tables.student_card(data, name, teacher_key=tables.FLOW_TEACHER, sampler="Euler"),
+        )
     return Block(SHIPPED, lambda data: tables.student_card(data, name))
 
 
@@ -61,6 +69,7 @@ BLOCKS: dict[str, Block] = {
     "step_distillation": Block(SHIPPED, tables.step_distillation),
     "teacher_steps": Block(SHIPPED, tables.teacher_steps),
     "kd_students": Block(SHIPPED, tables.kd_students),
+    "digits_flow": Block(DIGITS_FLOW, tables.digits_flow),
     "flops_kd": Block("benchmarks/results/flops_kd.json", tables.flops_pair),
     "flops_sd15": Block("benchmarks/results/flops_sd15.json", tables.flops_sd15),
     "demo": Block("benchmarks/results/demo.json", tables.demo),

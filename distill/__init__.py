@@ -13,6 +13,7 @@ __all__ = [
     "DiffusionTraining",
     "DigitsDataModule",
     "DistillationModule",
+    "FlowSchedule",
     "KnowledgeDistillation",
     "NoiseSchedule",
     "Prediction",
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from distill.methods.knowledge import KnowledgeDistillation
     from distill.methods.progressive import ProgressiveDistillation
     from distill.methods.training import DiffusionTraining
+    from teachers.flow import FlowSchedule
     from teachers.parameterization import Prediction
     from teachers.schedule import NoiseSchedule
 
@@ -37,6 +39,7 @@ _LAZY = {
     "ProgressiveDistillation": "distill.methods.progressive",
     "DigitsDataModule": "distill.data",
     "NoiseSchedule": "teachers.schedule",
+    "FlowSchedule": "teachers.flow",
     "Prediction": "teachers.parameterization",
 }
 

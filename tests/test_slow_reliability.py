@@ -1,7 +1,7 @@
 """Slow reliability tests (make test-slow), through the ``distill`` console script on the shipped digits configs:
 
 * two processes (DDP over gloo) against one with the same global batch, for KD, progressive and consistency
-  distillation: per-step losses and final weights agree within 1e-4 relative;
+  distillation, on the DDPM-family digits teacher and on the flow-matching one (configs/digits_flow): per-step losses and final weights agree within 1e-4 relative;
 * a run killed mid-training (SIGKILL, and SIGTERM) resumes from its last checkpoint and ends with exactly the
   uninterrupted run's weights, EMA, target network, optimizer state and progressive round (bit-exact on CPU).
 """
@@ -24,9 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 DISTILL = str(Path(sys.executable).parent / "distill")
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
 CONFIGS = {
-    "kd": "kd_efficient.yaml",
-    "progressive": "progressive.yaml",
-    "consistency": "consistency.yaml",
+    "kd": "digits/kd_efficient.yaml",
+    "progressive": "digits/progressive.yaml",
+    "consistency": "digits/consistency.yaml",
+    # the same methods on the flow-matching teacher (builtin:digits_flow)
+    "flow_kd": "digits_flow/kd.yaml",
+    "flow_progressive": "digits_flow/progressive.yaml",
+    "flow_consistency": "digits_flow/consistency.yaml",
 }
 
 
@@ -34,7 +38,7 @@ def _args(method: str, tmp_path: Path, name: str, *extra: str) -> list[str]:
     args = [
         "fit",
         "-c",
-        str(ROOT / "configs" / "digits" / CONFIGS[method]),
+        str(ROOT / "configs" / CONFIGS[method]),
         "--trainer.limit_val_batches=0",
         "--trainer.log_every_n_steps=1",
         "--trainer.enable_progress_bar=false",
@@ -43,7 +47,7 @@ def _args(method: str, tmp_path: Path, name: str, *extra: str) -> list[str]:
         "--trainer.logger.init_args.version=0",
         *extra,
     ]
-    if method == "progressive":  # short rounds so the runs cross round boundaries
+    if method.endswith("progressive"):  # short rounds so the runs cross round boundaries
         args.append("--model.init_args.round_steps=4")
     return args
 
@@ -169,6 +173,9 @@ def _assert_same_final_state(resumed: Path, reference: Path) -> None:
         ("progressive", signal.SIGKILL),
         ("consistency", signal.SIGKILL),
         ("consistency", signal.SIGTERM),
+        ("flow_kd", signal.SIGKILL),
+        ("flow_progressive", signal.SIGKILL),
+        ("flow_consistency", signal.SIGKILL),
     ],
 )
 def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(method, sig, tmp_path):
