@@ -63,7 +63,8 @@ def input_spec(unet: nn.Module) -> dict[str, tuple[tuple[int, ...], torch.dtype]
     size = tuple(size) if isinstance(size, list | tuple) else (size, size)
     spec: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
         "sample": ((config.in_channels, *size), torch.float32),
-        "timestep": ((), torch.int64),
+        # float, so one graph serves integer DDPM timesteps and flow matching's s * T exactly
+        "timestep": ((), torch.float32),
     }
     if getattr(config, "num_class_embeds", None):
         spec["class_labels"] = ((), torch.int64)
@@ -82,7 +83,7 @@ def example_inputs(unet: nn.Module, batch_size: int, *, seed: int = 0) -> dict[s
     for name, (shape, dtype) in input_spec(unet).items():
         if name == "timestep":
             high = int(getattr(unet.config, "num_train_timesteps", 1000) or 1000)
-            out[name] = torch.randint(0, high, (batch_size,), generator=gen)
+            out[name] = torch.rand(batch_size, generator=gen) * high
         elif name == "class_labels":
             out[name] = torch.randint(0, unet.config.num_class_embeds, (batch_size,), generator=gen)
         else:
@@ -243,6 +244,9 @@ class OnnxDenoiser(nn.Module):
         self.session = _session(Path(path), threads)
         self.config = config
         self.names = [i.name for i in self.session.get_inputs()]
+        # exports before flow matching took int64 timesteps; a float graph takes s * T of a flow schedule unrounded
+        types = {i.name: i.type for i in self.session.get_inputs()}
+        self.time_dtype = torch.int64 if types.get("timestep") == "tensor(int64)" else torch.float32
         self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
 
     @classmethod
@@ -267,7 +271,7 @@ class OnnxDenoiser(nn.Module):
         batch = sample.shape[0]
         given = {
             "sample": sample.float(),
-            "timestep": torch.as_tensor(timestep).long().reshape(-1).expand(batch),
+            "timestep": torch.as_tensor(timestep).to(self.time_dtype).reshape(-1).expand(batch),
             "class_labels": class_labels,
             "encoder_hidden_states": encoder_hidden_states,
             "timestep_cond": timestep_cond,
