@@ -57,6 +57,13 @@ def check_scheduler_config(config: Mapping[str, Any], *, source: str | None = No
     key, the allowed values and the fix, before diffusers fails on it without saying where."""
     where = f"scheduler config {source}" if source else "scheduler config"
     fix = "fix the file, or write it again with scheduler.save_pretrained(...)"
+    from teachers.flow import is_flow_config
+
+    if is_flow_config(config):
+        raise ValueError(
+            f"{where} describes a flow-matching schedule ({config.get('_class_name')}), not a discrete one: build "
+            "it with teachers.schedule.schedule_from_config (or teachers.flow.FlowSchedule)"
+        )
     prediction_type = config.get("prediction_type", "epsilon")
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(

@@ -190,6 +190,11 @@ def test_sana_style_solver_configs_read_as_flow_with_their_shift():
     assert torch.equal(schedule.grid(8), reference.timesteps)
 
 
+def test_a_flow_config_never_builds_a_discrete_schedule():
+    with pytest.raises(ValueError, match="flow-matching schedule"):
+        NoiseSchedule.from_scheduler_config({"_class_name": "FlowMatchEulerDiscreteScheduler"})
+
+
 @pytest.mark.parametrize(
     "config, match",
     [
