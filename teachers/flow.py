@@ -183,6 +183,25 @@ def logit_normal_sigmas(*, normal: torch.Tensor, mean: float = 0.0, std: float =
     return torch.sigmoid(mean + std * normal)
 
 
+def train_time_indices(
+    rng: Any,
+    batch: int,
+    *,
+    num_train_timesteps: int,
+    density: str = "uniform",
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+) -> torch.Tensor:
+    """Indices into a schedule's ``num_train_timesteps`` training times: uniform (``rng.randint``), or
+    ``floor(u T)`` for SD3's logit-normal ``u`` (:func:`logit_normal_sigmas` of ``rng.randn``)."""
+    if density not in TIME_DENSITIES:
+        raise ValueError(f"density must be one of {TIME_DENSITIES}, got {density!r}")
+    if density == "uniform":
+        return rng.randint(num_train_timesteps, batch)
+    u = logit_normal_sigmas(normal=rng.randn((batch,)), mean=logit_mean, std=logit_std)
+    return (u * num_train_timesteps).long().clamp(0, num_train_timesteps - 1)
+
+
 @dataclass(frozen=True)
 class FlowSchedule:
     """A flow-matching schedule read from a diffusers scheduler config; the same interface as
@@ -249,13 +268,10 @@ class FlowSchedule:
         return dataclasses.replace(self, config={**self.config, **updates})
 
     def save_pretrained(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        config = {
-            "_class_name": "FlowMatchEulerDiscreteScheduler",
-            **{k: v for k, v in self.config.items() if k != "_use_default_values"},
-        }
-        (directory / "scheduler_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        """Write ``scheduler_config.json`` (FlowMatchEulerDiscreteScheduler when the config names no class)."""
+        from teachers.schedule import write_scheduler_config
+
+        write_scheduler_config(directory, self.config, default_class="FlowMatchEulerDiscreteScheduler")
 
     # -- the interface every method uses ----------------------------------------------------------------------
     def sigma_of(self, times: torch.Tensor) -> torch.Tensor:
@@ -351,14 +367,14 @@ class FlowSchedule:
     ) -> torch.Tensor:
         """Training times as diffusers' SD3/FLUX training scripts draw them: ``u`` uniform or logit-normal, then the
         training grid's time at index ``floor(u T)`` (the config's static shift applies)."""
-        if density not in TIME_DENSITIES:
-            raise ValueError(f"density must be one of {TIME_DENSITIES}, got {density!r}")
-        big_t = self.num_train_timesteps
-        if density == "uniform":
-            index = rng.randint(big_t, batch)
-        else:
-            u = logit_normal_sigmas(normal=rng.randn((batch,)), mean=logit_mean, std=logit_std)
-            index = (u * big_t).long().clamp(0, big_t - 1)
+        index = train_time_indices(
+            rng,
+            batch,
+            num_train_timesteps=self.num_train_timesteps,
+            density=density,
+            logit_mean=logit_mean,
+            logit_std=logit_std,
+        )
         return self.train_grid().to(index.device)[index]
 
     def train_grid(self) -> torch.Tensor:

@@ -239,15 +239,7 @@ class NoiseSchedule:
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write ``scheduler_config.json`` (diffusers' layout; DDPMScheduler when the config names no class)."""
-        import json
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        config = {
-            "_class_name": "DDPMScheduler",
-            **{k: v for k, v in self.config.items() if k != "_use_default_values"},
-        }
-        (directory / "scheduler_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        write_scheduler_config(directory, self.config, default_class="DDPMScheduler")
 
     def alpha_sigma(self, timesteps: torch.Tensor, *, dtype: torch.dtype = torch.float32):
         """``(alpha_t, sigma_t)`` on ``timesteps``' device, computed in float64 then cast."""
@@ -267,12 +259,16 @@ class NoiseSchedule:
         """Training times of ``batch`` samples in the network's own time input (integer timesteps), drawn from
         ``rng`` (``distill.rng``'s interface): uniform over ``[0, num_train_timesteps)``, or ``floor(u T)`` for a
         logit-normal ``u`` (SD3's density, offered for both families)."""
-        if density == "uniform":
-            return rng.randint(self.num_train_timesteps, batch)
-        if density != "logit_normal":
-            raise ValueError(f"density must be one of ('uniform', 'logit_normal'), got {density!r}")
-        u = torch.sigmoid(logit_mean + logit_std * rng.randn((batch,)))
-        return (u * self.num_train_timesteps).long().clamp(0, self.num_train_timesteps - 1)
+        from teachers.flow import train_time_indices
+
+        return train_time_indices(
+            rng,
+            batch,
+            num_train_timesteps=self.num_train_timesteps,
+            density=density,
+            logit_mean=logit_mean,
+            logit_std=logit_std,
+        )
 
     def skipping_grid(self, original_steps: int) -> torch.Tensor:
         """The increasing solver grid consistency distillation trains on (LCM's skipping-step grid); refuses an
@@ -346,6 +342,17 @@ class NoiseSchedule:
             spacing=spacing or self.timestep_spacing,  # type: ignore[arg-type]
             steps_offset=self.steps_offset,
         )
+
+
+def write_scheduler_config(directory: str | Path, config: Mapping[str, Any], *, default_class: str) -> None:
+    """Write ``directory/scheduler_config.json`` in diffusers' layout (``default_class`` when the config names
+    none; diffusers' bookkeeping key ``_use_default_values`` dropped)."""
+    import json
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    body = {"_class_name": default_class, **{k: v for k, v in config.items() if k != "_use_default_values"}}
+    (directory / "scheduler_config.json").write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
 
 
 def schedule_from_config(config: Mapping[str, Any], *, source: str | None = None):
