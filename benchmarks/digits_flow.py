@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from digits_runs import evaluate
-from shipped_students import macs_per_forward
+from shipped_students import entry, save
 
 from distill.provenance import provenance
 
@@ -92,19 +92,8 @@ def main() -> None:
                     str(REFERENCE),
                 )
             floor = json.loads((REFERENCE / "reference.json").read_text())["noise_floor"]
-            results[name] = {
-                "folder": str(folder.relative_to(ROOT.parent)),
-                "steps": MODELS[name],
-                "macs_per_forward": macs_per_forward(folder),
-                "meta": meta,
-                "eval_minutes": round(result["eval_minutes"], 2),
-                "rows": result["rows"],
-                "noise_floor": floor,
-            }
-            summary = {r["steps"]: r["summary"]["fid_real"] for r in result["rows"]}
-            print(name, {k: f"{v['mean']:.3f} ± {v['std']:.3f}" for k, v in summary.items()}, flush=True)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(dict(sorted(results.items())), indent=2) + "\n")
+            results[name] = entry(folder, MODELS[name], result, meta=meta, noise_floor=floor)
+            save(results, args.out, name)
 
 
 if __name__ == "__main__":

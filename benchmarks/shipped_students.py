@@ -50,6 +50,27 @@ def macs_per_forward(folder: Path) -> int:
     return int(count_macs(unet, example_inputs(unet)).total)
 
 
+def entry(folder: Path, steps: list[int], result: dict, *, meta: dict, noise_floor: dict) -> dict:
+    """One model's record in a protocol result file: its folder, step counts, MACs, provenance and rows."""
+    return {
+        "folder": str(folder.relative_to(ROOT.parent)),
+        "steps": steps,
+        "macs_per_forward": macs_per_forward(folder),
+        "meta": meta,
+        "eval_minutes": round(result["eval_minutes"], 2),
+        "rows": result["rows"],
+        "noise_floor": noise_floor,
+    }
+
+
+def save(results: dict, out: Path, name: str) -> None:
+    """Print ``name``'s FID vs real per step count and write ``results`` (sorted by name) to ``out``."""
+    summary = {r["steps"]: r["summary"]["fid_real"] for r in results[name]["rows"]}
+    print(name, {k: f"{v['mean']:.3f} ± {v['std']:.3f}" for k, v in summary.items()}, flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(dict(sorted(results.items())), indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "shipped_students.json")
@@ -68,19 +89,14 @@ def main() -> None:
                 num_samples=2000,
                 eval_steps=STUDENTS[name],
             )
-            results[name] = {
-                "folder": str(folder.relative_to(ROOT.parent)),
-                "steps": STUDENTS[name],
-                "macs_per_forward": macs_per_forward(folder),
-                "meta": provenance(configs=[PROTOCOL]),
-                "eval_minutes": round(result["eval_minutes"], 2),
-                "rows": result["rows"],
-                "noise_floor": result["noise_floor"],
-            }
-            summary = {r["steps"]: r["summary"]["fid_real"] for r in result["rows"]}
-            print(name, {k: f"{v['mean']:.3f} ± {v['std']:.3f}" for k, v in summary.items()}, flush=True)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(dict(sorted(results.items())), indent=2) + "\n")
+            results[name] = entry(
+                folder,
+                STUDENTS[name],
+                result,
+                meta=provenance(configs=[PROTOCOL]),
+                noise_floor=result["noise_floor"],
+            )
+            save(results, args.out, name)
 
 
 if __name__ == "__main__":

@@ -132,15 +132,20 @@ def stretch_to_terminal(*, sigmas: np.ndarray, terminal: float) -> np.ndarray:
     return 1 - one_minus / (one_minus[-1] / (1 - terminal))
 
 
-def flow_sigma_bounds(*, num_train_timesteps: int, shift: float, dynamic: bool) -> tuple[float, float]:
-    """``(sigma_max, sigma_min)`` of a FlowMatchEuler scheduler's training grid ``k / T`` (shifted statically
-    unless ``dynamic``), in float32 as diffusers holds them; the sampling grid spans these two."""
+def flow_train_sigmas(*, num_train_timesteps: int, shift: float, dynamic: bool) -> torch.Tensor:
+    """The decreasing float32 training sigmas ``k / T`` (k = T..1) a FlowMatchEuler scheduler builds at
+    construction, shifted statically unless ``dynamic``."""
     grid = torch.from_numpy(
         np.linspace(1, num_train_timesteps, num_train_timesteps, dtype=np.float32)[::-1].copy()
     )
     sigmas = grid / num_train_timesteps
-    if not dynamic:
-        sigmas = shift_sigmas(sigmas=sigmas, shift=shift)
+    return sigmas if dynamic else shift_sigmas(sigmas=sigmas, shift=shift)
+
+
+def flow_sigma_bounds(*, num_train_timesteps: int, shift: float, dynamic: bool) -> tuple[float, float]:
+    """``(sigma_max, sigma_min)`` of :func:`flow_train_sigmas`, as diffusers holds them; the sampling grid spans
+    these two."""
+    sigmas = flow_train_sigmas(num_train_timesteps=num_train_timesteps, shift=shift, dynamic=dynamic)
     return float(sigmas[0].item()), float(sigmas[-1].item())
 
 
@@ -380,12 +385,10 @@ class FlowSchedule:
     def train_grid(self) -> torch.Tensor:
         """The decreasing training times ``s_k T`` of diffusers' scheduler at construction (``k / T`` shifted by
         the static shift; unshifted when shifting is dynamic), float32."""
-        big_t = self.num_train_timesteps
-        grid = torch.from_numpy(np.linspace(1, big_t, big_t, dtype=np.float32)[::-1].copy())
-        sigmas = grid / big_t
-        if not self.use_dynamic_shifting:
-            sigmas = shift_sigmas(sigmas=sigmas, shift=self.shift)
-        return sigmas * big_t
+        sigmas = flow_train_sigmas(
+            num_train_timesteps=self.num_train_timesteps, shift=self.shift, dynamic=self.use_dynamic_shifting
+        )
+        return sigmas * self.num_train_timesteps
 
     def skipping_grid(self, original_steps: int) -> torch.Tensor:
         """The increasing solver grid consistency distillation trains on: the teacher's ``original_steps``-step

@@ -46,16 +46,15 @@ def ode_sample(
         raise ValueError("alphas and sigmas must hold one value per grid point plus the end point")
     z = noise
     batch = noise.shape[0]
+    # one transfer before the loop, none per step
+    times, alphas, sigmas = times.to(noise.device), alphas.to(noise), sigmas.to(noise)
     for i in range(len(times)):
-        t_vec = times[i].expand(batch).to(noise.device)
-        pred = denoiser(z, t_vec)
+        pred = denoiser(z, times[i].expand(batch))
         x0, eps = pred.x0, pred.eps
         if clip_x0 is not None:
             x0 = x0.clamp(-clip_x0, clip_x0)
-            alpha = alphas[i].to(z).expand(batch)
-            sigma = sigmas[i].to(z).expand(batch)
-            eps = eps_from_x0(z=z, x0=x0, alpha=alpha, sigma=sigma)
-        z = ddim_step(x0=x0, eps=eps, alpha_next=alphas[i + 1].to(z), sigma_next=sigmas[i + 1].to(z))
+            eps = eps_from_x0(z=z, x0=x0, alpha=alphas[i].expand(batch), sigma=sigmas[i].expand(batch))
+        z = ddim_step(x0=x0, eps=eps, alpha_next=alphas[i + 1], sigma_next=sigmas[i + 1])
     return z
 
 
