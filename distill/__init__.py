@@ -13,6 +13,7 @@ __all__ = [
     "DiffusionTraining",
     "DigitsDataModule",
     "DistillationModule",
+    "DistributionMatchingDistillation",
     "FlowSchedule",
     "KnowledgeDistillation",
     "NoiseSchedule",
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from distill.data import DigitsDataModule
     from distill.methods.base import DistillationModule
     from distill.methods.consistency import ConsistencyDistillation
+    from distill.methods.distribution_matching import DistributionMatchingDistillation
     from distill.methods.knowledge import KnowledgeDistillation
     from distill.methods.progressive import ProgressiveDistillation
     from distill.methods.training import DiffusionTraining
@@ -35,6 +37,7 @@ _LAZY = {
     "ConsistencyDistillation": "distill.methods.consistency",
     "DiffusionTraining": "distill.methods.training",
     "DistillationModule": "distill.methods.base",
+    "DistributionMatchingDistillation": "distill.methods.distribution_matching",
     "KnowledgeDistillation": "distill.methods.knowledge",
     "ProgressiveDistillation": "distill.methods.progressive",
     "DigitsDataModule": "distill.data",

@@ -33,6 +33,12 @@ CHEAP = {
         "--model.init_args.evaluator.init_args.kid_subset_size=10",
         "--model.init_args.evaluator.init_args.kid_subsets=5",
     ],
+    "configs/digits/dmd2.yaml": [
+        "--model.init_args.eval_num_samples=20",
+        "--model.init_args.samples_per_class=1",
+        "--model.init_args.evaluator.init_args.kid_subset_size=10",
+        "--model.init_args.evaluator.init_args.kid_subsets=5",
+    ],
     "configs/digits/consistency.yaml": [
         "--model.init_args.eval_num_samples=20",
         "--model.init_args.eval_steps=[1, 2]",
