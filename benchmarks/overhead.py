@@ -1,7 +1,7 @@
 """Library overhead: one training step of our LightningModule (inside Lightning's Trainer) vs a minimal hand-written
 PyTorch loop doing the same math with the same teacher, student, batch and optimizer.
 
-Run:  OMP_NUM_THREADS=2 python benchmarks/overhead.py [--methods kd consistency progressive] [--steps 30]
+Run:  OMP_NUM_THREADS=2 python benchmarks/overhead.py [--methods kd consistency progressive dmd2] [--steps 30]
 Writes ``benchmarks/results/overhead.json`` (docs/benchmarks.md renders it: ``benchmarks/update_docs.py``).
 
 Time: both variants train in one process, alternated step by step (a hand-loop step runs after every
@@ -37,12 +37,13 @@ from distill.data import DigitsDataModule
 from distill.provenance import provenance
 
 ROOT = Path(__file__).resolve().parent
-METHODS = ("kd", "consistency", "progressive")
+METHODS = ("kd", "consistency", "progressive", "dmd2")
 BATCH = 64
 
 
 def build(method: str):
     from distill.methods.consistency import ConsistencyDistillation
+    from distill.methods.distribution_matching import DistributionMatchingDistillation
     from distill.methods.knowledge import KnowledgeDistillation
     from distill.methods.progressive import ProgressiveDistillation
     from students.efficient import efficient_unet_digits
@@ -53,6 +54,14 @@ def build(method: str):
     common = dict(evaluator=None, samples_per_class=0, optimizer=lambda p: torch.optim.AdamW(p, lr=2e-4))
     if method == "kd":
         return KnowledgeDistillation(teacher, efficient_unet_digits(teacher="builtin:digits"), **common)
+    if method == "dmd2":  # configs/digits/dmd2.yaml's players: an efficient-UNet generator and fake score
+        return DistributionMatchingDistillation(
+            teacher,
+            efficient_unet_digits(teacher="builtin:digits"),
+            fake_score=efficient_unet_digits(teacher="builtin:digits"),
+            critic_optimizer=lambda p: torch.optim.AdamW(p, lr=2e-4),
+            **common,
+        )
     student = efficient_unet_digits(teacher="builtin:digits", time_cond_proj_dim=64)
     if method == "consistency":
         return ConsistencyDistillation(
@@ -88,6 +97,8 @@ def hand_step_fn(module, method: str):
     (:func:`hand_losses_fn`, global-RNG draws), then AdamW and the EMA/target updates. What it leaves out is
     exactly what the library adds around the loss: Lightning's loop and hooks, the per-sample keyed draws
     (:mod:`distill.rng`), logging and the non-finite check."""
+    if method == "dmd2":
+        return hand_dmd2_step(module)
     params = list(module.trainable_parameters())
     opt = torch.optim.AdamW(params, lr=2e-4)
     losses = hand_losses_fn(module, method)
@@ -101,6 +112,32 @@ def hand_step_fn(module, method: str):
         if method == "consistency":
             module.target.update(module.student)
         return loss.detach()
+
+    return step
+
+
+def hand_dmd2_step(module):
+    """DMD2 by hand: the generator's loss on the first of every ``update_ratio + 1`` batches, the critic's on the
+    others (the module's own ``generator_losses`` / ``critic_losses``, global-RNG draws), each with its AdamW, and
+    the generator's EMA after its updates: the turn schedule the Lightning step keeps on ``global_step``."""
+    from distill.rng import GeneratorRandom
+
+    rng = GeneratorRandom(None)
+    generator = torch.optim.AdamW(module.student.parameters(), lr=2e-4)
+    critic = torch.optim.AdamW(list(module.critic_parameters()), lr=2e-4)
+    done = [0]
+
+    def step(images, labels):
+        turn = module.is_generator_turn(done[0])
+        done[0] += 1
+        losses = (module.generator_losses if turn else module.critic_losses)((images, labels), rng=rng)
+        opt = generator if turn else critic
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        opt.step()
+        if turn:
+            module.ema.update(module.student)
+        return losses["loss"].detach()
 
     return step
 

@@ -34,6 +34,8 @@ STUDENTS = {
     "digits_progressive_2step": [2],
     "digits_progressive_4step": [4],
     "digits_progressive_8step": [8],
+    "digits_dmd2_1step": [1],
+    "digits_dmd2_2step": [1, 2],
 }
 
 

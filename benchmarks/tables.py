@@ -64,6 +64,8 @@ STEP_STUDENTS = (
     ("progressive", "digits_progressive_4step"),
     ("progressive", "digits_progressive_8step"),
     ("consistency", "digits_consistency"),
+    ("DMD2", "digits_dmd2_1step"),
+    ("DMD2", "digits_dmd2_2step"),
 )
 
 
@@ -93,6 +95,58 @@ def step_distillation(shipped: Mapping[str, Any]) -> str:
                 f"| {method} (`{name}`) | {steps} | {macs(entry['macs_per_forward'] * steps)} | "
                 f"{protocol_cells(s)} | {versus} |"
             )
+    return "\n".join(lines) + "\n"
+
+
+def _per_seed(entry: Mapping[str, Any], steps: int, key: str = "fid_real") -> dict[int, float]:
+    row = next(r for r in entry["rows"] if int(r["steps"]) == steps)
+    return {int(s["seed"]): float(s[key]) for s in row["per_seed"]}
+
+
+DMD2_BAR = (
+    ("digits_dmd2_1step", 1, "digits_progressive_1step"),
+    ("digits_dmd2_2step", 2, "digits_progressive_2step"),
+)
+
+
+def dmd2_bar(shipped: Mapping[str, Any]) -> str:
+    """DMD2's digits students against the bar: FID vs real below the progressive student of the same step count on
+    every protocol seed, mean at or below the teacher's 50-step FID (within its spread), accuracy within 1 point of
+    the teacher's, at most a tenth of the teacher's MACs per forward."""
+    teacher = shipped["teacher"]
+    t50 = _by_steps(teacher)[50]
+    lines = [
+        "| student | steps | FID vs real per seed (0 / 1 / 2) | progressive, same steps, per seed | FID vs real | "
+        "teacher, 50 steps | accuracy (%) | MACs / forward vs teacher | bar met |",
+        "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for name, steps, rival in DMD2_BAR:
+        if name not in shipped or rival not in shipped:
+            continue
+        entry = shipped[name]
+        mine, theirs = _per_seed(entry, steps), _per_seed(shipped[rival], steps)
+        s = _by_steps(entry)[steps]
+        below_rival = all(mine[k] < theirs[k] for k in theirs)
+        at_teacher = s["fid_real"]["mean"] <= t50["fid_real"]["mean"] + t50["fid_real"]["std"]
+        accuracy = abs(s["accuracy"]["mean"] - t50["accuracy"]["mean"]) <= 0.01
+        ratio = entry["macs_per_forward"] / teacher["macs_per_forward"]
+        met = below_rival and at_teacher and accuracy and ratio <= 0.1
+        misses = [
+            label
+            for ok, label in (
+                (below_rival, "not below progressive on every seed"),
+                (at_teacher, "above the teacher's 50-step FID"),
+                (accuracy, "accuracy off by more than 1 point"),
+                (ratio <= 0.1, "more than 0.10x the MACs"),
+            )
+            if not ok
+        ]
+        lines.append(
+            f"| `{name}` | {steps} | {' / '.join(f'{mine[k]:.3f}' for k in sorted(mine))} | "
+            f"{' / '.join(f'{theirs[k]:.3f}' for k in sorted(theirs))} | {mean_std(s, 'fid_real')} | "
+            f"{mean_std(t50, 'fid_real')} | {mean_std(s, 'accuracy', scale=100, digits=1)} | {ratio:.2f}x | "
+            f"{'yes' if met else 'no: ' + ', '.join(misses)} |"
+        )
     return "\n".join(lines) + "\n"
 
 

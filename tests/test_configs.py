@@ -33,12 +33,16 @@ CHEAP = {
         "--model.init_args.evaluator.init_args.kid_subset_size=10",
         "--model.init_args.evaluator.init_args.kid_subsets=5",
     ],
-    "configs/digits/dmd2.yaml": [
-        "--model.init_args.eval_num_samples=20",
-        "--model.init_args.samples_per_class=1",
-        "--model.init_args.evaluator.init_args.kid_subset_size=10",
-        "--model.init_args.evaluator.init_args.kid_subsets=5",
-    ],
+    **{
+        f"configs/digits/{name}.yaml": [
+            "--model.init_args.eval_num_samples=20",
+            "--model.init_args.eval_steps=[1]",
+            "--model.init_args.samples_per_class=1",
+            "--model.init_args.evaluator.init_args.kid_subset_size=10",
+            "--model.init_args.evaluator.init_args.kid_subsets=5",
+        ]
+        for name in ("dmd2", "dmd2_2step")
+    },
     "configs/digits/consistency.yaml": [
         "--model.init_args.eval_num_samples=20",
         "--model.init_args.eval_steps=[1, 2]",
@@ -61,7 +65,7 @@ CHEAP.update(
         f"configs/digits_flow/{k.split('/')[-1]}": v
         for k, v in list(CHEAP.items())
         if k.split("/")[-1]
-        in ("teacher.yaml", "kd.yaml", "progressive.yaml", "consistency.yaml", "teacher_eval.yaml")
+        in ("teacher.yaml", "kd.yaml", "progressive.yaml", "consistency.yaml", "teacher_eval.yaml", "dmd2.yaml")
     }
 )
 # configs/sd15 run against the tiny offline SD pipeline and caption folder (conftest.tiny_sd), on the CPU
@@ -78,6 +82,8 @@ SD15 = [
 CHEAP["configs/sd15/kd_bk_small.yaml"] = [*SD15, "--model.init_args.student.init_args.teacher={pipeline}"]
 CHEAP["configs/sd15/lcm_bk_small.yaml"] = [*SD15, "--model.init_args.student.init_args.teacher={pipeline}"]
 CHEAP["configs/sd15/lcm.yaml"] = [*SD15, "--model.init_args.student.init_args.path={pipeline}"]
+CHEAP["configs/sd15/dmd2.yaml"] = [*SD15, "--model.init_args.student.init_args.path={pipeline}"]
+CHEAP["configs/sd15/dmd2_bk_small.yaml"] = [*SD15, "--model.init_args.student.init_args.teacher={pipeline}"]
 CHEAP["configs/sd15/test.yaml"] = [
     "--model.init_args.model.init_args.path={pipeline}",
     "--model.init_args.evaluator.init_args.reference_images={captions}",
@@ -104,6 +110,7 @@ SLOW_RUNS = {
     "configs/digits/kd_timm.yaml",
     "configs/sd15/kd_bk_small.yaml",
     "configs/sd15/lcm_bk_small.yaml",
+    "configs/sd15/dmd2_bk_small.yaml",
 }
 
 

@@ -1,7 +1,7 @@
 """Slow reliability tests (make test-slow), through the ``distill`` console script on the shipped digits configs:
 
-* two processes (DDP over gloo) against one with the same global batch, for KD, progressive and consistency
-  distillation, on the DDPM-family digits teacher and on the flow-matching one (configs/digits_flow): per-step losses and final weights agree within 1e-4 relative;
+* two processes (DDP over gloo) against one with the same global batch, for KD, progressive, consistency and
+  distribution-matching (DMD2) distillation, on the DDPM-family digits teacher and on the flow-matching one (configs/digits_flow): per-step losses and final weights agree within 1e-4 relative;
 * a run killed mid-training (SIGKILL, and SIGTERM) resumes from its last checkpoint and ends with exactly the
   uninterrupted run's weights, EMA, target network, optimizer state and progressive round (bit-exact on CPU).
 """
@@ -31,6 +31,9 @@ CONFIGS = {
     "flow_kd": "digits_flow/kd.yaml",
     "flow_progressive": "digits_flow/progressive.yaml",
     "flow_consistency": "digits_flow/consistency.yaml",
+    # distribution matching: two optimizers under manual optimisation (both players, counters, critic head)
+    "dmd2": "digits/dmd2.yaml",
+    "flow_dmd2": "digits_flow/dmd2.yaml",
 }
 
 
@@ -83,7 +86,8 @@ def test_two_processes_match_one_with_the_same_global_batch(method, tmp_path):
             "two",
             *common,
             "--data.init_args.batch_size=8",
-            "--trainer.strategy=ddp",
+            # DMD2's backward passes each reach one player's parameters: DDP must find the unused ones
+            "--trainer.strategy=" + ("ddp_find_unused_parameters_true" if method.endswith("dmd2") else "ddp"),
             "--trainer.devices=2",
             "--trainer.accelerator=cpu",
         ),
@@ -162,7 +166,7 @@ def _assert_same_final_state(resumed: Path, reference: Path) -> None:
                     name,
                 )
     assert a["lr_schedulers"] == b["lr_schedulers"]
-    for key in ("progressive_round", "nonfinite_steps"):
+    for key in ("progressive_round", "nonfinite_steps", "distribution_matching"):
         assert a.get(key) == b.get(key), key
 
 
@@ -176,6 +180,8 @@ def _assert_same_final_state(resumed: Path, reference: Path) -> None:
         ("flow_kd", signal.SIGKILL),
         ("flow_progressive", signal.SIGKILL),
         ("flow_consistency", signal.SIGKILL),
+        ("dmd2", signal.SIGKILL),
+        ("flow_dmd2", signal.SIGKILL),
     ],
 )
 def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(method, sig, tmp_path):
