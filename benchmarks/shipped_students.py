@@ -35,7 +35,7 @@ STUDENTS = {
     "digits_progressive_4step": [4],
     "digits_progressive_8step": [8],
     "digits_dmd2_1step": [1],
-    "digits_dmd2_2step": [1, 2],
+    "digits_dmd2_2step": [2],
 }
 
 

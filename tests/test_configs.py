@@ -65,7 +65,14 @@ CHEAP.update(
         f"configs/digits_flow/{k.split('/')[-1]}": v
         for k, v in list(CHEAP.items())
         if k.split("/")[-1]
-        in ("teacher.yaml", "kd.yaml", "progressive.yaml", "consistency.yaml", "teacher_eval.yaml", "dmd2.yaml")
+        in (
+            "teacher.yaml",
+            "kd.yaml",
+            "progressive.yaml",
+            "consistency.yaml",
+            "teacher_eval.yaml",
+            "dmd2.yaml",
+        )
     }
 )
 # configs/sd15 run against the tiny offline SD pipeline and caption folder (conftest.tiny_sd), on the CPU

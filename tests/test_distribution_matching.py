@@ -140,7 +140,7 @@ def test_the_critic_reads_the_bottleneck_and_skips_the_rest_of_the_network(teach
     assert tokens.kind == "tokens" and tokens(torch.randn(2, 16, 24)).shape == (2,)
     with pytest.raises(ValueError, match=r"\(B, C, H, W\) or \(B, N, C\)"):
         CriticHead.for_features((2, 24))
-    with pytest.raises(ValueError, match="gan_feature names module 'middle'.*mid_block"):
+    with pytest.raises(ValueError, match=r"gan_feature names module 'middle'.*mid_block"):
         bottleneck_features(net, "middle", torch.randn(1, 1, 8, 8), torch.tensor([1]), torch.tensor([1]))
 
 
