@@ -37,10 +37,20 @@ class Block:
 
     source: str
     render: Callable[[dict], str]
+    entry: str | None = (
+        None  # a per-model file's entry whose own meta the source line names (a student's card)
+    )
 
     def text(self) -> str:
         data = json.loads((ROOT / self.source).read_text())
         meta = data.get("meta") if isinstance(data, dict) else None
+        if self.entry is not None and self.entry in data:
+            return (
+                self.render(data)
+                + "\n"
+                + tables.source_line(self.source, data[self.entry].get("meta"))
+                + "\n"
+            )
         older = False
         if meta is None and isinstance(data, dict):  # per-entry meta (shipped_students.json): the newest
             entries = [v for v in data.values() if isinstance(v, dict)]
@@ -61,8 +71,9 @@ def _card(name: str) -> Block:
         return Block(
             DIGITS_FLOW,
             lambda data: tables.student_card(data, name, teacher_key=tables.FLOW_TEACHER, sampler="Euler"),
+            entry=name,
         )
-    return Block(SHIPPED, lambda data: tables.student_card(data, name))
+    return Block(SHIPPED, lambda data: tables.student_card(data, name), entry=name)
 
 
 BLOCKS: dict[str, Block] = {
