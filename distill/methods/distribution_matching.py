@@ -330,11 +330,13 @@ class DistributionMatchingDistillation(DistillationModule):
             options=self.options,
         )
 
-    def training_losses(self, batch: Any) -> dict[str, torch.Tensor]:
+    def training_losses(
+        self, batch: Any, rng: KeyedRandom | GeneratorRandom | None = None
+    ) -> dict[str, torch.Tensor]:
         """The loss terms of the current turn (the generator's or the critic's)."""
         if self.is_generator_turn(self.global_step):
-            return self.generator_losses(batch)
-        return self.critic_losses(batch)
+            return self.generator_losses(batch, rng=rng)
+        return self.critic_losses(batch, rng=rng)
 
     # -- the manual optimisation step -----------------------------------------------------------------------
     def _player(self, generator: bool):
@@ -353,7 +355,7 @@ class DistributionMatchingDistillation(DistillationModule):
         self._batch_idx = batch_idx
         self._skipped = False
         generator_turn = self.is_generator_turn(self.global_step)
-        losses = self.generator_losses(batch) if generator_turn else self.critic_losses(batch)
+        losses = self.training_losses(batch)
         if not self._all_finite(losses["loss"]):
             return self._nonfinite(losses, batch_idx)
         opt, scheduler = self._player(generator_turn)
