@@ -70,7 +70,7 @@ def test_a_generator_update_touches_only_the_student_and_a_critic_update_only_th
     trainer = cpu_trainer(max_steps=2)
     trainer.fit(module, train_dataloaders=random_digits_loader())
     assert _changed(fakes, module.fake_score) and _changed(heads, module.critic_head)
-    # after the generator's first update the critic's own update must not have moved the student again
+    # the generator's turn froze the critic only while it ran: its parameters train again afterwards
     assert all(p.requires_grad for p in module.fake_score.parameters())
 
 

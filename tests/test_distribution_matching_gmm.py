@@ -116,7 +116,6 @@ def train(*, updates: int, flip: bool = False, seed: int = 0) -> tuple[float, fl
             else:
                 losses = generator_loss(
                     teacher=teacher,
-                    student=generator,
                     fake_score=fake,
                     head=None,
                     feature="",

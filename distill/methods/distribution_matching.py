@@ -257,9 +257,9 @@ class DistributionMatchingDistillation(DistillationModule):
             rng, x0=x0, num_steps=self.num_steps, schedule=self.teacher.schedule
         )
 
-    def _generate(self, x0, cond, draws, net: nn.Module | None = None) -> torch.Tensor:
+    def _generate(self, x0, cond, draws) -> torch.Tensor:
         return generate(
-            self.student if net is None else net,
+            self.student,
             self.teacher.schedule,
             grid=self.generator_grid,
             draws=draws,
@@ -279,21 +279,22 @@ class DistributionMatchingDistillation(DistillationModule):
             module.requires_grad_(False)
         try:
             x = self._generate(x0, cond, draws)
-            target = regression_input = None
+            sample = target = None
             if self.options.regression_weight > 0:
                 target = self.teacher.sample(
                     cond, draws.noise, steps=self.regression_steps, guidance_scale=self.options.guidance_scale
                 )
+                # the generator's one-step sample from the pair's noise: ``x`` itself for a one-step generator
                 first = self.generator_grid[:1].expand(x0.shape[0])
-
-                def regression_input() -> torch.Tensor:
-                    return generator_x0(
+                sample = (
+                    x
+                    if self.num_steps == 1 and self.backward_simulation
+                    else generator_x0(
                         self.student, self.teacher.schedule, draws.noise, first, cond, self.options
                     )
-
+                )
             return generator_loss(
                 teacher=self.teacher,
-                student=self.student,
                 fake_score=self.fake_score,
                 head=self.critic_head,
                 feature=self.gan_feature,
@@ -301,8 +302,8 @@ class DistributionMatchingDistillation(DistillationModule):
                 cond=cond,
                 draws=draws,
                 options=self.options,
+                regression_sample=sample,
                 regression_target=target,
-                regression_input=regression_input,
             )
         finally:
             for module in self.critic_modules():
@@ -384,8 +385,7 @@ class DistributionMatchingDistillation(DistillationModule):
     def _watch_collapse(self, losses: dict[str, torch.Tensor]) -> None:
         """Warn (once) when the critic has told generated from real samples with near certainty for
         :data:`COLLAPSE_UPDATES` critic updates in a row: the GAN term then only saturates."""
-        p_fake = float(torch.sigmoid(losses["logit_fake"]))
-        p_real = float(torch.sigmoid(losses["logit_real"]))
+        p_fake, p_real = torch.sigmoid(torch.stack([losses["logit_fake"], losses["logit_real"]])).tolist()
         saturated = p_fake < COLLAPSE_P and p_real > 1 - COLLAPSE_P
         self._saturated = self._saturated + 1 if saturated else 0
         if self._saturated >= COLLAPSE_UPDATES and not self._collapse_warned:

@@ -23,7 +23,6 @@ the grid on an input made by *backward simulation*: the generator itself runs st
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -262,7 +261,6 @@ def critic_logits(
 def generator_loss(
     *,
     teacher,
-    student: nn.Module,
     fake_score: nn.Module,
     head: CriticHead | None,
     feature: str,
@@ -270,12 +268,12 @@ def generator_loss(
     cond: Cond,
     draws: DistributionMatchingDraws,
     options: DistributionMatchingOptions,
+    regression_sample: torch.Tensor | None = None,
     regression_target: torch.Tensor | None = None,
-    regression_input: Callable[[], torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The generator's loss at its samples ``x`` (with gradients to the generator): ``dm`` + the GAN term
     (non-saturating, ``softplus(-logit)``) + the optional regression loss (MSE of the generator's one-step
-    sample ``regression_input()`` to ``regression_target``, the teacher's sample from the same noise).
+    sample ``regression_sample`` to ``regression_target``, the teacher's sample from the same noise).
     The fake score and head must not require gradients here (the caller freezes them)."""
     schedule = teacher.schedule
     t = times_in_range(schedule, draws.dm_u, low=options.dm_time_min, high=options.dm_time_max)
@@ -307,8 +305,8 @@ def generator_loss(
         gan = F.softplus(-logits).mean()
         total = total + options.gan_generator_weight * gan
         out["gan"] = gan.detach()
-    if options.regression_weight > 0 and regression_target is not None and regression_input is not None:
-        regression = F.mse_loss(regression_input().float(), regression_target.float())
+    if options.regression_weight > 0 and regression_target is not None and regression_sample is not None:
+        regression = F.mse_loss(regression_sample.float(), regression_target.float())
         total = total + options.regression_weight * regression
         out["regression"] = regression.detach()
     return {"loss": total, "dm": dm.detach(), **out}
