@@ -301,6 +301,31 @@ def flops_sd15(result: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def flops_transformers(result: Mapping[str, Any]) -> str:
+    """SD3-medium and FLUX.1-dev at 1024 px and their transformer students: parameters and MACs per forward, counted
+    from the public configs without weights (benchmarks/flops_transformers.py)."""
+    names = {"sd3_medium": "SD3-medium", "flux_dev": "FLUX.1-dev"}
+    lines = [
+        "| network | parameters | MACs / forward | linear and matmul / attention | vs teacher (params / MACs) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for key, entry in result["summary"].items():
+        rows = [(f"{names.get(key, key)} (teacher)", entry["teacher"], None)]
+        rows += [(f"`{name}`", counted, counted) for name, counted in entry["students"].items()]
+        for label, counted, student in rows:
+            macs = counted["macs"]
+            ratio = (
+                f"{student['parameter_ratio']:.2f}x / {student['mac_ratio']:.2f}x"
+                if student is not None
+                else ""
+            )
+            lines.append(
+                f"| {label} | {counted['parameters'] / 1e9:.2f}B | {counted['total'] / 1e12:.2f}T | "
+                f"{(macs['linear+matmul'] + macs['conv']) / 1e12:.2f}T / {macs['attention'] / 1e12:.2f}T | {ratio} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 # -- the demo (benchmarks/results/demo.json) ---------------------------------------------------------------------
 def demo(result: Mapping[str, Any]) -> str:
     """``make demo``'s final table: the exported student and the teacher on the same noise and labels."""

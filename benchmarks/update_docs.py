@@ -84,6 +84,7 @@ BLOCKS: dict[str, Block] = {
     "digits_flow": Block(DIGITS_FLOW, tables.digits_flow),
     "flops_kd": Block("benchmarks/results/flops_kd.json", tables.flops_pair),
     "flops_sd15": Block("benchmarks/results/flops_sd15.json", tables.flops_sd15),
+    "flops_transformers": Block("benchmarks/results/flops_transformers.json", tables.flops_transformers),
     "demo": Block("benchmarks/results/demo.json", tables.demo),
     "overhead": Block("benchmarks/results/overhead.json", tables.overhead),
     "speed_features": Block("benchmarks/results/speed_features.json", tables.speed_features),

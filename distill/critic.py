@@ -16,6 +16,7 @@ from torch import nn
 from distill.features import block_output, resolve
 from teachers.conditioning import Cond
 from teachers.network import call_denoiser
+from teachers.transformer import block_hidden_states
 
 
 class _Reached(Exception):
@@ -31,7 +32,7 @@ def bottleneck_features(
     found: list[torch.Tensor] = []
 
     def hook(mod, args, output):
-        found.append(block_output(output))
+        found.append(block_output(block_hidden_states(module, output)))
         raise _Reached
 
     handle = module.register_forward_hook(hook)

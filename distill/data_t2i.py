@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from distill.data import resumable_loader
 from distill.images import IMAGE_SUFFIXES
+from teachers.conditioning import cond_from_tensors, cond_tensors
 
 ON_ERROR = ("raise", "skip")
 SHARD_INDEX = "index.json"
@@ -228,11 +229,7 @@ class CaptionFolderDataModule(L.LightningDataModule):
 
 # -- precomputed shards ----------------------------------------------------------------------------------------
 def _cond_tensors(cond: Any) -> dict[str, torch.Tensor]:
-    if isinstance(cond, dict):
-        out = {"prompt_embeds": cond["encoder_hidden_states"]}
-        out.update({k: cond[k] for k in ("text_embeds", "time_ids") if k in cond})
-        return out
-    return {"prompt_embeds": cond}
+    return cond_tensors(cond)
 
 
 @torch.no_grad()
@@ -248,7 +245,8 @@ def precompute(
 ) -> Path:
     """Encode every pair of ``datamodule`` with ``teacher``'s VAE and text encoder(s) into safetensors shards.
 
-    Writes ``shard-NNNNN.safetensors`` (``latents``, ``prompt_embeds`` and SDXL's ``text_embeds``/``time_ids``),
+    Writes ``shard-NNNNN.safetensors`` (``latents``, ``prompt_embeds`` and SDXL's ``text_embeds``/``time_ids`` or
+    SD3/FLUX's ``pooled_projections``),
     ``uncond.safetensors`` (the empty prompt, batch 1), ``captions.jsonl`` and ``index.json``. Refuses an existing
     ``output`` unless ``overwrite``; writes into a temporary folder first, so a failure leaves nothing half done.
     """
@@ -411,14 +409,7 @@ class LatentShardDataModule(L.LightningDataModule):
         """The empty-prompt condition stored beside the shards (batch 1), in the form the UNet takes."""
         from safetensors.torch import load_file
 
-        tensors = {k: v.float() for k, v in load_file(str(self.root / UNCOND_FILE)).items()}
-        if "text_embeds" in tensors:
-            return {
-                "encoder_hidden_states": tensors["prompt_embeds"],
-                "text_embeds": tensors["text_embeds"],
-                "time_ids": tensors["time_ids"],
-            }
-        return tensors["prompt_embeds"]
+        return cond_from_tensors(load_file(str(self.root / UNCOND_FILE)))
 
     def dataset(self) -> LatentShardDataset:
         return LatentShardDataset(self.root, self.index["shards"])

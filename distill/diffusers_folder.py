@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from students.common import denoiser_folder
 from teachers.provenance import teacher_record, write_teacher_record
 
 if TYPE_CHECKING:
@@ -26,11 +27,12 @@ def save_student_folder(directory: str | Path, *, student: nn.Module, schedule, 
     directory = Path(directory)
     if not hasattr(student, "save_pretrained"):
         raise TypeError(f"{type(student).__name__} has no save_pretrained(); only diffusers students export")
-    student.save_pretrained(directory / "unet")
+    folder = directory / denoiser_folder(type(student).__name__)  # transformer/ for SD3 and FLUX students
+    student.save_pretrained(folder)
     # which teacher these weights were distilled from (checked when a run starts from them)
     record = teacher_record(teacher)
     if record is not None:
-        write_teacher_record(directory / "unet", record)
+        write_teacher_record(folder, record)
     schedule.save_pretrained(directory / "scheduler")
     if teacher.is_latent:
         teacher.save_latent_parts(directory)
@@ -71,6 +73,11 @@ def write_model_index(
         }
         (Path(directory) / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
         return
+    family = getattr(teacher, "transformer_family", None)
+    if family is not None:
+        index = transformer_pipeline_index(student=student, scheduler_class=scheduler_class, teacher=teacher)
+        (Path(directory) / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        return
     if teacher.schedule.family == "flow":
         raise ValueError(
             "exporting a student of a latent flow-matching teacher as a diffusers pipeline folder is not supported: "
@@ -102,3 +109,40 @@ def write_model_index(
             }
         )
     (Path(directory) / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+# the pipeline classes of the transformer families, and the text components each takes (in order)
+TRANSFORMER_PIPELINES = {
+    "sd3": ("StableDiffusion3Pipeline", 3),
+    "flux": ("FluxPipeline", 2),
+}
+
+
+def tokenizer_class_name(tokenizer: Any) -> str:
+    """The name ``model_index.json`` gives a tokenizer: T5's as ``T5TokenizerFast`` (a tokenizer.json folder, which
+    transformers 4 and 5 both load under that name)."""
+    name = type(tokenizer).__name__
+    return "T5TokenizerFast" if name == "T5Tokenizer" else name
+
+
+def transformer_pipeline_index(*, student: nn.Module, scheduler_class: str, teacher) -> dict[str, Any]:
+    """``model_index.json`` of an SD3 (``StableDiffusion3Pipeline``) or FLUX (``FluxPipeline``) export: the student
+    as ``transformer``, the teacher's VAE, text encoders and tokenizers, unused slots (SD3 without T5, image
+    encoders) as ``[null, null]``."""
+    pipeline, slots = TRANSFORMER_PIPELINES[teacher.transformer_family]
+    index: dict[str, Any] = {
+        "_class_name": pipeline,
+        "transformer": [component_library(student), type(student).__name__],
+        "scheduler": ["diffusers", scheduler_class],
+        "vae": ["diffusers", type(teacher.vae).__name__],
+    }
+    for i in range(slots):
+        suffix = "" if i == 0 else f"_{i + 1}"
+        if i < len(teacher.text_encoders):
+            index[f"text_encoder{suffix}"] = ["transformers", type(teacher.text_encoders[i]).__name__]
+            index[f"tokenizer{suffix}"] = ["transformers", tokenizer_class_name(teacher.tokenizers[i])]
+        else:
+            index[f"text_encoder{suffix}"] = [None, None]
+            index[f"tokenizer{suffix}"] = [None, None]
+    index.update({"image_encoder": [None, None], "feature_extractor": [None, None]})
+    return index

@@ -1,6 +1,6 @@
 """Export a trained student as a diffusers-format folder with a model card (``distill export``).
 
-The folder holds ``unet/`` (safetensors, EMA weights by default), ``scheduler/`` (the one the method's student
+The folder holds ``unet/`` (``transformer/`` for SD3 and FLUX students; safetensors, EMA weights by default), ``scheduler/`` (the one the method's student
 samples with: the teacher's for KD, a trailing DDIMScheduler for progressive, an LCMScheduler for consistency)
 and ``README.md``; ``--format onnx`` adds ``onnx/model.onnx`` (dynamic batch, checked in onnxruntime) and, with
 ``int8``, ``onnx/model_int8.onnx`` with its FID/accuracy change on digits. An existing folder is never touched
@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 
+from students.common import denoiser_folder
 from students.provenance import RECORD_NAME, read_teacher_record
+from teachers.transformer import takes_guidance, transformer_family
 
 WEIGHTS = ("ema", "raw")
 FORMATS = ("diffusers", "onnx")
@@ -80,14 +82,20 @@ def model_card(
         else "as trained (DDIM, trailing spacing)"
     )
     steps = "1-4 (multistep consistency sampling)" if consistency else deterministic
-    guidance = (
-        "the guidance scale goes in as `timestep_cond` (scale - 1), one forward per step"
-        if getattr(getattr(student, "config", None), "time_cond_proj_dim", None)
-        else "classifier-free guidance runs the conditional and null-class branches"
-    )
-    record = read_teacher_record(Path(output_dir) / "unet") if output_dir else None
+    if takes_guidance(student):
+        guidance = "the guidance scale goes in as the transformer's `guidance` input (FLUX-dev), one forward per step"
+    elif transformer_family(student) == "flux":
+        guidance = "no guidance input (guidance_scale has no effect)"
+    elif getattr(getattr(student, "config", None), "time_cond_proj_dim", None):
+        guidance = "the guidance scale goes in as `timestep_cond` (scale - 1), one forward per step"
+    else:
+        guidance = "classifier-free guidance runs the conditional and unconditional branches"
+    folder = denoiser_folder(type(student).__name__)
+    record = read_teacher_record(Path(output_dir) / folder) if output_dir else None
     recorded = (
-        f" (denoiser weights sha256 `{record.sha256}`, recorded in `unet/{RECORD_NAME}`)" if record else ""
+        f" (denoiser weights sha256 `{record.sha256}`, recorded in `{folder}/{RECORD_NAME}`)"
+        if record
+        else ""
     )
     lines = [
         f"# {type(student).__name__} distilled by {type(module).__name__}",
@@ -113,6 +121,15 @@ def model_card(
             if consistency
             else 'images = pipe("a photo of a cat", num_inference_steps=25).images'
         )
+        family = getattr(module.teacher, "transformer_family", None)
+        if family is not None:
+            size = module.teacher.image_size
+            scale = getattr(module, "eval_guidance_scale", 1.0)
+            call = (
+                f'images = pipe("a photo of a cat", num_inference_steps={4 if consistency else 25}, '
+                f"guidance_scale={scale}, height={size}, width={size}, "
+                f"max_sequence_length={module.teacher.max_sequence_length}).images"
+            )
         custom = type(student).__module__.split(".")[0] != "diffusers"
         lines += [
             "A complete diffusers pipeline folder (the teacher's VAE and text encoder beside the student):",
@@ -170,6 +187,11 @@ def export_module(
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     if int8 and format != "onnx":
         raise ValueError("int8 quantises the ONNX file: pass --format onnx with --int8 true")
+    if format == "onnx" and getattr(module.teacher, "transformer_family", None) is not None:
+        raise ValueError(
+            "--format onnx exports UNet students; an SD3/FLUX transformer student exports as a diffusers pipeline "
+            "folder (--format diffusers)"
+        )
     if format == "onnx":
         from distill.onnx_export import _require_onnx
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from teachers.transformer import block_hidden_states
+
 
 def block_output(output) -> torch.Tensor:
     """The hidden states a block returns: ``output[0]`` of a diffusers down block's (hidden, residuals)."""
@@ -53,7 +55,7 @@ class FeatureRecorder:
     def _hook(self, name: str):
         def hook(module, args, output):
             if self._active:
-                self.features[name] = block_output(output)
+                self.features[name] = block_output(block_hidden_states(module, output))
 
         return hook
 

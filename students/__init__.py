@@ -33,7 +33,7 @@ def model_classes() -> dict:
     return {cls.__name__: cls for cls in (EfficientUNet2DConditionModel, TimmUNet)}
 
 
-DIFFUSERS_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
+DIFFUSERS_CLASSES = ("UNet2DModel", "UNet2DConditionModel", "SD3Transformer2DModel", "FluxTransformer2DModel")
 _MODEL_MODULES = {"EfficientUNet2DConditionModel": "students.efficient", "TimmUNet": "students.timm_unet"}
 
 

@@ -14,6 +14,16 @@ from torch import nn
 
 TeacherLike = nn.Module | Mapping[str, Any] | str | Path
 
+# diffusers' transformer denoisers a pipeline folder holds as transformer/ (UNets are unet/)
+TRANSFORMER_CLASSES = ("SD3Transformer2DModel", "FluxTransformer2DModel")
+DENOISER_FOLDERS = ("unet", "transformer")
+
+
+def denoiser_folder(class_name: str | None) -> str:
+    """The pipeline component a denoiser class is saved as: ``transformer`` (SD3, FLUX) or ``unet``."""
+    return "transformer" if class_name in TRANSFORMER_CLASSES else "unet"
+
+
 # Keys diffusers writes into a saved config that are not constructor arguments.
 _PRIVATE = ("_class_name", "_diffusers_version", "_name_or_path", "_use_default_values")
 
@@ -106,15 +116,16 @@ def builtin_folder(name: str, *, kind: str) -> Path:
     return path
 
 
-def teacher_config(teacher: TeacherLike) -> dict[str, Any]:
-    """The constructor config of a teacher's UNet from a model, a config mapping, a folder (model folder,
-    pipeline folder with ``unet/``, or ``builtin:digits``) or a ``config.json`` file."""
+def teacher_config(teacher: TeacherLike, *, keep_class: bool = False) -> dict[str, Any]:
+    """The constructor config of a teacher's denoiser from a model, a config mapping, a folder (model folder,
+    pipeline folder with ``unet/`` or ``transformer/``, or ``builtin:digits``) or a ``config.json`` file.
+    ``keep_class``: keep ``_class_name`` (the denoiser's class; a loaded model's class name)."""
     if isinstance(teacher, nn.Module):
         unet = getattr(teacher, "unet", teacher)  # a teacher adapter holds its network as .unet
         config = getattr(unet, "config", None)
         if config is None:
             raise TypeError(f"teacher network {type(unet).__name__} has no diffusers .config to derive from")
-        config = dict(config)
+        config = {**dict(config), "_class_name": type(unet).__name__}
     elif isinstance(teacher, Mapping):
         config = dict(teacher)
     else:
@@ -126,21 +137,29 @@ def teacher_config(teacher: TeacherLike) -> dict[str, Any]:
                 from huggingface_hub import snapshot_download
 
                 path = Path(
-                    snapshot_download(text, local_files_only=True, allow_patterns=["unet/config.json"])
+                    snapshot_download(
+                        text,
+                        local_files_only=True,
+                        allow_patterns=["unet/config.json", "transformer/config.json"],
+                    )
                 )
             except Exception:
                 pass
         candidates = (
-            [path] if path.suffix == ".json" else [path / "config.json", path / "unet" / "config.json"]
+            [path]
+            if path.suffix == ".json"
+            else [path / "config.json", *(path / folder / "config.json" for folder in DENOISER_FOLDERS)]
         )
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
             raise FileNotFoundError(
                 f"teacher {text!r}: no UNet config found (looked for {', '.join(map(str, candidates))}); pass a "
-                "diffusers model folder, a pipeline folder with unet/, a config.json, or a loaded model"
+                "diffusers model folder, a pipeline folder with unet/ or transformer/, a config.json, or a loaded "
+                "model"
             )
-        config = read_json(found, what="a diffusers UNet config (config.json)")
-    return {k: v for k, v in config.items() if k not in _PRIVATE}
+        config = read_json(found, what="a diffusers denoiser config (config.json)")
+    private = tuple(k for k in _PRIVATE if not (keep_class and k == "_class_name"))
+    return {k: v for k, v in config.items() if k not in private}
 
 
 @dataclass(frozen=True)

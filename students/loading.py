@@ -43,12 +43,12 @@ def resolve_student_dir(path: str | Path) -> Path:
     text = str(path)
     name = builtin_name(text)
     root = builtin_folder(name, kind="student") if name is not None else Path(path).expanduser()
-    for candidate in (root / "unet", root):
+    for candidate in (root / "unet", root / "transformer", root):
         if (candidate / "config.json").is_file():
             return candidate
     raise FileNotFoundError(
-        f"student path {text!r}: no model config found (looked for {root / 'unet' / 'config.json'} and "
-        f"{root / 'config.json'}). Pass a folder written by `distill export` or by model.save_pretrained(...)."
+        f"student path {text!r}: no model config found (looked for {root / 'unet' / 'config.json'}, "
+        f"{root / 'transformer' / 'config.json'} and {root / 'config.json'}). Pass a folder written by `distill export` or by model.save_pretrained(...)."
     )
 
 

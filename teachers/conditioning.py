@@ -20,6 +20,26 @@ import torch
 
 Cond = torch.Tensor | dict[str, torch.Tensor] | None
 ADDED_COND_KEYS = ("text_embeds", "time_ids")
+# a condition dict's keys besides encoder_hidden_states: SDXL's added conditions, SD3/FLUX's pooled projection
+EXTRA_COND_KEYS = (*ADDED_COND_KEYS, "pooled_projections")
+
+
+def cond_from_tensors(tensors: dict[str, torch.Tensor]) -> Cond:
+    """A text condition from stored tensors (precomputed shards, a batch): ``prompt_embeds`` alone, or with
+    SDXL's ``text_embeds``/``time_ids`` or SD3/FLUX's ``pooled_projections`` a dict (float32)."""
+    embeds = tensors["prompt_embeds"].float()
+    extra = {k: tensors[k].float() for k in EXTRA_COND_KEYS if k in tensors}
+    return {"encoder_hidden_states": embeds, **extra} if extra else embeds
+
+
+def cond_tensors(cond: Cond) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`cond_from_tensors`: what a shard stores for ``cond``."""
+    if isinstance(cond, dict):
+        return {
+            "prompt_embeds": cond["encoder_hidden_states"],
+            **{k: cond[k] for k in EXTRA_COND_KEYS if k in cond},
+        }
+    return {"prompt_embeds": cond}
 
 
 def cond_batch_size(cond: Cond) -> int | None:

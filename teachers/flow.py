@@ -32,6 +32,8 @@ FLOW_SCHEDULERS = (
 # multistep solvers that sample a flow model when their config says use_flow_sigmas (SANA)
 FLOW_SIGMA_SCHEDULERS = ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler")
 TIME_SHIFT_TYPES = ("exponential", "linear")
+# where a sampling grid's unshifted sigmas come from: the scheduler's set_timesteps, or FluxPipeline's own sigmas
+SIGMA_GRIDS = ("scheduler", "flux")
 TIME_DENSITIES = ("uniform", "logit_normal")
 # options of diffusers' flow schedulers this library's deterministic Euler/consistency samplers do not reproduce
 _UNSUPPORTED = (
@@ -157,18 +159,28 @@ def flow_sigmas(
     mu: float | None = None,
     time_shift_type: str = "exponential",
     shift_terminal: float | None = None,
+    sigma_grid: str = "scheduler",
 ) -> torch.Tensor:
     """The decreasing float32 sigmas of an ``num_inference_steps``-step FlowMatchEuler grid (without the final 0):
-    evenly spaced network times from ``sigma_max`` to ``sigma_min``, then shifted by ``shift`` or, when ``mu`` is
-    given (dynamic shifting), by :func:`time_shift`, then stretched to ``shift_terminal``."""
+    evenly spaced network times from ``sigma_max`` to ``sigma_min`` (``sigma_grid="scheduler"``, the scheduler's own
+    ``set_timesteps``) or ``linspace(1, 1/N, N)`` (``"flux"``: the sigmas ``FluxPipeline`` passes it), then shifted
+    by ``shift`` or, when ``mu`` is given (dynamic shifting), by :func:`time_shift`, then stretched to
+    ``shift_terminal``."""
     if not num_inference_steps >= 1:
         raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+    if sigma_grid not in SIGMA_GRIDS:
+        raise ValueError(f"sigma_grid must be one of {SIGMA_GRIDS}, got {sigma_grid!r}")
     dynamic = mu is not None
-    sigma_max, sigma_min = flow_sigma_bounds(
-        num_train_timesteps=num_train_timesteps, shift=shift, dynamic=dynamic
-    )
-    times = np.linspace(sigma_max * num_train_timesteps, sigma_min * num_train_timesteps, num_inference_steps)
-    sigmas = times / num_train_timesteps
+    if sigma_grid == "flux":
+        sigmas = np.linspace(1.0, 1.0 / num_inference_steps, num_inference_steps)
+    else:
+        sigma_max, sigma_min = flow_sigma_bounds(
+            num_train_timesteps=num_train_timesteps, shift=shift, dynamic=dynamic
+        )
+        times = np.linspace(
+            sigma_max * num_train_timesteps, sigma_min * num_train_timesteps, num_inference_steps
+        )
+        sigmas = times / num_train_timesteps
     if dynamic:
         sigmas = time_shift(sigmas=sigmas, mu=float(mu), kind=time_shift_type)
     else:
@@ -222,6 +234,7 @@ class FlowSchedule:
     use_dynamic_shifting: bool
     config: Mapping[str, Any]
     image_seq_len: int | None = None
+    sigma_grid: str = "scheduler"
 
     family = "flow"
     prediction_type = "flow_prediction"
@@ -269,6 +282,13 @@ class FlowSchedule:
     def with_image_seq_len(self, n: int | None) -> FlowSchedule:
         return dataclasses.replace(self, image_seq_len=n)
 
+    def with_sigma_grid(self, sigma_grid: str) -> FlowSchedule:
+        """The same schedule sampling on ``sigma_grid``'s sigmas (``"flux"``: FluxPipeline's, which it passes to
+        whatever scheduler the folder has)."""
+        if sigma_grid not in SIGMA_GRIDS:
+            raise ValueError(f"sigma_grid must be one of {SIGMA_GRIDS}, got {sigma_grid!r}")
+        return dataclasses.replace(self, sigma_grid=sigma_grid)
+
     def with_config(self, **updates: Any) -> FlowSchedule:
         return dataclasses.replace(self, config={**self.config, **updates})
 
@@ -299,6 +319,7 @@ class FlowSchedule:
             mu=self.mu,
             time_shift_type=str(c.get("time_shift_type", "exponential")),
             shift_terminal=c.get("shift_terminal"),
+            sigma_grid=self.sigma_grid,
         )
 
     def grid(self, num_inference_steps: int, *, spacing: str | None = None) -> torch.Tensor:

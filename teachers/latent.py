@@ -15,9 +15,16 @@ from torch import nn
 from students.common import check_finite_weights, named_tensors, read_json, weights_source
 
 VAE_CLASSES = ("AutoencoderKL", "AutoencoderTiny")
-TEXT_ENCODER_CLASSES = ("CLIPTextModel", "CLIPTextModelWithProjection")
-TOKENIZER_CLASSES = ("CLIPTokenizer", "CLIPTokenizerFast")
-TEXT_PARTS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
+TEXT_ENCODER_CLASSES = ("CLIPTextModel", "CLIPTextModelWithProjection", "T5EncoderModel")
+CLIP_TOKENIZERS = ("CLIPTokenizer", "CLIPTokenizerFast")
+T5_TOKENIZERS = ("T5Tokenizer", "T5TokenizerFast")
+TOKENIZER_CLASSES = CLIP_TOKENIZERS + T5_TOKENIZERS
+# SD 1.x/2.x: the first; SDXL: two CLIPs; SD3: two CLIPs + T5 (optional); FLUX: CLIP + T5
+TEXT_PARTS = (
+    ("text_encoder", "tokenizer"),
+    ("text_encoder_2", "tokenizer_2"),
+    ("text_encoder_3", "tokenizer_3"),
+)
 
 
 @dataclass
@@ -67,6 +74,8 @@ def load_tokenizer(folder: Path) -> Any:
     name = config.get("tokenizer_class", "CLIPTokenizer")
     if name not in TOKENIZER_CLASSES:
         raise ValueError(f"the tokenizer at {folder} is a {name!r}; supported: {TOKENIZER_CLASSES}")
+    if name in T5_TOKENIZERS:
+        return _transformers().T5TokenizerFast.from_pretrained(folder)
     return _transformers().CLIPTokenizer.from_pretrained(folder)
 
 

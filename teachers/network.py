@@ -19,6 +19,7 @@ from torch import nn
 from teachers.conditioning import Cond, cat_cond, cond_to, denoiser_kwargs
 from teachers.parameterization import Prediction, cfg_combine, guidance_scale_embedding, to_prediction
 from teachers.schedule import NoiseSchedule
+from teachers.transformer import call_transformer, takes_guidance, transformer_family
 
 
 @functools.lru_cache(maxsize=64)
@@ -33,12 +34,21 @@ def call_denoiser(
     cond: Cond = None,
     *,
     timestep_cond: torch.Tensor | None = None,
+    guidance: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run ``net`` and return its output tensor (``.sample`` of a diffusers output). Text conditions are cast to
-    the network's dtype (a half-precision teacher gets half-precision embeddings)."""
+    the network's dtype (a half-precision teacher gets half-precision embeddings). SD3 and FLUX transformers get
+    the inputs their pipelines give them (:mod:`teachers.transformer`); ``guidance`` is FLUX-dev's embedded
+    guidance scale."""
     params = _forward_params(type(net))
     if cond is not None and (isinstance(cond, dict) or torch.is_floating_point(cond)):
         cond = cond_to(cond, dtype=sample.dtype)
+    if transformer_family(net) is not None:
+        if timestep_cond is not None:
+            raise ValueError(f"a {type(net).__name__} has no timestep_cond input (LCM's guidance embedding)")
+        return call_transformer(net, sample, timestep, cond, guidance=guidance)
+    if guidance is not None:
+        raise ValueError(f"a {type(net).__name__} has no guidance input; use classifier-free guidance")
     kwargs = denoiser_kwargs(cond, params)
     if timestep_cond is not None:
         kwargs["timestep_cond"] = timestep_cond
@@ -81,6 +91,25 @@ def denoise(
     guided = guidance_scale is not None and not (
         isinstance(guidance_scale, int | float) and guidance_scale == 1.0
     )
+    if takes_guidance(net):  # FLUX-dev: the scale is an input, one forward (1 when no guidance is asked)
+        scale = 1.0 if guidance_scale is None else guidance_scale
+        out = call_denoiser(
+            net,
+            x_t.to(net_dtype),
+            t,
+            cond,
+            timestep_cond=timestep_cond,
+            guidance=torch.as_tensor(scale, dtype=torch.float32).expand(x_t.shape[0]),
+        ).to(x_t.dtype)
+        return to_prediction(
+            output=out, prediction_type=schedule.prediction_type, z=x_t, alpha=alpha, sigma=sigma
+        )
+    if guided and transformer_family(net) == "flux":
+        raise ValueError(
+            f"guidance scale {guidance_scale}: this FLUX transformer has no guidance embedding "
+            "(guidance_embeds: false, FLUX-schnell-style) and FLUX pipelines run no classifier-free guidance "
+            "batch; set the guidance scale to 1 (or distil from a guidance-embedded FLUX-dev teacher)"
+        )
     if guided:
         if cond is None or uncond is None:
             raise ValueError("classifier-free guidance needs both cond and uncond (or guidance_scale=None)")
@@ -126,12 +155,15 @@ def guided_denoiser(
 ):
     """``(z, t) -> Prediction`` of ``net`` at the classifier-free guidance scale ``guidance_scale`` (1 or None:
     off), taken the way the network takes it: a guidance-distilled network (with a ``timestep_cond`` input, as
-    LCM and guided progressive students) gets LCM's ``w = scale - 1`` embedded there, one forward per step;
-    any other network runs CFG with ``uncond(cond)`` (the null class or empty prompt) batched beside ``cond``."""
+    LCM and guided progressive students) gets LCM's ``w = scale - 1`` embedded there, one forward per step; a
+    FLUX-dev transformer gets the scale itself as its ``guidance`` input; any other network runs CFG with
+    ``uncond(cond)`` (the null class or empty prompt) batched beside ``cond``."""
     if isinstance(guidance_scale, int | float) and not math.isfinite(guidance_scale):
         raise ValueError(
             f"guidance_scale must be a finite number (1: no guidance), got {guidance_scale}; pass e.g. 1 or 2"
         )
+    if transformer_family(net) == "flux":  # embedded guidance or none: FLUX pipelines batch no CFG
+        return functools.partial(denoise, net, schedule, cond=cond, guidance_scale=guidance_scale)
     embed_dim = time_cond_dim(net)
     if embed_dim:
         return _EmbeddedGuidance(

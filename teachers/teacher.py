@@ -25,6 +25,14 @@ from teachers.conditioning import Cond, expand_cond, is_text
 from teachers.network import denoise, num_class_embeds
 from teachers.parameterization import Prediction
 from teachers.schedule import schedule_from_config
+from teachers.transformer import (
+    DEFAULT_T5_TOKENS,
+    FLUX_DEFAULT_SAMPLE_SIZE,
+    POOLED_KEY,
+    latent_channels,
+    patch_size,
+    transformer_family,
+)
 
 # diffusers classes a teacher folder may name; loading never imports code from the folder itself.
 SUPPORTED_CLASSES = DIFFUSERS_CLASSES
@@ -57,7 +65,9 @@ class DiffusionTeacher(nn.Module):
     of optimizers, DDP and checkpoints.
 
     Args:
-        unet: a diffusers ``UNet2DModel`` / ``UNet2DConditionModel`` (or anything with that call signature).
+        unet: the denoiser: a diffusers ``UNet2DModel`` / ``UNet2DConditionModel``, an ``SD3Transformer2DModel`` or a
+            ``FluxTransformer2DModel`` (called as its pipeline calls it, :mod:`teachers.transformer`), or anything
+            with the UNet call signature.
         scheduler_config: the diffusers scheduler config it was trained with (``scheduler_config.json``).
         dtype: dtype the network is held and run in.
         null_class: the class label of the unconditional branch for class-conditional teachers
@@ -69,6 +79,10 @@ class DiffusionTeacher(nn.Module):
         vae_dtype: dtype of the VAE and text encoders (fp32 by default even when the UNet is half precision).
         shift: the flow-matching shift this run expects (None: the scheduler config's, which is always what is
             used). Given, it must equal the config's: a run never silently samples or trains at another shift.
+        sample_size: the latent size the teacher generates (None: the network config's ``sample_size``; FLUX's
+            config has none, so FluxPipeline's default 128, i.e. 1024 px).
+        max_sequence_length: T5 tokens per prompt for SD3 / FLUX teachers (None: their pipelines' defaults, 256
+            and 512); a stock pipeline reproduces the library's samples when called with the same value.
 
     The schedule family comes from ``scheduler_config``: a discrete (DDPM-family) ``NoiseSchedule`` or, for
     ``FlowMatchEulerDiscreteScheduler`` (SD3, FLUX) and ``use_flow_sigmas`` solvers (SANA), a ``FlowSchedule``.
@@ -86,6 +100,8 @@ class DiffusionTeacher(nn.Module):
         tokenizers: list[Any] | None = None,
         vae_dtype: str | torch.dtype | None = None,
         shift: float | None = None,
+        sample_size: int | None = None,
+        max_sequence_length: int | None = None,
     ) -> None:
         super().__init__()
         text_encoders, tokenizers = list(text_encoders or []), list(tokenizers or [])
@@ -105,10 +121,31 @@ class DiffusionTeacher(nn.Module):
         target = resolve_dtype(dtype)
         current = next(unet.parameters()).dtype
         self.unet = unet if current == target else unet.to(target)
+        self.transformer_family = transformer_family(unet)
+        self._sample_size = check_sample_size(unet, sample_size)
+        if max_sequence_length is not None and (
+            isinstance(max_sequence_length, bool) or max_sequence_length < 1
+        ):
+            raise ValueError(
+                f"max_sequence_length must be a positive number of T5 tokens, got {max_sequence_length}"
+            )
+        self.max_sequence_length = (
+            None
+            if self.transformer_family is None
+            else int(max_sequence_length or DEFAULT_T5_TOKENS[self.transformer_family])
+        )
         schedule = schedule_from_config(scheduler_config)
         check_shift(schedule, shift)
+        if self.transformer_family is not None and schedule.family != "flow":
+            raise ValueError(
+                f"a {type(unet).__name__} is a flow-matching model, but its scheduler config is a discrete "
+                f"{scheduler_config.get('_class_name')}: point at the pipeline's own scheduler/ "
+                "(FlowMatchEulerDiscreteScheduler)"
+            )
+        if self.transformer_family == "flux":  # FluxPipeline samples on its own sigmas: linspace(1, 1/N, N)
+            schedule = schedule.with_sigma_grid("flux")
         if getattr(schedule, "use_dynamic_shifting", False):
-            schedule = schedule.with_image_seq_len(image_tokens(self.unet))
+            schedule = schedule.with_image_seq_len(image_tokens(self.unet, self._sample_size))
         self.schedule = schedule
         n_classes = num_class_embeds(unet)
         self.null_class = null_class if null_class is not None else (n_classes - 1 if n_classes else None)
@@ -129,6 +166,8 @@ class DiffusionTeacher(nn.Module):
         latent_parts: bool = True,
         vae_dtype: str | torch.dtype | None = None,
         shift: float | None = None,
+        sample_size: int | None = None,
+        max_sequence_length: int | None = None,
     ) -> DiffusionTeacher:
         """Load from a diffusers pipeline folder (``unet/`` + ``scheduler/``) or a model folder.
 
@@ -138,6 +177,9 @@ class DiffusionTeacher(nn.Module):
         folder also gives the teacher its ``vae/``, ``text_encoder/`` (+ ``_2``) and ``tokenizer/`` (+ ``_2``)
         unless ``latent_parts`` is false (e.g. when training from precomputed latents and embeddings, which
         carry the empty-prompt embedding themselves). ``shift``: see the class (a flow teacher's shift check).
+        An SD3 or FLUX pipeline folder has ``transformer/`` instead of ``unet/`` and its text encoders (CLIP, and
+        T5 where present: ``text_encoder_3`` of SD3 is optional); ``sample_size`` and ``max_sequence_length``: see
+        the class.
         """
         root = _resolve_root(path)
         unet_dir, scheduler_file = _locate(root, subfolder)
@@ -161,7 +203,7 @@ class DiffusionTeacher(nn.Module):
         unet = model_class.from_pretrained(unet_dir)
         check_finite_weights(named_tensors(unet), source=weights_source(unet_dir))
         parts = None
-        if latent_parts and unet_dir == root / "unet":
+        if latent_parts and unet_dir in (root / "unet", root / "transformer"):
             from teachers.latent import load_latent_parts
 
             parts = load_latent_parts(root)
@@ -175,16 +217,21 @@ class DiffusionTeacher(nn.Module):
             tokenizers=None if parts is None else parts.tokenizers,
             vae_dtype=vae_dtype,
             shift=shift,
+            sample_size=sample_size,
+            max_sequence_length=max_sequence_length,
         )
         teacher.source = str(path)
         teacher.weights_dir = unet_dir
         return teacher
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """Write a pipeline-style folder: ``unet/`` (safetensors) and ``scheduler/scheduler_config.json``, plus
-        the latent parts (``vae/``, ``text_encoder*/``, ``tokenizer*/``) of a latent teacher."""
+        """Write a pipeline-style folder: ``unet/`` (``transformer/`` for SD3/FLUX, safetensors) and
+        ``scheduler/scheduler_config.json``, plus the latent parts (``vae/``, ``text_encoder*/``, ``tokenizer*/``) of a
+        latent teacher."""
+        from teachers.transformer import denoiser_folder
+
         directory = Path(directory)
-        self.unet.save_pretrained(directory / "unet")
+        self.unet.save_pretrained(directory / denoiser_folder(self.unet))
         self.schedule.save_pretrained(directory / "scheduler")
         self.save_latent_parts(directory)
 
@@ -215,19 +262,24 @@ class DiffusionTeacher(nn.Module):
 
     @property
     def in_channels(self) -> int:
-        return int(self.unet.config.in_channels)
+        """Channels of the samples (latents) it denoises (FLUX's packed 2x2 patches unpacked)."""
+        return latent_channels(self.unet)
 
     @property
     def sample_size(self) -> int:
-        size = self.unet.config.sample_size
-        return int(size[0] if isinstance(size, list | tuple) else size)
+        if self._sample_size is None:
+            raise ValueError(
+                f"the teacher's {type(self.unet).__name__} config has no sample_size: pass sample_size (the latent "
+                "size to generate) to the teacher"
+            )
+        return self._sample_size
 
     @property
     def cond_kind(self) -> str | None:
         """ "class" (class labels), "text" (encoder hidden states) or None (unconditional)."""
         if self.null_class is not None:
             return "class"
-        if self.text_encoders or self._uncond is not None:
+        if self.transformer_family is not None or self.text_encoders or self._uncond is not None:
             return "text"
         blocks = getattr(self.unet.config, "down_block_types", None) or []
         return "text" if any("CrossAttn" in b for b in blocks) else None
@@ -291,6 +343,17 @@ class DiffusionTeacher(nn.Module):
                 "this teacher has no text encoder: load it from a pipeline folder with text_encoder/ and tokenizer/ "
                 "(latent_parts=true), or train from precomputed embeddings (distill precompute)"
             )
+        if self.transformer_family is not None:
+            from teachers.prompts import encode_flux_prompts, encode_sd3_prompts
+
+            encode = encode_sd3_prompts if self.transformer_family == "sd3" else encode_flux_prompts
+            return encode(
+                list(prompts),
+                tokenizers=self.tokenizers,
+                text_encoders=list(self.text_encoders),
+                max_sequence_length=self.max_sequence_length,
+                joint_attention_dim=int(self.unet.config.joint_attention_dim),
+            )
         device = next(self.text_encoders[0].parameters()).device
         hidden, pooled = [], None
         for tokenizer, encoder in zip(self.tokenizers, self.text_encoders, strict=True):
@@ -345,7 +408,7 @@ class DiffusionTeacher(nn.Module):
             batch = cond["encoder_hidden_states"].shape[0] if isinstance(cond, dict) else cond.shape[0]
             uncond = self.uncond()
             if isinstance(uncond, dict):
-                device = cond["encoder_hidden_states"].device  # type: ignore[index]
+                device = (cond["encoder_hidden_states"] if isinstance(cond, dict) else cond).device  # type: ignore[index]
                 return {k: v.to(device) for k, v in expand_cond(uncond, batch).items()}  # type: ignore[union-attr]
             return expand_cond(uncond, batch).to(cond.device)  # type: ignore[union-attr]
         raise ValueError("guidance needs a condition (cond is None)")
@@ -358,6 +421,14 @@ class DiffusionTeacher(nn.Module):
         if kind == "text":
             if self.text_encoders or self._uncond is not None:
                 return self.null_cond(torch.zeros(batch, 1, 1, device=device))
+            if self.transformer_family is not None:
+                config = self.unet.config
+                return {
+                    "encoder_hidden_states": torch.zeros(
+                        batch, 1, int(config.joint_attention_dim), device=device
+                    ),
+                    POOLED_KEY: torch.zeros(batch, int(config.pooled_projection_dim), device=device),
+                }
             dim = int(self.unet.config.cross_attention_dim)
             return torch.zeros(batch, 1, dim, device=device)
         return None
@@ -459,14 +530,42 @@ def check_shift(schedule: Any, shift: float | None, *, source: str | None = None
         )
 
 
-def image_tokens(net: nn.Module) -> int:
-    """The token count dynamic shifting reads for a network's samples: ``(sample_size / patch_size)^2``
-    (a UNet has patch size 1)."""
+def image_tokens(net: nn.Module, sample_size: int | None = None) -> int:
+    """The token count dynamic shifting reads for a network's samples: ``(sample_size / patch_size)^2`` (a UNet
+    has patch size 1, FLUX's packing 2), as the SD3 and FLUX pipelines compute it."""
+    if sample_size is None:
+        config = getattr(net, "config", None)
+        size = getattr(config, "sample_size", 1) or 1
+        sample_size = int(size[0] if isinstance(size, list | tuple) else size)
+    return (int(sample_size) // patch_size(net)) ** 2
+
+
+def check_sample_size(net: nn.Module, sample_size: int | None) -> int | None:
+    """The latent size a teacher generates: ``sample_size`` if given, else the network config's (FLUX's default
+    when it has none); refused unless whole tokens of the network's patch fit it."""
     config = getattr(net, "config", None)
-    size = getattr(config, "sample_size", 1) or 1
-    size = int(size[0] if isinstance(size, list | tuple) else size)
-    patch = int(getattr(config, "patch_size", None) or 1)
-    return (size // patch) ** 2
+    configured = getattr(config, "sample_size", None)
+    if isinstance(configured, list | tuple):
+        configured = configured[0]
+    if sample_size is not None:
+        if isinstance(sample_size, bool) or int(sample_size) != sample_size or sample_size < 1:
+            raise ValueError(
+                f"sample_size must be a positive whole number of latent pixels, got {sample_size}"
+            )
+        size = int(sample_size)
+    elif configured is not None:
+        size = int(configured)
+    elif transformer_family(net) == "flux":
+        size = FLUX_DEFAULT_SAMPLE_SIZE
+    else:
+        return None  # a network without a config size (e.g. a hand-written denoiser): asked for when needed
+    patch = patch_size(net)
+    if size % patch:
+        raise ValueError(
+            f"sample_size={size} is not a multiple of the network's patch size {patch} (latent pixels per token "
+            f"side); pass a multiple of {patch}"
+        )
+    return size
 
 
 def _resolve_root(path: str | Path) -> Path:
@@ -497,12 +596,14 @@ def _locate(root: Path, subfolder: str | None) -> tuple[Path, Path]:
         unet_dir = root / subfolder
     elif (root / "unet" / "config.json").is_file():
         unet_dir = root / "unet"
+    elif (root / "transformer" / "config.json").is_file():
+        unet_dir = root / "transformer"
     else:
         unet_dir = root
     if not (unet_dir / "config.json").is_file():
         raise FileNotFoundError(
             f"no diffusers model config at {unet_dir / 'config.json'}; point the teacher path at a model folder "
-            f"or a pipeline folder with a unet/ subfolder (or pass subfolder=...)"
+            f"or a pipeline folder with a unet/ or transformer/ subfolder (or pass subfolder=...)"
         )
     candidates = [
         unet_dir / "scheduler_config.json",

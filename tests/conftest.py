@@ -135,6 +135,22 @@ def tiny_sd(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_sd3(tmp_path_factory, tiny_sd):
+    """A tiny SD3-shaped pipeline folder (two CLIPs + T5) and the caption folder of ``tiny_sd``."""
+    from distill.tiny_pipeline import build_tiny_sd3
+
+    return build_tiny_sd3(tmp_path_factory.mktemp("tiny_sd3") / "pipeline"), tiny_sd[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_flux(tmp_path_factory, tiny_sd):
+    """A tiny FLUX-dev-shaped pipeline folder (CLIP + T5, guidance embedding) and the caption folder of ``tiny_sd``."""
+    from distill.tiny_pipeline import build_tiny_flux
+
+    return build_tiny_flux(tmp_path_factory.mktemp("tiny_flux") / "pipeline"), tiny_sd[1]
+
+
+@pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory):
     """A tiny offline CLIPModel folder (32 px images, 16-d embeddings) for CLIP score and CLIP-feature FID."""
     from distill.tiny_pipeline import build_tiny_clip

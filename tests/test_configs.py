@@ -104,9 +104,25 @@ CHEAP["configs/sd15/test.yaml"] = [
     "--data.init_args.batch_size=4",
     "--trainer.accelerator=cpu",
 ]
+# configs/sd3 and configs/flux run against tiny offline SD3- and FLUX-shaped pipelines with their CPU smoke overlay
+for family in ("sd3", "flux"):
+    for name in ("kd", "lcm"):
+        student_key = "teacher" if name == "kd" else "path"
+        CHEAP[f"configs/{family}/{name}.yaml"] = [
+            "-c",
+            f"{{root}}/configs/{family}/cpu_smoke.yaml",
+            "--model.init_args.teacher.init_args.path={pipeline}",
+            f"--model.init_args.student.init_args.{student_key}={{pipeline}}",
+            "--data.init_args.root={captions}",
+            "--data.init_args.image_size=16",
+            "--data.init_args.batch_size=2",
+            "--data.init_args.num_workers=0",
+            "--data.init_args.num_val=2",
+        ]
+TRANSFORMER_SMOKE = {"configs/sd3/cpu_smoke.yaml": "sd3", "configs/flux/cpu_smoke.yaml": "flux"}
 # not standalone: shards.yaml is tested with lcm.yaml after distill precompute, cpu_smoke.yaml on top of lcm.yaml
 # (tests/test_docs_commands.py runs it under the documented workflow in make test-slow)
-OVERLAYS = {"configs/sd15/shards.yaml", "configs/sd15/cpu_smoke.yaml"}
+OVERLAYS = {"configs/sd15/shards.yaml", "configs/sd15/cpu_smoke.yaml", *TRANSFORMER_SMOKE}
 # Variants whose one-step run repeats a method the fast suite already runs from another config (kd.yaml,
 # lcm.yaml) with another student: the run is in make test-slow; the fast suite parses them
 # (test_config_parses) and builds their students (tests/test_students.py, tests/test_timm_unet.py).
@@ -171,6 +187,21 @@ def test_config_fast_dev_run(config, tmp_path, monkeypatch, request):
             ]
         )
         return
+    if rel in TRANSFORMER_SMOKE:  # the overlay runs under every recipe of its family; here: what it sets
+        family = TRANSFORMER_SMOKE[rel]
+        pipeline, _ = request.getfixturevalue(f"tiny_{family}")
+        recipe = str(config.parents[1] / family / "kd.yaml")
+        capsys = request.getfixturevalue("capsys")  # capturing from here on
+        with pytest.raises(SystemExit) as info:
+            main(["fit", "-c", recipe, "-c", str(config), f"--model.init_args.teacher.init_args.path={pipeline}",
+                  f"--model.init_args.student.init_args.teacher={pipeline}", "--print_config"])  # fmt: skip
+        assert info.value.code == 0
+        printed = yaml.safe_load(capsys.readouterr().out)
+        teacher = printed["model"]["init_args"]["teacher"]["init_args"]
+        assert teacher["dtype"] == "float32" and teacher["max_sequence_length"] == 16
+        assert printed["trainer"]["accelerator"] == "cpu" and printed["trainer"]["max_steps"] == 2
+        assert teacher.get("sample_size") == (8 if family == "flux" else None)
+        return
     if rel in OVERLAYS:
         pipeline, captions = request.getfixturevalue("tiny_sd")
         base = [str(config.parents[1] / "sd15" / "lcm.yaml")]
@@ -194,6 +225,11 @@ def test_config_fast_dev_run(config, tmp_path, monkeypatch, request):
         )
         return
     extra = CHEAP.get(rel, [])
+    family = rel.split("/")[1]
+    if family in ("sd3", "flux"):
+        pipeline, captions = request.getfixturevalue(f"tiny_{family}")
+        root = config.parents[2]
+        extra = [a.format(pipeline=pipeline, captions=captions, root=root) for a in extra]
     if rel.startswith("configs/sd15/"):
         pipeline, captions = request.getfixturevalue("tiny_sd")
         places = {"pipeline": pipeline, "captions": captions}

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import diffusers
 import pytest
 import torch
 from conftest import tiny_cond_unet
@@ -349,7 +350,39 @@ def test_efficient_unet_bad_arguments():
 
 # -- every registered student ----------------------------------------------------------------------------------
 SMALL_SD = {"block_out_channels": (8, 16, 16, 16), "norm_num_groups": 4, "attention_head_dim": 4}
+# tiny SD3 / FLUX transformer configs (the classes and shapes of the real ones, a few hundred thousand parameters)
+TINY_SD3 = {
+    "_class_name": "SD3Transformer2DModel",
+    "sample_size": 8,
+    "patch_size": 2,
+    "in_channels": 4,
+    "out_channels": 4,
+    "num_layers": 4,
+    "attention_head_dim": 8,
+    "num_attention_heads": 4,
+    "joint_attention_dim": 32,
+    "caption_projection_dim": 32,
+    "pooled_projection_dim": 16,
+    "pos_embed_max_size": 8,
+}
+TINY_FLUX = {
+    "_class_name": "FluxTransformer2DModel",
+    "patch_size": 1,
+    "in_channels": 16,
+    "num_layers": 2,
+    "num_single_layers": 4,
+    "attention_head_dim": 16,
+    "num_attention_heads": 2,
+    "joint_attention_dim": 32,
+    "pooled_projection_dim": 16,
+    "guidance_embeds": True,
+    "axes_dims_rope": [4, 6, 6],
+}
 BUILD_KWARGS = {
+    "sd3_depth_half": {"teacher": TINY_SD3},
+    "sd3_narrow_half": {"teacher": TINY_SD3},
+    "flux_depth_half": {"teacher": TINY_FLUX},
+    "flux_narrow_half": {"teacher": TINY_FLUX},
     "bk_base": {"teacher": TINY_SD},
     "bk_small": {"teacher": TINY_SD},
     "bk_tiny": {"teacher": TINY_SD},
@@ -359,6 +392,15 @@ BUILD_KWARGS = {
 
 def _example(model):
     cfg = model.config
+    if (
+        "joint_attention_dim" in cfg
+    ):  # SD3 / FLUX transformers: latents, text tokens and the pooled projection
+        channels = cfg.in_channels // 4 if "num_single_layers" in cfg else cfg.in_channels
+        cond = {
+            "encoder_hidden_states": torch.randn(2, 3, cfg.joint_attention_dim),
+            "pooled_projections": torch.randn(2, cfg.pooled_projection_dim),
+        }
+        return torch.randn(2, channels, 8, 8), torch.tensor([0.0, 999.0]), {"cond": cond}
     size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
     kwargs = {"encoder_hidden_states": None}
     if cfg.num_class_embeds:
@@ -382,9 +424,27 @@ EXPECTED_PARAMS = {
     "bk_tiny_keep_layers": 470_945,
     "efficient_unet_digits": 223_313,
     "efficient_unet_sd": 97_372,
+    "flux_depth_half": 93_776,
+    "flux_narrow_half": 28_784,
     "mobileone_unet_digits": 831_473,
+    "sd3_depth_half": 114_960,
+    "sd3_narrow_half": 22_448,
     "timm_unet_digits": 143_849,
 }
+
+
+class _Out:
+    def __init__(self, sample):
+        self.sample = sample
+
+
+def _run(model, x, t, kwargs):
+    """The student's output as its pipelines call it (SD3/FLUX transformers through their adapter)."""
+    if "cond" in kwargs:
+        from teachers.network import call_denoiser
+
+        return _Out(call_denoiser(model, x, t, kwargs["cond"]))
+    return model(x, t, **kwargs)
 
 
 @pytest.mark.parametrize("name", [n for n in students.list_students() if not n.startswith("_")])
@@ -407,23 +467,26 @@ def test_every_registered_student_runs_trains_and_round_trips(name, tmp_path):
         assert torch.equal(value, reloaded[key]), key
     with torch.no_grad():
         torch.testing.assert_close(
-            loaded(x, t, **kwargs).sample, model(x, t, **kwargs).sample, rtol=0, atol=1e-6
+            _run(loaded, x, t, kwargs).sample, _run(model, x, t, kwargs).sample, rtol=0, atol=1e-6
         )
     # forward shape, finite, every trainable parameter gets a finite gradient
-    out = model.train()(x, t, **kwargs).sample
-    assert out.shape == (2, model.config.out_channels, *x.shape[2:])
+    out = _run(model.train(), x, t, kwargs).sample
+    assert out.shape == x.shape
     assert torch.isfinite(out).all()
     out.square().mean().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
     # cheaper than the teacher it derives from
-    teacher_config = BUILD_KWARGS.get(name, {}).get("teacher")
-    teacher = UNet2DConditionModel(**teacher_config) if teacher_config else None
+    teacher_config = dict(BUILD_KWARGS.get(name, {}).get("teacher") or {})
+    cls = getattr(diffusers, teacher_config.pop("_class_name", "UNet2DConditionModel"))
+    teacher = cls(**teacher_config) if teacher_config else None
     if teacher is None:
         from teachers import DiffusionTeacher
 
         teacher = DiffusionTeacher.from_pretrained("builtin:digits").unet
-    assert count_macs(model, example_inputs(model)).total < count_macs(teacher, example_inputs(teacher)).total
+    size = {"sample_size": 8} if "num_single_layers" in model.config else {}  # FLUX has no sample size
+    student_macs = count_macs(model, example_inputs(model, **size)).total
+    assert student_macs < count_macs(teacher, example_inputs(teacher, **size)).total
 
 
 def test_the_import_example_runs_without_the_trainer():

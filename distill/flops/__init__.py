@@ -20,6 +20,7 @@ One module per job, all re-exported here:
 - :mod:`~distill.flops.ignore`: the ops with no MACs by definition (:func:`is_ignored_op`);
 - :mod:`~distill.flops.inputs`: example inputs of one denoiser call (:func:`example_inputs`);
 - :mod:`~distill.flops.counting`: counting one forward pass (:func:`count_macs`, :func:`flop_counter_macs`);
+- :mod:`~distill.flops.shapes`: counting from a config without weights (:func:`meta_network`, :func:`config_macs`);
 - :mod:`~distill.flops.latency`: timing (:func:`measure_latency`, :func:`forward_latency`);
 - :mod:`~distill.flops.fmt`: writing counts (:func:`fmt_count`);
 - :mod:`~distill.flops.report`: teacher-vs-student reports (:func:`report_for_module`, :class:`FlopReport`).
@@ -54,6 +55,7 @@ from distill.flops.report import (
     report_for_module,
     summary_metrics,
 )
+from distill.flops.shapes import config_macs, meta_network
 
 __all__ = [
     "CATEGORIES",
@@ -67,6 +69,7 @@ __all__ = [
     "MacCount",
     "NetworkCost",
     "baddbmm_handle",
+    "config_macs",
     "count_macs",
     "default_cfg_factor",
     "example_inputs",
@@ -77,6 +80,7 @@ __all__ = [
     "matmul_handle",
     "matmul_macs",
     "measure_latency",
+    "meta_network",
     "network_cost",
     "networks_of",
     "report_for_module",

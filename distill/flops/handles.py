@@ -71,6 +71,16 @@ def matmul_handle(inputs: list[Any], outputs: list[Any]) -> int:
     return matmul_macs(a=_shape(inputs[0]), b=_shape(inputs[1]))
 
 
+def einsum_handle(inputs: list[Any], outputs: list[Any]) -> int:
+    """``aten::einsum``: fvcore's count for products of two or more operands; a single-operand einsum (a
+    permutation, trace or sum, e.g. SD3's unpatchify ``nhwpqc->nchpwq``) multiplies nothing, 0 MACs, where
+    fvcore counts one per element."""
+    operands = inputs[1].node().inputs() if inputs[1].node().kind() == "prim::ListConstruct" else None
+    if operands is not None and len(list(operands)) < 2:
+        return 0
+    return int(jit_handles.einsum_flop_jit(inputs, outputs))
+
+
 # Every op we count, in one place: fvcore's handles where they are right, ours where fvcore has none or is wrong.
 OP_HANDLES: dict[str, jit_handles.Handle] = {
     "aten::_convolution": jit_handles.conv_flop_jit,
@@ -78,7 +88,7 @@ OP_HANDLES: dict[str, jit_handles.Handle] = {
     "aten::addmm": jit_handles.addmm_flop_jit,
     "aten::mm": jit_handles.matmul_flop_jit,
     "aten::bmm": jit_handles.bmm_flop_jit,
-    "aten::einsum": jit_handles.einsum_flop_jit,
+    "aten::einsum": einsum_handle,
     "aten::matmul": matmul_handle,
     "aten::baddbmm": baddbmm_handle,
     "aten::scaled_dot_product_attention": sdpa_handle,

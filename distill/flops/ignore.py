@@ -23,8 +23,8 @@ SHAPE_OPS = _aten(
     "logical_not bitwise_not __and__ __or__ floor ceil round sign"
 )
 ELEMENTWISE_OPS = _aten(
-    # arithmetic and activations
-    "add sub rsub mul div neg reciprocal abs exp log log1p sin cos tanh sqrt rsqrt pow square erf clamp "
+    # arithmetic and activations (outer: a rank-1 product, one multiply per output element, e.g. RoPE tables)
+    "add sub rsub mul outer div neg reciprocal abs exp log log1p sin cos tanh sqrt rsqrt pow square erf clamp "
     "clamp_min clamp_max lerp addcmul addcdiv relu relu6 leaky_relu elu gelu silu mish softplus sigmoid "
     "hardsigmoid hardswish hardtanh "
     # softmax, reductions and normalisation

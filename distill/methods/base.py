@@ -25,7 +25,12 @@ from torch import nn
 
 from distill.diffusers_folder import save_student_folder
 from distill.ema import EMA
-from distill.methods.checks import check_data_matches, null_class_of, other_teacher
+from distill.methods.checks import (
+    check_data_matches,
+    check_transformer_student,
+    null_class_of,
+    other_teacher,
+)
 from distill.methods.optim import check_optimizer, configure
 from distill.methods.ranges import (
     check_at_least,
@@ -36,7 +41,7 @@ from distill.methods.ranges import (
 )
 from distill.metrics import GenerativeEvaluator
 from distill.rng import GeneratorRandom, KeyedRandom, global_sample_indices
-from teachers.conditioning import Cond
+from teachers.conditioning import Cond, cond_from_tensors
 from teachers.network import guided_denoiser
 from teachers.sampling import keyed_step_noise
 from teachers.sampling import sample as sample_loop
@@ -158,6 +163,7 @@ class DistillationModule(L.LightningModule):
                 "from weights of its teacher's family and parameterisation. Start from a student exported from this "
                 "teacher, or from scratch / the teacher's weights (a students.* builder)"
             )
+        check_transformer_student(teacher, student)
         mismatch = other_teacher(student, teacher) if check_student_teacher else None
         if mismatch is not None:
             rank_zero_warn(mismatch)
@@ -225,18 +231,11 @@ class DistillationModule(L.LightningModule):
     def prepare_batch(self, batch: Any) -> tuple[torch.Tensor, Cond]:
         """``(x0, cond)`` from any data module's batch: ``(images, labels)`` (pixel space, class labels); a
         caption-folder dict ``{"images", "captions"}`` (encoded here by the teacher's VAE and text encoder); or a
-        precomputed-shard dict ``{"latents", "prompt_embeds"[, "text_embeds", "time_ids"]}`` (the fast path)."""
+        precomputed-shard dict ``{"latents", "prompt_embeds"[, "text_embeds", "time_ids" | "pooled_projections"]}``
+        (the fast path)."""
         if isinstance(batch, dict):
             if "latents" in batch:
-                x0 = batch["latents"].float()
-                embeds = batch["prompt_embeds"].float()
-                if "text_embeds" in batch:
-                    return x0, {
-                        "encoder_hidden_states": embeds,
-                        "text_embeds": batch["text_embeds"].float(),
-                        "time_ids": batch["time_ids"].float(),
-                    }
-                return x0, embeds
+                return batch["latents"].float(), cond_from_tensors(batch)
             images = batch["images"]
             x0 = self.teacher.encode_images(images) if self.teacher.is_latent else images
             return x0, self.teacher.encode_prompt(list(batch["captions"]))

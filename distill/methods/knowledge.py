@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
@@ -12,8 +13,10 @@ from distill.features import TransferReport, default_feature_pairs, transfer_wei
 from distill.methods.base import DistillationModule
 from distill.methods.ranges import check_finite, check_probability
 from distill.objectives import FeatureKD, KnowledgeOptions, draw_noising, knowledge_distillation_loss
+from distill.objectives.draws import guidance_w
 from distill.rng import GeneratorRandom, KeyedRandom
 from teachers.teacher import DiffusionTeacher
+from teachers.transformer import takes_guidance
 
 
 def check_compatible(teacher: DiffusionTeacher, student: nn.Module) -> None:
@@ -36,6 +39,33 @@ def check_compatible(teacher: DiffusionTeacher, student: nn.Module) -> None:
         )
 
 
+def check_embedded_guidance(
+    teacher: DiffusionTeacher, student: nn.Module, low: float | None, high: float | None
+) -> tuple[float, float] | None:
+    """The KD guidance range for a teacher that embeds the scale (FLUX-dev), refused for others; errors name the
+    fix."""
+    if low is None and high is None:
+        return None
+    if low is None or high is None:
+        raise ValueError(
+            "guidance_min and guidance_max come together (e.g. 1.0 and 5.0); set both or neither"
+        )
+    check_finite({"guidance_min": low, "guidance_max": high})
+    if not 1.0 <= low <= high:
+        raise ValueError(f"need 1 <= guidance_min <= guidance_max, got {low}, {high}")
+    if not takes_guidance(teacher.unet):
+        raise ValueError(
+            "guidance_min/guidance_max: this teacher takes no guidance input (only FLUX-dev-style transformers "
+            "embed the scale); KD students of CFG teachers keep guidance through cond_drop_prob. Remove them"
+        )
+    if not takes_guidance(student):
+        raise ValueError(
+            "guidance_min/guidance_max: the student has no guidance input to learn the teacher's scales with; build "
+            "it with guidance_embeds (a depth-pruned FLUX-dev student keeps it)"
+        )
+    return float(low), float(high)
+
+
 class KnowledgeDistillation(DistillationModule):
     """BK-SDM knowledge distillation: ``w_task * L_task + w_out * L_outKD + w_feat * sum_l L_featKD``.
 
@@ -51,6 +81,9 @@ class KnowledgeDistillation(DistillationModule):
         init_from_teacher: copy every teacher tensor whose name and shape match (a report is printed).
         init_mapping: student prefix -> teacher prefix for that copy (None: the builder's, e.g. BK-SDM's).
         cond_drop_prob: condition dropout to the null class / empty prompt, so the student keeps CFG.
+        guidance_min, guidance_max: for a teacher that takes the guidance scale as an input (FLUX-dev), the range
+            each sample's scale is drawn from, given to teacher and student alike (None: the input is 1, no
+            guidance); other teachers refuse it (they guide by CFG, which KD's students learn by dropout).
         **kwargs: the options every method shares (``DistillationModule``: optimizer, EMA, evaluation, ...).
     """
 
@@ -68,9 +101,12 @@ class KnowledgeDistillation(DistillationModule):
         init_from_teacher: bool = True,
         init_mapping: dict[str, str] | None = None,
         cond_drop_prob: float = 0.1,
+        guidance_min: float | None = None,
+        guidance_max: float | None = None,
         **kwargs: Any,
     ) -> None:
         check_probability(cond_drop_prob, key="cond_drop_prob", example=0.1)
+        guidance_range = check_embedded_guidance(teacher, student, guidance_min, guidance_max)
         check_finite(
             {"task_weight": task_weight, "output_weight": output_weight, "feature_weight": feature_weight}
         )
@@ -94,6 +130,7 @@ class KnowledgeDistillation(DistillationModule):
         self.projections = self.features.build_projections(teacher, student)
         self.features.projections = self.projections
         self.cond_drop_prob = cond_drop_prob
+        self.guidance_range = guidance_range
 
     def extra_trainable_modules(self) -> list[nn.Module]:
         return [self.projections]
@@ -113,7 +150,18 @@ class KnowledgeDistillation(DistillationModule):
             draws=draws,
             options=self.options,
             features=self.features,
+            guidance=self._guidance(rng, x0.shape[0]),
         )
+
+    def _guidance(self, rng, batch: int) -> torch.Tensor | None:
+        """Per-sample embedded guidance scales drawn after the noising draws (``rng`` None, at validation: the
+        range's midpoint), or None without a range."""
+        if self.guidance_range is None:
+            return None
+        low, high = self.guidance_range
+        if rng is None:
+            return torch.full((batch,), (low + high) / 2, device=self.device)
+        return 1.0 + guidance_w(rng, batch=batch, scale_min=low, scale_max=high).to(self.device)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         """The EMA student's task and output-KD losses on fixed draws, no condition dropped."""
@@ -130,6 +178,7 @@ class KnowledgeDistillation(DistillationModule):
             draws=draws,
             options=self.options,
             features=self.features,
+            guidance=self._guidance(None, x0.shape[0]),
         )
         self.log("val/task", losses["task"])
         self.log("val/output_kd", losses["output_kd"], prog_bar=True)

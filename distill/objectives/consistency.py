@@ -22,6 +22,7 @@ from teachers.conditioning import Cond
 from teachers.network import denoise
 from teachers.parameterization import consistency_output, ddim_step, guidance_scale_embedding
 from teachers.schedule import q_sample
+from teachers.transformer import takes_guidance
 
 
 @dataclass(frozen=True)
@@ -81,10 +82,22 @@ def w_embedding(w: torch.Tensor, embed_dim: int | None) -> torch.Tensor | None:
 
 
 def consistency_function(
-    net: nn.Module, schedule, z: torch.Tensor, t: torch.Tensor, cond: Cond, w_emb, options: ConsistencyOptions
+    net: nn.Module,
+    schedule,
+    z: torch.Tensor,
+    t: torch.Tensor,
+    cond: Cond,
+    w_emb,
+    options: ConsistencyOptions,
+    w: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``f(z, t) = c_skip(t) z + c_out(t) x0_net(z, t)``: the identity at ``t = 0``."""
-    x0 = denoise(net, schedule, z, t, cond, timestep_cond=w_emb).x0
+    """``f(z, t) = c_skip(t) z + c_out(t) x0_net(z, t)``: the identity at ``t = 0``. The network takes LCM-form
+    guidance ``w`` as ``w_emb`` (its ``timestep_cond``), or as the scale ``1 + w`` when it embeds guidance itself
+    (FLUX-dev)."""
+    if takes_guidance(net):  # FLUX-dev-style students take the scale 1 + w itself as an input
+        x0 = denoise(net, schedule, z, t, cond, guidance_scale=None if w is None else 1.0 + w).x0
+    else:
+        x0 = denoise(net, schedule, z, t, cond, timestep_cond=w_emb).x0
     c_skip, c_out = schedule.consistency_scalings(
         t, sigma_data=options.sigma_data, timestep_scaling=options.timestep_scaling
     )
@@ -120,9 +133,9 @@ def consistency_distillation_loss(
     student_cond = apply_keep(cond, draws.keep, null_cond=teacher.null_cond)
     alpha_s, sigma_s = schedule.alpha_sigma(draws.s, dtype=x0.dtype)
     z_s = q_sample(x0=x0, eps=draws.noise, alpha=alpha_s, sigma=sigma_s)
-    pred = consistency_function(student, schedule, z_s, draws.s, student_cond, w_emb, options)
+    pred = consistency_function(student, schedule, z_s, draws.s, student_cond, w_emb, options, draws.w)
     z_t = teacher_solver_step(teacher, z_s, draws.s, draws.t, cond, draws.w, guided=options.guided)
     with torch.no_grad():
-        goal = consistency_function(target, schedule, z_t, draws.t, student_cond, w_emb, options)
+        goal = consistency_function(target, schedule, z_t, draws.t, student_cond, w_emb, options, draws.w)
     loss = consistency_loss(pred, goal, kind=options.loss, huber_c=options.huber_c)
     return {"loss": loss, "consistency": loss.detach()}

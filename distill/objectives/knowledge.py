@@ -98,8 +98,10 @@ def knowledge_distillation_loss(
     draws: NoisingDraws,
     options: KnowledgeOptions,
     features: FeatureKD | None = None,
+    guidance: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """``{"task", "output_kd", "feature_kd", "loss"}`` for one batch; ``loss`` is the weighted total.
+    ``guidance`` (B,): the guidance scale both networks take as an input (FLUX-dev's embedded guidance).
 
     The teacher runs under ``no_grad``. A ``student`` other than the one ``features`` hooks (an EMA copy at
     validation) carries no hooks: its feature KD is not measured (0).
@@ -115,9 +117,9 @@ def knowledge_distillation_loss(
     t_rec = features.teacher.recording() if features is not None else _no_recording()
     s_rec = features.student.recording() if features is not None else _no_recording()
     with torch.no_grad(), t_rec as t_feats:
-        t_out = call_denoiser(teacher.unet, z.to(teacher.dtype), draws.t, cond).float()
+        t_out = call_denoiser(teacher.unet, z.to(teacher.dtype), draws.t, cond, guidance=guidance).float()
     with s_rec as s_feats:
-        s_out = call_denoiser(student, z, draws.t, cond).float()
+        s_out = call_denoiser(student, z, draws.t, cond, guidance=guidance).float()
     losses = {"task": F.mse_loss(s_out, target.float()), "output_kd": F.mse_loss(s_out, t_out)}
     feat = s_out.new_zeros(())
     for pair in pairs:
