@@ -306,7 +306,7 @@ def flops_transformers(result: Mapping[str, Any]) -> str:
     from the public configs without weights (benchmarks/flops_transformers.py)."""
     names = {"sd3_medium": "SD3-medium", "flux_dev": "FLUX.1-dev"}
     lines = [
-        "| network | parameters | MACs / forward | linear and matmul / attention | vs teacher (params / MACs) |",
+        "| network | parameters | MACs / forward | conv, linear and matmul / attention | vs teacher (params / MACs) |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for key, entry in result["summary"].items():

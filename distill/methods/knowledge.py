@@ -11,6 +11,7 @@ from torch import nn
 
 from distill.features import TransferReport, default_feature_pairs, transfer_weights
 from distill.methods.base import DistillationModule
+from distill.methods.checks import check_transformer_student
 from distill.methods.ranges import check_finite, check_probability
 from distill.objectives import FeatureKD, KnowledgeOptions, draw_noising, knowledge_distillation_loss
 from distill.objectives.draws import guidance_w
@@ -21,6 +22,7 @@ from teachers.transformer import takes_guidance
 
 def check_compatible(teacher: DiffusionTeacher, student: nn.Module) -> None:
     """Teacher and student must agree on channels, sample size and conditioning; errors name the fix."""
+    check_transformer_student(teacher, student)
     t_cfg, s_cfg = teacher.unet.config, getattr(student, "config", None)
     if s_cfg is None:
         return
