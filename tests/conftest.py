@@ -134,6 +134,17 @@ def tiny_sd(tmp_path_factory):
     return build_tiny_sd(root / "pipeline"), write_caption_folder(root / "captions")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module of tiny-model tests (restored after): these models are a few hundred kB, so
+    threads only add synchronisation, and on a shared 2-core machine two spinning OpenMP threads made each tiny
+    pipeline call tens of times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_sd3(tmp_path_factory, tiny_sd):
     """A tiny SD3-shaped pipeline folder (two CLIPs + T5) and the caption folder of ``tiny_sd``."""

@@ -44,13 +44,8 @@ def _load(cls, path, **kwargs):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: these models are a few hundred kB, so threads only add sync cost, and on a shared
-    2-core box (background jobs) two spinning OpenMP threads made each sampling call ~50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Tiny models: one torch thread (conftest)."""
 
 
 @pytest.fixture(scope="module")

@@ -23,11 +23,8 @@ PROMPTS = ["a photo of digit zero", "a red square"]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Tiny models: one torch thread (conftest)."""
 
 
 @pytest.fixture(scope="module")

@@ -32,11 +32,8 @@ T5_TOKENS = (
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Tiny models: one torch thread (conftest)."""
 
 
 @pytest.fixture(scope="module")
