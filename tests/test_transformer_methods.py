@@ -136,6 +136,28 @@ def test_progressive_and_consistency_step_on_transformer_teachers(family, sd3, f
         assert any(g.abs().sum() > 0 for g in grads)
 
 
+def test_kd_draws_logit_normal_times_as_sd3_trains(sd3):
+    """time_density: logit_normal concentrates KD's times mid-trajectory (SD3's recipe); uniform spreads them."""
+    from distill.objectives import draw_noising
+    from distill.rng import GeneratorRandom
+
+    method = KnowledgeDistillation(sd3, depth_pruned_transformer(sd3, every=2), time_density="logit_normal")
+    assert method.time_density == "logit_normal"
+    x0 = torch.zeros(4000, 1, 1, 1)
+    sigmas = {}
+    for density in ("uniform", "logit_normal"):
+        rng = GeneratorRandom(torch.Generator().manual_seed(0), device=torch.device("cpu"))
+        draws = draw_noising(
+            rng, x0=x0, schedule=sd3.schedule, cond=None, cond_drop_prob=0.0, density=density
+        )
+        sigmas[density] = sd3.schedule.sigma_of(draws.t)
+    # sigma = sigmoid(n) before the shift: its quartiles sit inside the uniform draw's
+    spread = {k: float(v.quantile(0.75) - v.quantile(0.25)) for k, v in sigmas.items()}
+    assert spread["logit_normal"] < 0.8 * spread["uniform"]
+    with pytest.raises(ValueError, match="time_density must be one of"):
+        KnowledgeDistillation(sd3, depth_pruned_transformer(sd3, every=2), time_density="cosine")
+
+
 # -- make test-slow: every recipe end to end on the tiny pipelines -----------------------------------------------
 def _fit_and_export(config: str, pipeline: Path, captions: Path, tmp_path: Path) -> Path:
     from distill.cli import main

@@ -16,6 +16,7 @@ from distill.methods.ranges import check_finite, check_probability
 from distill.objectives import FeatureKD, KnowledgeOptions, draw_noising, knowledge_distillation_loss
 from distill.objectives.draws import guidance_w
 from distill.rng import GeneratorRandom, KeyedRandom
+from teachers.flow import TIME_DENSITIES
 from teachers.teacher import DiffusionTeacher
 from teachers.transformer import takes_guidance
 
@@ -83,6 +84,9 @@ class KnowledgeDistillation(DistillationModule):
         init_from_teacher: copy every teacher tensor whose name and shape match (a report is printed).
         init_mapping: student prefix -> teacher prefix for that copy (None: the builder's, e.g. BK-SDM's).
         cond_drop_prob: condition dropout to the null class / empty prompt, so the student keeps CFG.
+        time_density, logit_mean, logit_std: how training times are drawn: "uniform" over the teacher's training
+            timesteps, or "logit_normal" (SD3/FLUX's rectified-flow recipe: ``u = sigmoid(logit_mean + logit_std n)``,
+            time index ``floor(u T)``), as ``DiffusionTraining``.
         guidance_min, guidance_max: for a teacher that takes the guidance scale as an input (FLUX-dev), the range
             each sample's scale is drawn from, given to teacher and student alike (None: the input is 1, no
             guidance); other teachers refuse it (they guide by CFG, which KD's students learn by dropout).
@@ -103,11 +107,22 @@ class KnowledgeDistillation(DistillationModule):
         init_from_teacher: bool = True,
         init_mapping: dict[str, str] | None = None,
         cond_drop_prob: float = 0.1,
+        time_density: str = "uniform",
+        logit_mean: float = 0.0,
+        logit_std: float = 1.0,
         guidance_min: float | None = None,
         guidance_max: float | None = None,
         **kwargs: Any,
     ) -> None:
         check_probability(cond_drop_prob, key="cond_drop_prob", example=0.1)
+        if time_density not in TIME_DENSITIES:
+            raise ValueError(
+                f"time_density must be one of {TIME_DENSITIES} (logit_normal: SD3's rectified-flow recipe), got "
+                f"{time_density!r}"
+            )
+        check_finite({"logit_mean": logit_mean, "logit_std": logit_std})
+        if logit_std < 0:
+            raise ValueError(f"logit_std must be >= 0, got {logit_std}")
         guidance_range = check_embedded_guidance(teacher, student, guidance_min, guidance_max)
         check_finite(
             {"task_weight": task_weight, "output_weight": output_weight, "feature_weight": feature_weight}
@@ -133,6 +148,7 @@ class KnowledgeDistillation(DistillationModule):
         self.features.projections = self.projections
         self.cond_drop_prob = cond_drop_prob
         self.guidance_range = guidance_range
+        self.time_density, self.logit_mean, self.logit_std = time_density, logit_mean, logit_std
 
     def extra_trainable_modules(self) -> list[nn.Module]:
         return [self.projections]
@@ -142,7 +158,14 @@ class KnowledgeDistillation(DistillationModule):
         x0, cond = self.prepare_batch(batch)
         rng = self.train_random(x0.shape[0]) if rng is None else rng
         draws = draw_noising(
-            rng, x0=x0, schedule=self.teacher.schedule, cond=cond, cond_drop_prob=self.cond_drop_prob
+            rng,
+            x0=x0,
+            schedule=self.teacher.schedule,
+            cond=cond,
+            cond_drop_prob=self.cond_drop_prob,
+            density=self.time_density,
+            logit_mean=self.logit_mean,
+            logit_std=self.logit_std,
         )
         return knowledge_distillation_loss(
             teacher=self.teacher,
@@ -170,7 +193,14 @@ class KnowledgeDistillation(DistillationModule):
         x0, cond = self.prepare_batch(batch)
         # no condition dropout: the dropout draw comes last, so times and noise are those of training's draw order
         draws = draw_noising(
-            self.eval_random(batch_idx), x0=x0, schedule=self.teacher.schedule, cond=cond, cond_drop_prob=0.0
+            self.eval_random(batch_idx),
+            x0=x0,
+            schedule=self.teacher.schedule,
+            cond=cond,
+            cond_drop_prob=0.0,
+            density=self.time_density,
+            logit_mean=self.logit_mean,
+            logit_std=self.logit_std,
         )
         losses = knowledge_distillation_loss(
             teacher=self.teacher,
