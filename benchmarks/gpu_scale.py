@@ -60,19 +60,10 @@ SD15_SCHEDULER = {
     "steps_offset": 1,
 }
 FLOW_SCHEDULER = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0}
-TINY_SD_UNET = {
+# --smoke: SD-1.5's block layout (from flops_sd15's config) at toy widths
+TINY_SD_OVERRIDES = {
     "sample_size": 8,
-    "in_channels": 4,
-    "out_channels": 4,
-    "down_block_types": [
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "DownBlock2D",
-    ],
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
     "block_out_channels": [8, 16, 16, 16],
-    "layers_per_block": 2,
     "cross_attention_dim": 8,
     "attention_head_dim": 4,
     "norm_num_groups": 4,
@@ -102,7 +93,7 @@ def sd15_teacher(ctx: Context):
 
     from teachers import DiffusionTeacher
 
-    config = TINY_SD_UNET if ctx.smoke else SD15_UNET
+    config = {**SD15_UNET, **TINY_SD_OVERRIDES} if ctx.smoke else SD15_UNET
     with torch.device(ctx.device):
         unet = UNet2DConditionModel(**config).to(torch.bfloat16)
     teacher = DiffusionTeacher(unet, SD15_SCHEDULER, dtype="bfloat16")
