@@ -99,7 +99,7 @@ def denoise(
             t,
             cond,
             timestep_cond=timestep_cond,
-            guidance=torch.as_tensor(scale, dtype=torch.float32).expand(x_t.shape[0]),
+            guidance=torch.as_tensor(scale, dtype=torch.float32, device=x_t.device).expand(x_t.shape[0]),
         ).to(x_t.dtype)
         return to_prediction(
             output=out, prediction_type=schedule.prediction_type, z=x_t, alpha=alpha, sigma=sigma

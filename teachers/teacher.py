@@ -228,10 +228,10 @@ class DiffusionTeacher(nn.Module):
         """Write a pipeline-style folder: ``unet/`` (``transformer/`` for SD3/FLUX, safetensors) and
         ``scheduler/scheduler_config.json``, plus the latent parts (``vae/``, ``text_encoder*/``, ``tokenizer*/``) of a
         latent teacher."""
-        from teachers.transformer import denoiser_folder
+        from students.common import denoiser_folder
 
         directory = Path(directory)
-        self.unet.save_pretrained(directory / denoiser_folder(self.unet))
+        self.unet.save_pretrained(directory / denoiser_folder(type(self.unet).__name__))
         self.schedule.save_pretrained(directory / "scheduler")
         self.save_latent_parts(directory)
 

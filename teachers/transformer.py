@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-SD3_CLASS = "SD3Transformer2DModel"
-FLUX_CLASS = "FluxTransformer2DModel"
-TRANSFORMER_CLASSES = (SD3_CLASS, FLUX_CLASS)
+from students.common import TRANSFORMER_CLASSES
+
+SD3_CLASS, FLUX_CLASS = TRANSFORMER_CLASSES
 FAMILIES = {SD3_CLASS: "sd3", FLUX_CLASS: "flux"}
 POOLED_KEY = "pooled_projections"
 # blocks returning (encoder_hidden_states, hidden_states): SD3's joint blocks, FLUX's double and single blocks
@@ -48,11 +48,6 @@ def _class_name(net_or_config: Any) -> str | None:
 def transformer_family(net_or_config: Any) -> str | None:
     """``"sd3"`` or ``"flux"`` for those transformer classes (a network or its config dict), else None."""
     return FAMILIES.get(_class_name(net_or_config) or "")
-
-
-def denoiser_folder(net_or_config: Any) -> str:
-    """The pipeline component a denoiser is saved as: ``transformer`` for SD3/FLUX transformers, else ``unet``."""
-    return "transformer" if transformer_family(net_or_config) else "unet"
 
 
 def takes_guidance(net: nn.Module) -> bool:
@@ -94,10 +89,10 @@ def flux_image_ids(
     *, height: int, width: int, device: Any = None, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
     """FLUX's RoPE positions of the packed latent tokens ((H/2)(W/2), 3): (0, row, column)."""
-    ids = torch.zeros(height // 2, width // 2, 3)
-    ids[..., 1] = ids[..., 1] + torch.arange(height // 2)[:, None]
-    ids[..., 2] = ids[..., 2] + torch.arange(width // 2)[None, :]
-    return ids.reshape(-1, 3).to(device=device, dtype=dtype)
+    ids = torch.zeros(height // 2, width // 2, 3, device=device)
+    ids[..., 1] = ids[..., 1] + torch.arange(height // 2, device=device)[:, None]
+    ids[..., 2] = ids[..., 2] + torch.arange(width // 2, device=device)[None, :]
+    return ids.reshape(-1, 3).to(dtype=dtype)
 
 
 # -- calls -----------------------------------------------------------------------------------------------------
@@ -140,7 +135,7 @@ def call_transformer(
     dtype = sample.dtype
     kwargs: dict[str, Any] = {}
     if takes_guidance(net):
-        g = torch.ones(b) if guidance is None else torch.as_tensor(guidance)
+        g = torch.ones(b, device=sample.device) if guidance is None else torch.as_tensor(guidance)
         kwargs["guidance"] = g.to(device=sample.device, dtype=torch.float32).expand(b)
     elif guidance is not None:
         raise ValueError(

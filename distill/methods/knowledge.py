@@ -12,11 +12,10 @@ from torch import nn
 from distill.features import TransferReport, default_feature_pairs, transfer_weights
 from distill.methods.base import DistillationModule
 from distill.methods.checks import check_transformer_student
-from distill.methods.ranges import check_finite, check_probability
+from distill.methods.ranges import check_finite, check_probability, check_time_density
 from distill.objectives import FeatureKD, KnowledgeOptions, draw_noising, knowledge_distillation_loss
 from distill.objectives.draws import guidance_w
 from distill.rng import GeneratorRandom, KeyedRandom
-from teachers.flow import TIME_DENSITIES
 from teachers.teacher import DiffusionTeacher
 from teachers.transformer import takes_guidance
 
@@ -115,14 +114,7 @@ class KnowledgeDistillation(DistillationModule):
         **kwargs: Any,
     ) -> None:
         check_probability(cond_drop_prob, key="cond_drop_prob", example=0.1)
-        if time_density not in TIME_DENSITIES:
-            raise ValueError(
-                f"time_density must be one of {TIME_DENSITIES} (logit_normal: SD3's rectified-flow recipe), got "
-                f"{time_density!r}"
-            )
-        check_finite({"logit_mean": logit_mean, "logit_std": logit_std})
-        if logit_std < 0:
-            raise ValueError(f"logit_std must be >= 0, got {logit_std}")
+        check_time_density(time_density, logit_mean=logit_mean, logit_std=logit_std)
         guidance_range = check_embedded_guidance(teacher, student, guidance_min, guidance_max)
         check_finite(
             {"task_weight": task_weight, "output_weight": output_weight, "feature_weight": feature_weight}

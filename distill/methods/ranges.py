@@ -10,6 +10,20 @@ from collections.abc import Mapping, Sequence
 PREFIX = "model.init_args."
 
 
+def check_time_density(density: str, *, logit_mean: float, logit_std: float, prefix: str = PREFIX) -> None:
+    """A training-time density of :data:`teachers.flow.TIME_DENSITIES` with a finite logit-normal mean and a
+    standard deviation >= 0 (SD3's: 0 and 1)."""
+    from teachers.flow import TIME_DENSITIES
+
+    if density not in TIME_DENSITIES:
+        raise ValueError(
+            f"time_density must be one of {TIME_DENSITIES} (logit_normal: SD3's rectified-flow recipe), got "
+            f"{density!r}: set {prefix}time_density"
+        )
+    check_finite({"logit_mean": logit_mean, "logit_std": logit_std}, prefix=prefix)
+    check_at_least(logit_std, key="logit_std", minimum=0, prefix=prefix)
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 

@@ -13,7 +13,13 @@ from torch import nn
 from distill.ema import EMA
 from distill.methods.checks import check_data_matches, null_class_of
 from distill.methods.optim import check_optimizer, configure
-from distill.methods.ranges import check_at_least, check_finite, check_probability, check_step_count
+from distill.methods.ranges import (
+    check_at_least,
+    check_finite,
+    check_probability,
+    check_step_count,
+    check_time_density,
+)
 from distill.objectives import denoising_loss, draw_noising
 from distill.rng import GeneratorRandom
 from teachers.network import guided_denoiser
@@ -74,12 +80,7 @@ class DiffusionTraining(L.LightningModule):
         check_optimizer(optimizer)
         self.model = model
         self.schedule = schedule_from_scheduler(noise_scheduler)
-        if time_density not in ("uniform", "logit_normal"):
-            raise ValueError(
-                f"time_density must be 'uniform' or 'logit_normal' (SD3's rectified-flow recipe), got {time_density!r}"
-            )
-        check_finite({"logit_mean": logit_mean, "logit_std": logit_std})
-        check_at_least(logit_std, key="logit_std", minimum=0)
+        check_time_density(time_density, logit_mean=logit_mean, logit_std=logit_std)
         if min_snr_gamma is not None and self.schedule.family == "flow":
             raise ValueError(
                 "min_snr_gamma: Min-SNR weighting is defined for the discrete family's epsilon/v/sample targets; "
