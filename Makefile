@@ -12,7 +12,7 @@ $(BIN)/python:
 
 # torch/torchvision come from pip's index (wheels on local disk where the machine has them).
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ".[dev,export,t2i]"
+	$(BIN)/pip install -q -e ".[dev,export,t2i,deploy]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -38,9 +38,18 @@ class EMA(nn.Module):
         torch._foreach_lerp_(
             ema_params, [p.to(e.dtype) for p, e in zip(params, ema_params, strict=True)], 1.0 - decay
         )
-        for ema_buf, buf in zip(self.module.buffers(), model.buffers(), strict=True):
-            ema_buf.copy_(buf)
+        copy_buffers(self.module, model)
         self.num_updates += 1
 
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)
+
+
+@torch.no_grad()
+def copy_buffers(target: nn.Module, source: nn.Module) -> None:
+    """Copy ``source``'s buffers into ``target``'s (same structure). A buffer whose shape differs is resized first:
+    quantization observers' ranges start empty and take their shape from the first batch they see."""
+    for dst, src in zip(target.buffers(), source.buffers(), strict=True):
+        if dst.shape != src.shape:
+            dst.resize_(src.shape)
+        dst.copy_(src)

@@ -217,10 +217,13 @@ def network_cost(
 
 
 def networks_of(module: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(role, network) pairs of a method module: ``.teacher.unet`` + ``.student``, or ``.model``, or itself."""
+    """(role, network) pairs of a method module: ``.teacher.unet`` + ``.student``, or ``.model``, or itself. A
+    quantization-aware student is counted as its float network (the same operations)."""
+    from distill.quantization import float_network
+
     teacher, student = getattr(module, "teacher", None), getattr(module, "student", None)
     if teacher is not None and student is not None:
-        return [("teacher", getattr(teacher, "unet", teacher)), ("student", student)]
+        return [("teacher", getattr(teacher, "unet", teacher)), ("student", float_network(student))]
     model = getattr(module, "model", None)
     if isinstance(model, nn.Module):
         return [("model", model)]

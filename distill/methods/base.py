@@ -24,7 +24,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from distill.diffusers_folder import save_student_folder
-from distill.ema import EMA
+from distill.ema import EMA, copy_buffers
 from distill.methods.checks import (
     check_data_matches,
     check_transformer_student,
@@ -40,6 +40,7 @@ from distill.methods.ranges import (
     check_step_counts,
 )
 from distill.metrics import GenerativeEvaluator
+from distill.quantization import Int8QAT, QuantizedDenoiser, float_network
 from distill.rng import GeneratorRandom, KeyedRandom, global_sample_indices
 from teachers.conditioning import Cond, cond_from_tensors
 from teachers.network import guided_denoiser
@@ -88,6 +89,9 @@ class DistillationModule(L.LightningModule):
         check_student_teacher: warn when the student was loaded from a folder recording another teacher than this
             run's (``unet/distilled_from.json``, compared by weights fingerprint, :mod:`teachers.provenance`),
             naming both; false: no check.
+        quantize: quantization-aware distillation (``distill.quantization.Int8QAT``): the student trains through
+            int8 fake-quantization (XNNPACK's scheme) while the fp teacher supervises it; exports write the float
+            weights and, with ``--quantize int8``, the int8 graph with the trained scales. None: fp32 training.
     """
 
     #: the method's defaults where the ``eval_*`` options say None
@@ -116,6 +120,7 @@ class DistillationModule(L.LightningModule):
         eval_clip: str | None = None,
         eval_seed: int = 0,
         check_student_teacher: bool = True,
+        quantize: Int8QAT | None = None,
     ) -> None:
         super().__init__()
         check_probability(ema_decay, key="ema_decay", example=0.999, open_above=True)
@@ -169,6 +174,23 @@ class DistillationModule(L.LightningModule):
             rank_zero_warn(mismatch)
         if student is teacher.unet:
             raise ValueError("student must be a separate network, not the teacher's own (copy it first)")
+        self.quantize = quantize
+        if quantize is not None:
+            clashes = [
+                name
+                for name, on in (
+                    ("compile_student", compile_student),
+                    ("gradient_checkpointing", gradient_checkpointing),
+                    ("channels_last", channels_last),
+                )
+                if on
+            ]
+            if clashes:
+                raise ValueError(
+                    f"quantize: a fake-quantized student is a captured graph; {clashes} do not apply to it "
+                    "(set them false)"
+                )
+            student = quantize.prepare(student)
         self.teacher = teacher
         self.student = student
         self.optimizer = optimizer
@@ -213,6 +235,32 @@ class DistillationModule(L.LightningModule):
     def conditional(self) -> bool:
         """Whether the teacher takes a condition (class labels or text)."""
         return self.teacher.cond_kind is not None
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the student trains through int8 fake-quantization (the ``quantize`` option)."""
+        return isinstance(self.student, QuantizedDenoiser)
+
+    def on_train_start(self) -> None:
+        """Quantization-aware runs: before the first step, ``calibration_batches`` training batches pass through
+        the method's losses with fake-quantization off, so the activation ranges start from the data (not on
+        resume: the checkpoint holds them)."""
+        if not self.quantized or self.global_step > 0 or not self.quantize.calibration_batches:
+            return
+        loader = self.trainer.train_dataloader
+        if loader is None:
+            return
+        self.student.set_fake_quant(False)
+        try:
+            with torch.no_grad():
+                for i, batch in enumerate(loader):
+                    if i >= self.quantize.calibration_batches:
+                        break
+                    self.training_losses(self.trainer.strategy.batch_to_device(batch))
+        finally:
+            self.student.set_fake_quant(True)
+        if self.ema is not None:  # the EMA copy starts from the calibrated ranges too
+            copy_buffers(self.ema.module, self.student)
 
     def configure_model(self) -> None:
         if self.compile_student and not getattr(self, "_compiled", False):
@@ -343,6 +391,9 @@ class DistillationModule(L.LightningModule):
         (subclasses add target and round updates)."""
         if self.ema is not None:
             self.ema.update(self.student)
+        after = self.quantize.freeze_observers_after if self.quantize is not None else None
+        if after is not None and steps_done >= after and not bool(self.student.observers_frozen):
+            self.student.freeze_observers()
 
     def configure_optimizers(self):
         return configure(self.trainable_parameters(), self.optimizer, self.lr_scheduler)
@@ -439,7 +490,9 @@ class DistillationModule(L.LightningModule):
     def save_pretrained(self, directory: str | Path, *, use_ema: bool = True) -> None:
         """Write the student (EMA weights by default) as ``unet/`` with :meth:`export_schedule` as ``scheduler/``:
         a folder that ``DiffusionTeacher.from_pretrained`` (and so ``distill test``) loads."""
-        student = self.eval_student() if use_ema else self.student
+        student = float_network(
+            self.eval_student() if use_ema else self.student
+        )  # a QAT student's float weights
         save_student_folder(directory, student=student, schedule=self.export_schedule(), teacher=self.teacher)
 
     def export_schedule(self):

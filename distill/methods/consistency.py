@@ -20,6 +20,7 @@ from distill.methods.base import DistillationModule
 from distill.methods.checks import check_guidance
 from distill.methods.ranges import check_at_least, check_finite, check_probability
 from distill.objectives import ConsistencyOptions, consistency_distillation_loss, draw_consistency
+from distill.quantization import float_network
 from distill.rng import GeneratorRandom, KeyedRandom
 from teachers.teacher import DiffusionTeacher
 
@@ -98,7 +99,9 @@ class ConsistencyDistillation(DistillationModule):
             input_needed=guidance_max > guidance_min,
         )
         self.options = dataclasses.replace(options, guided=guidance_max > 1.0, embed_dim=self.embed_dim)
-        self.target = EMA(student, decay=target_decay, warmup=False)
+        # the target network is float (an EMA of the student's float weights; a quantization-aware student's own
+        # fake-quantization stays in the student)
+        self.target = EMA(float_network(self.student), decay=target_decay, warmup=False)
         self._ddp_params_and_buffers_to_ignore += [f"target.{k}" for k in self.target.state_dict()]
         self.original_steps = original_steps
         self.register_buffer("solver_timesteps", solver_grid, persistent=False)
@@ -134,7 +137,7 @@ class ConsistencyDistillation(DistillationModule):
 
     def after_step(self, steps_done: int) -> None:
         super().after_step(steps_done)
-        self.target.update(self.student)
+        self.target.update(float_network(self.student))
 
     def sampling_schedule(self):
         """The teacher's schedule as its family's consistency scheduler config: LCMScheduler with this run's

@@ -135,6 +135,12 @@ class KnowledgeDistillation(DistillationModule):
         )
         pairs = default_feature_pairs(teacher.unet, student) if feature_pairs is None else feature_pairs
         self.feature_pairs = [] if feature_weight == 0 else [tuple(p) for p in pairs]
+        if self.quantized and self.feature_pairs:
+            raise ValueError(
+                "quantize: feature KD reads the student's block outputs through module hooks, which a captured "
+                "fake-quantized graph does not run; set feature_weight: 0 (output KD) for quantization-aware "
+                "distillation"
+            )
         self.features = FeatureKD(teacher.unet, student, self.feature_pairs, projections=None)
         self.projections = self.features.build_projections(teacher, student)
         self.features.projections = self.projections

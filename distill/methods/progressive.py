@@ -213,6 +213,7 @@ class ProgressiveDistillation(DistillationModule):
         self.trainer.strategy.setup_optimizers(self.trainer)
 
     def on_train_start(self) -> None:
+        super().on_train_start()
         if self.trainer.max_steps > 0 and self.trainer.max_steps < self.total_steps:
             rank_zero_info(
                 f"max_steps={self.trainer.max_steps} stops before the last round ends ({len(self.rounds)} rounds x "
