@@ -120,9 +120,10 @@ class QuantizedDenoiser(nn.Module):
 
     ``network`` is the float network whose parameters the graph shares (what exports write); it is held
     unregistered so state dicts list each tensor once, under ``graph``. ``stage`` is ``"qat"`` (fake-quantized,
-    trainable) or ``"int8"`` (converted quantize/dequantize graph). ``train()``/``eval()`` switch the graph with
-    torchao's exported-model helpers; in eval mode the observers stop updating (validation samples never move the
-    scales), and :meth:`freeze_observers` stops them for good (saved in the state dict).
+    trainable) or ``"int8"`` (converted quantize/dequantize graph). In eval mode the observers stop updating
+    (validation samples never move the scales), and :meth:`freeze_observers` stops them for good (saved in the
+    state dict). The graph computes as captured, in eval mode: no dropout, batch-norm statistics frozen (diffusion
+    students train without dropout; this holds for fine-tuning a trained student's batch norms too).
     """
 
     def __init__(
@@ -135,7 +136,7 @@ class QuantizedDenoiser(nn.Module):
         self.stage = stage
         self.register_buffer("observers_frozen", torch.zeros((), dtype=torch.bool))
         self.training = network.training
-        self._applied: tuple[bool, bool] | None = None  # the (training, observing) state the graph is in
+        self._applied: bool | None = None  # whether the observers were last switched on
         self.register_load_state_dict_post_hook(_reset_mode)
 
     # what samplers, checks and exports read off a diffusers network
@@ -167,20 +168,17 @@ class QuantizedDenoiser(nn.Module):
         return self
 
     def _sync_mode(self) -> None:
-        """Put the graph in the mode ``self.training`` says (Lightning restores modes after validation by setting
-        ``training`` directly, so this also runs at every forward)."""
+        """Switch the observers for ``self.training`` (Lightning restores modes after validation by setting
+        ``training`` directly, so this also runs at every forward). The graph itself keeps its capture's eval
+        semantics in both modes: dropout off and batch-norm statistics frozen (torchao's train/eval rewrite loses
+        dropout's probability: measured, it turned p=0 into 0.5)."""
         observe = self.training and self.stage == "qat" and not bool(self.observers_frozen)
-        state = (self.training, observe)
-        if getattr(self, "_applied", None) == state:
+        if getattr(self, "_applied", None) == observe:
             return
         pt2e, _ = require_deploy()
-        if self.training:
-            pt2e.move_exported_model_to_train(self.graph)
-        else:
-            pt2e.move_exported_model_to_eval(self.graph)
         if self.stage == "qat":
             self.graph.apply(pt2e.enable_observer if observe else pt2e.disable_observer)
-        self._applied = state
+        self._applied = observe
 
     def freeze_observers(self) -> None:
         """Stop the activation-range observers for good (the scales stay as they are)."""
@@ -316,7 +314,7 @@ def quantize_ptq(
             count += 1
     if count == 0:
         raise ValueError("post-training quantization needs calibration inputs; none were given")
-    converted = convert_pt2e(prepared, fold_quantize=False)
+    converted = convert_pt2e(prepared)
     return QuantizedDenoiser(converted, names, network, stage="int8").eval()
 
 
@@ -329,7 +327,7 @@ def convert(qat: QuantizedDenoiser) -> QuantizedDenoiser:
     if qat.stage != "qat":
         raise ValueError(f"convert() takes a fake-quantized (qat) student, got stage {qat.stage!r}")
     source = copy.deepcopy(qat).eval()
-    converted = convert_pt2e(source.graph, fold_quantize=False)
+    converted = convert_pt2e(source.graph)
     return QuantizedDenoiser(converted, source.names, source.network, stage="int8").eval()
 
 

@@ -1,0 +1,334 @@
+"""On-device formats of a student: ExecuTorch programs (XNNPACK, fp32 and int8) and ONNX with static int8 (QDQ).
+
+- :func:`export_executorch` lowers a network (fp32) or a converted int8 graph (:mod:`distill.quantization`) to an
+  ExecuTorch ``.pte`` with the XNNPACK delegate, dynamic batch up to ``max_batch``; :class:`ExecuTorchDenoiser`
+  runs it through ExecuTorch's own runtime, called like the diffusers network (larger batches in chunks).
+- :func:`export_onnx_qdq` writes the int8 graph as ONNX QuantizeLinear/DequantizeLinear pairs, the scales of the
+  PyTorch graph passed through (onnxruntime fuses them into int8 kernels).
+- :func:`int8_macs_onnx` and :func:`delegated_macs` count how much of a forward's multiply-accumulates run in
+  int8 kernels: from the ONNX QDQ graph (a Conv/Gemm/MatMul whose input and weight both come out of
+  DequantizeLinear) and from the ops the ``.pte`` delegates to XNNPACK.
+
+Needs the ``deploy`` extra (executorch, torchao) and, for ONNX, the ``export`` extra.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.onnx_export import example_inputs, input_spec
+from distill.quantization import QuantizedDenoiser, capture, require_deploy
+
+PTE_NAME = "model.pte"
+PTE_INT8_NAME = "model_int8.pte"
+QDQ_NAME = "model_int8_qdq.onnx"
+#: the ExecuTorch program's largest batch (its memory plan is sized for it); larger batches run in chunks
+DEFAULT_MAX_BATCH = 16
+MATMUL_OPS = ("conv", "linear", "mm", "bmm", "matmul", "addmm", "baddbmm")
+
+
+@dataclass
+class MacShare:
+    """Multiply-accumulates of one forward (batch 1) by where they run."""
+
+    total: float
+    int8: float
+    delegated: float | None = None
+
+    @property
+    def int8_share(self) -> float:
+        return self.int8 / self.total if self.total else 0.0
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {**asdict(self), "int8_share": self.int8_share}
+
+
+def _dims(shape) -> list[int]:
+    out = []
+    for d in shape:
+        if isinstance(d, torch.SymInt):
+            hint = d.node.hint
+            out.append(int(hint) if hint is not None else 1)
+        else:
+            out.append(int(d))
+    return out
+
+
+def _node_macs(node: torch.fx.Node) -> float:
+    """MACs of a conv / linear / matmul node from the shapes the capture recorded (0 for anything else)."""
+    name = str(node.target)
+    value = node.meta.get("val")
+    if not isinstance(value, torch.Tensor) or not any(op in name for op in MATMUL_OPS):
+        return 0.0
+    out = _dims(value.shape)
+    weight = node.args[1].meta.get("val") if len(node.args) > 1 and hasattr(node.args[1], "meta") else None
+    if weight is None:
+        return 0.0
+    w = _dims(weight.shape)
+    if "conv" in name:  # weight (out, in/groups, *kernel)
+        return float(math.prod(out) * math.prod(w[1:]))
+    if "linear" in name:  # weight (out, in)
+        return float(math.prod(out) * w[-1])
+    if "addmm" in name or "baddbmm" in name:
+        w = _dims(node.args[2].meta["val"].shape)
+        return float(math.prod(out) * w[-2])
+    return float(math.prod(out) * w[-2])  # mm / bmm / matmul: (..., k, n)
+
+
+def _from_dequantize(node: Any) -> bool:
+    return isinstance(node, torch.fx.Node) and "dequantize" in str(node.target)
+
+
+def graph_macs(graph: torch.fx.Graph, *, batch: int) -> MacShare:
+    """MACs per sample of a captured graph, and those whose activation and weight inputs are both dequantized
+    int8 (the conv/linear/matmul a quantized runtime runs in int8)."""
+    total = int8 = 0.0
+    for node in graph.nodes:
+        if node.op != "call_function":
+            continue
+        macs = _node_macs(node)
+        total += macs
+        if macs and _from_dequantize(node.args[0]) and _from_dequantize(node.args[1]):
+            int8 += macs
+    return MacShare(total=total / batch, int8=int8 / batch)
+
+
+# -- ExecuTorch ---------------------------------------------------------------------------------------------------
+def _program(network_or_graph: nn.Module, names: list[str], *, max_batch: int):
+    """An ExportedProgram with a dynamic batch in [1, max_batch] from a captured graph (or a network, captured)."""
+    if isinstance(network_or_graph, QuantizedDenoiser):
+        graph = network_or_graph.graph
+    elif isinstance(network_or_graph, torch.fx.GraphModule):
+        graph = network_or_graph
+    else:
+        graph, names = capture(network_or_graph)
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    network = (
+        network_or_graph.network if isinstance(network_or_graph, QuantizedDenoiser) else network_or_graph
+    )
+    inputs = tuple(example_inputs(network, 2).values())
+    return torch.export.export(graph, inputs, dynamic_shapes=tuple({0: batch} for _ in names))
+
+
+@dataclass
+class ExecuTorchReport:
+    path: str
+    size_bytes: int
+    max_batch: int
+    inputs: list[str]
+    macs: dict[str, float | None]
+    delegated_ops: int
+    undelegated_ops: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def export_executorch(
+    network: nn.Module, path: str | Path, *, max_batch: int = DEFAULT_MAX_BATCH
+) -> ExecuTorchReport:
+    """Lower ``network`` (a diffusers UNet: fp32; or a converted :class:`QuantizedDenoiser`: int8) to an ExecuTorch
+    program with the XNNPACK delegate and write it to ``path``."""
+    require_deploy()
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    if isinstance(network, QuantizedDenoiser) and network.stage != "int8":
+        raise ValueError(
+            "export_executorch takes a converted int8 graph (distill.quantization.convert), not a QAT one"
+        )
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    float_net = network.network if isinstance(network, QuantizedDenoiser) else network
+    names = list(input_spec(float_net))
+    program = _program(network.eval(), names, max_batch=max_batch)
+    macs = graph_macs(program.graph, batch=2)
+    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    delegated, undelegated = delegated_macs(edge.exported_program())
+    macs.delegated = delegated
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(edge.to_executorch().buffer)
+    return ExecuTorchReport(
+        path=str(path),
+        size_bytes=path.stat().st_size,
+        max_batch=max_batch,
+        inputs=names,
+        macs=macs.to_dict(),
+        delegated_ops=_count_delegated(edge.exported_program()),
+        undelegated_ops=sorted(undelegated),
+    )
+
+
+def _lowered_modules(program) -> list:
+    gm = program.graph_module
+    return [
+        getattr(gm, node.args[0].target)
+        for node in gm.graph.nodes
+        if node.op == "call_function" and "executorch_call_delegate" in str(node.target)
+    ]
+
+
+def _count_delegated(program) -> int:
+    return sum(
+        1
+        for lowered in _lowered_modules(program)
+        for node in lowered.original_module.graph.nodes
+        if node.op == "call_function"
+    )
+
+
+def delegated_macs(program) -> tuple[float, set[str]]:
+    """MACs per sample (batch 2 captured) inside XNNPACK-delegated partitions, and the names of compute ops left
+    outside them (run by ExecuTorch's portable kernels)."""
+    inside = 0.0
+    for lowered in _lowered_modules(program):
+        inside += sum(_node_macs(n) for n in lowered.original_module.graph.nodes if n.op == "call_function")
+    outside = {
+        str(node.target).split(".")[-2] if "." in str(node.target) else str(node.target)
+        for node in program.graph_module.graph.nodes
+        if node.op == "call_function"
+        and "executorch_call_delegate" not in str(node.target)
+        and "getitem" not in str(node.target)
+    }
+    return inside / 2, outside
+
+
+class ExecuTorchDenoiser(nn.Module):
+    """An ExecuTorch program called like the diffusers network it came from (CPU, fp32 in and out; batches above the
+    program's ``max_batch`` run in chunks)."""
+
+    def __init__(self, path: str | Path, config: Any, *, names: list[str], max_batch: int) -> None:
+        super().__init__()
+        require_deploy()
+        from executorch.runtime import Runtime
+
+        self.path = Path(path)
+        self.method = Runtime.get().load_program(str(self.path)).load_method("forward")
+        self.config = config
+        self.names = list(names)
+        self.max_batch = max_batch
+        self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
+
+    @classmethod
+    def from_export(cls, directory: str | Path, *, int8: bool = False) -> ExecuTorchDenoiser:
+        """From a ``distill export --format executorch`` folder (``executorch/`` beside ``unet/config.json``)."""
+        directory = Path(directory)
+        report = json.loads((directory / "executorch" / "report.json").read_text())
+        entry = report["int8" if int8 else "fp32"]
+        config = json.loads((directory / "unet" / "config.json").read_text())
+        return cls(
+            directory / "executorch" / Path(entry["path"]).name,
+            SimpleNamespace(**config),
+            names=entry["inputs"],
+            max_batch=entry["max_batch"],
+        )
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        class_labels: torch.Tensor | None = None,
+        timestep_cond: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        batch = sample.shape[0]
+        given = {
+            "sample": sample.float(),
+            "timestep": torch.as_tensor(timestep).float().reshape(-1).expand(batch),
+            "class_labels": class_labels,
+            "encoder_hidden_states": encoder_hidden_states,
+            "timestep_cond": timestep_cond,
+        }
+        missing = [name for name in self.names if given[name] is None]
+        if missing:
+            raise ValueError(f"the ExecuTorch program needs inputs {missing}; the caller passed none")
+        inputs = [given[name].detach().cpu().contiguous() for name in self.names]
+        outs = []
+        for start in range(0, batch, self.max_batch):
+            outs.append(self.method.execute([x[start : start + self.max_batch] for x in inputs])[0])
+        return torch.cat(outs).to(sample.device, sample.dtype)
+
+
+def executorch_model(directory: str | Path, *, int8: bool = False):
+    """A :class:`~teachers.DiffusionTeacher` whose network is the export's ExecuTorch program."""
+    from teachers import DiffusionTeacher
+
+    directory = Path(directory)
+    scheduler = json.loads((directory / "scheduler" / "scheduler_config.json").read_text())
+    return DiffusionTeacher(ExecuTorchDenoiser.from_export(directory, int8=int8), scheduler)
+
+
+# -- ONNX with static int8 (QDQ) -----------------------------------------------------------------------------------
+def export_onnx_qdq(quantized: QuantizedDenoiser, path: str | Path, *, opset: int = 18) -> dict[str, Any]:
+    """Write a converted int8 graph as ONNX (QuantizeLinear/DequantizeLinear with the graph's own scales), dynamic
+    batch; returns its size and int8 MAC share."""
+    from distill.onnx_export import _inline_weights, _require_onnx, onnx_size
+
+    _require_onnx()
+    if quantized.stage != "int8":
+        raise ValueError("export_onnx_qdq takes a converted int8 graph (distill.quantization.convert)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = quantized.names
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    inputs = tuple(example_inputs(quantized.network, 2).values())
+    with torch.no_grad():
+        torch.onnx.export(
+            quantized.graph,
+            inputs,
+            str(path),
+            input_names=names,
+            output_names=["out_sample"],
+            dynamic_shapes=tuple({0: batch} for _ in names),
+            opset_version=opset,
+            dynamo=True,
+            verbose=False,
+        )
+    _inline_weights(path)
+    return {"path": str(path), "size_bytes": onnx_size(path), "macs": int8_macs_onnx(path).to_dict()}
+
+
+def int8_macs_onnx(path: str | Path) -> MacShare:
+    """MACs per sample of an ONNX graph's Conv/Gemm/MatMul nodes, and those fed by DequantizeLinear on both the
+    activation and the weight (what onnxruntime's QDQ fusion runs as int8 kernels)."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    shapes: dict[str, list[int]] = {}
+    for info in [*model.graph.value_info, *model.graph.input, *model.graph.output]:
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in info.type.tensor_type.shape.dim]
+        shapes[info.name] = dims
+    for init in model.graph.initializer:
+        shapes[init.name] = list(init.dims)
+    producer = {out: node.op_type for node in model.graph.node for out in node.output}
+    total = int8 = 0.0
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul"):
+            continue
+        out = shapes.get(node.output[0])
+        weight = shapes.get(node.input[1])
+        if not out or not weight:
+            continue
+        if node.op_type == "Conv":
+            macs = math.prod(out) * math.prod(weight[1:])
+        elif node.op_type == "Gemm":
+            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+            macs = math.prod(out) * (weight[1] if trans_b else weight[0])
+        else:
+            macs = math.prod(out) * weight[-2]
+        total += macs
+        if (
+            producer.get(node.input[0]) == "DequantizeLinear"
+            and producer.get(node.input[1]) == "DequantizeLinear"
+        ):
+            int8 += macs
+    return MacShare(total=float(total), int8=float(int8))
