@@ -332,3 +332,200 @@ def int8_macs_onnx(path: str | Path) -> MacShare:
         ):
             int8 += macs
     return MacShare(total=float(total), int8=float(int8))
+
+
+# -- parity, latency and the export's deployment section --------------------------------------------------------
+def _relative_rmse(got: torch.Tensor, ref: torch.Tensor) -> float:
+    return float(((got - ref).square().mean() / ref.square().mean().clamp_min(1e-12)).sqrt())
+
+
+def _reference(network: nn.Module, names: list[str], inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    if isinstance(network, QuantizedDenoiser):
+        return network.graph(*(inputs[name] for name in names))
+    from distill.onnx_export import _Forward
+
+    return _Forward(network, names).eval()(*(inputs[name] for name in names))
+
+
+def onnx_parity(
+    network: nn.Module, path: str | Path, batch_sizes: tuple[int, ...] = (1, 3)
+) -> dict[str, float]:
+    """Max abs and relative RMS difference between onnxruntime (all optimisations: its int8 kernels) and the PyTorch
+    graph (``network``: fp32, or a converted int8 :class:`QuantizedDenoiser`) on seeded random inputs."""
+    from distill.onnx_export import _session
+
+    session = _session(Path(path))
+    float_net = network.network if isinstance(network, QuantizedDenoiser) else network
+    names = list(input_spec(float_net))
+    worst, rel = 0.0, 0.0
+    with torch.no_grad():
+        for i, batch in enumerate(batch_sizes):
+            inputs = example_inputs(float_net, batch, seed=100 + i)
+            ref = _reference(network, names, inputs)
+            got = torch.from_numpy(session.run(None, {k: v.numpy() for k, v in inputs.items()})[0])
+            worst = max(worst, float((got - ref).abs().max()))
+            rel = max(rel, _relative_rmse(got, ref))
+    return {"max_abs_error": worst, "relative_rmse": rel, "batch_sizes": list(batch_sizes)}
+
+
+def executorch_parity(
+    network: nn.Module, program: ExecuTorchDenoiser, batch_sizes: tuple[int, ...] = (1, 3)
+) -> dict[str, float]:
+    """Max abs and relative RMS difference between ExecuTorch's runtime and the PyTorch graph it was lowered from."""
+    float_net = network.network if isinstance(network, QuantizedDenoiser) else network
+    names = list(input_spec(float_net))
+    worst, rel = 0.0, 0.0
+    with torch.no_grad():
+        for i, batch in enumerate(batch_sizes):
+            inputs = example_inputs(float_net, batch, seed=100 + i)
+            ref = _reference(network, names, inputs)
+            got = program.method.execute([inputs[name] for name in names])[0]
+            worst = max(worst, float((got - ref).abs().max()))
+            rel = max(rel, _relative_rmse(got, ref))
+    return {"max_abs_error": worst, "relative_rmse": rel, "batch_sizes": list(batch_sizes)}
+
+
+def runtime_latency(
+    runners: dict[str, Any], *, repeats: int = 30, warmup: int = 3
+) -> dict[str, dict[str, float]]:
+    """Median and spread (min, max) of forward wall time in ms per runner, interleaved so that load affects each
+    alike; ``runners`` maps a label to a no-argument callable."""
+    import statistics
+    import time
+
+    times: dict[str, list[float]] = {label: [] for label in runners}
+    with torch.no_grad():
+        for i in range(repeats + warmup):
+            for label, run in runners.items():
+                start = time.perf_counter()
+                run()
+                if i >= warmup:
+                    times[label].append((time.perf_counter() - start) * 1e3)
+    return {
+        label: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v), "repeats": len(v)}
+        for label, v in times.items()
+    }
+
+
+def executorch_section(
+    directory: Path, *, quantized: QuantizedDenoiser | None, max_batch: int, eval_samples: int = 0
+) -> str:
+    """Write ``directory/executorch/`` (``model.pte`` fp32, ``model_int8.pte`` with ``quantized``, ``report.json``)
+    and return the model card's section: sizes, MACs in int8 / delegated to XNNPACK, parity with PyTorch, latency
+    per forward (batch 1) and per image, and on digits the sample quality of each file."""
+    from distill.pipelines import resolve_sampler
+    from teachers import DiffusionTeacher
+
+    model = DiffusionTeacher.from_pretrained(directory)
+    network = model.unet.float().eval()
+    folder = directory / "executorch"
+    report: dict[str, Any] = {
+        "fp32": export_executorch(network, folder / PTE_NAME, max_batch=max_batch).to_dict()
+    }
+    programs = {
+        "fp32": ExecuTorchDenoiser(
+            folder / PTE_NAME, network.config, names=report["fp32"]["inputs"], max_batch=max_batch
+        )
+    }
+    report["fp32"]["parity"] = executorch_parity(network, programs["fp32"])
+    if not report["fp32"]["parity"]["max_abs_error"] <= 1e-3:
+        raise ValueError(
+            f"ExecuTorch's fp32 program differs from PyTorch by {report['fp32']['parity']['max_abs_error']:.3g} "
+            "(max abs; allowed 1e-3); report the network"
+        )
+    if quantized is not None:
+        report["int8"] = export_executorch(quantized, folder / PTE_INT8_NAME, max_batch=max_batch).to_dict()
+        report["int8"]["origin"] = getattr(quantized, "origin", "")
+        programs["int8"] = ExecuTorchDenoiser(
+            folder / PTE_INT8_NAME, network.config, names=report["int8"]["inputs"], max_batch=max_batch
+        )
+        report["int8"]["parity"] = executorch_parity(quantized, programs["int8"])
+    steps = 4 if resolve_sampler(model) == "consistency" else 50
+    inputs = example_inputs(network, 1, seed=7)
+    names = report["fp32"]["inputs"]
+    feeds = [inputs[name] for name in names]
+    from distill.onnx_export import _Forward
+
+    forward = _Forward(network, names).eval()
+    runners: dict[str, Any] = {"pytorch fp32": lambda: forward(*feeds)}
+    for label, program in programs.items():
+        runners[f"executorch {label}"] = lambda program=program: program.method.execute(feeds)
+    report["latency_batch1"] = runtime_latency(runners)
+    report["steps_per_image"] = steps
+    torch_size = (directory / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
+    lines = [
+        "",
+        "## ExecuTorch (XNNPACK)",
+        "",
+        f"Programs for ExecuTorch's runtime with the XNNPACK delegate, batch 1-{max_batch} (larger batches run in "
+        f"chunks): `executorch/{PTE_NAME}` (fp32, max abs difference from PyTorch "
+        f"{report['fp32']['parity']['max_abs_error']:.1e})"
+        + (
+            f" and `executorch/{PTE_INT8_NAME}` (static int8 from {report['int8']['origin']}; relative RMS difference "
+            f"from the PyTorch int8 graph {report['int8']['parity']['relative_rmse']:.1e})"
+            if quantized is not None
+            else ""
+        )
+        + ".",
+        "",
+        f"| file | size | MACs in int8 | MACs delegated | latency per forward (batch 1) | per image ({steps} steps) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    pytorch = report["latency_batch1"]["pytorch fp32"]["median_ms"]
+    lines.append(
+        f"| PyTorch (safetensors) | {torch_size / 1e6:.2f} MB | 0% | - | {pytorch:.2f} ms | {steps * pytorch:.1f} ms |"
+    )
+    for label in programs:
+        entry = report[label]
+        ms = report["latency_batch1"][f"executorch {label}"]["median_ms"]
+        macs = entry["macs"]
+        lines.append(
+            f"| `executorch/{Path(entry['path']).name}` | {entry['size_bytes'] / 1e6:.2f} MB | "
+            f"{100 * macs['int8_share']:.1f}% | {100 * min(macs['delegated'] / macs['total'], 1.0):.1f}% | "
+            f"{ms:.2f} ms | {steps * ms:.1f} ms |"
+        )
+    lines += ["", "Latency: median of 30 interleaved forwards on this machine's CPU at export time."]
+    if eval_samples > 0:
+        from distill.onnx_export import is_digits_shaped
+
+        if is_digits_shaped(network.config):
+            report["quality"] = compare_runtimes(
+                directory, num_samples=eval_samples, steps=steps, int8=quantized is not None
+            )
+            lines += [
+                "",
+                f"Samples on digits ({eval_samples}, {steps} steps, same noise and labels):",
+                "",
+                "| model | FID vs real | FID vs teacher ref | accuracy |",
+                "| --- | ---: | ---: | ---: |",
+            ]
+            for label, m in report["quality"]["rows"].items():
+                lines.append(
+                    f"| {label} | {m['fid_real']:.3f} | {m['fid_ref']:.3f} | {100 * m['accuracy']:.1f}% |"
+                )
+    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def compare_runtimes(
+    directory: str | Path, *, num_samples: int, steps: int, int8: bool, seed: int = 0
+) -> dict:
+    """FID/accuracy on digits of the PyTorch export and its ExecuTorch programs, same noise and labels."""
+    from distill.metrics import DigitsEvaluator
+    from distill.pipelines import evaluate_model
+    from teachers import DiffusionTeacher
+
+    directory = Path(directory)
+    evaluator = DigitsEvaluator()
+    labels = torch.arange(num_samples) % 10
+    models = {
+        "pytorch fp32": DiffusionTeacher.from_pretrained(directory),
+        "executorch fp32": executorch_model(directory),
+    }
+    if int8:
+        models["executorch int8"] = executorch_model(directory, int8=True)
+    rows = {
+        label: evaluate_model(model, evaluator, labels=labels, steps=steps, seed=seed)
+        for label, model in models.items()
+    }
+    return {"num_samples": num_samples, "steps": steps, "seed": seed, "rows": rows}

@@ -22,7 +22,8 @@ from students.provenance import RECORD_NAME, read_teacher_record
 from teachers.transformer import takes_guidance, transformer_family
 
 WEIGHTS = ("ema", "raw")
-FORMATS = ("diffusers", "onnx")
+FORMATS = ("diffusers", "onnx", "executorch")
+QUANTIZE = ("int8",)
 
 
 def load_checkpoint(module: torch.nn.Module, ckpt_path: str | Path) -> dict[str, Any]:
@@ -178,8 +179,14 @@ def export_module(
     int8: bool = False,
     onnx_opset: int = 18,
     int8_eval_samples: int = 1000,
+    quantize: str | None = None,
+    max_batch: int = 16,
 ) -> Path:
-    """Write ``output`` from ``module`` (built from the run's config) and the checkpoint's weights."""
+    """Write ``output`` from ``module`` (built from the run's config) and the checkpoint's weights.
+
+    ``quantize="int8"`` adds the static int8 graph (weights and activations) in the on-device format: from a
+    quantization-aware run its trained scales, otherwise post-training quantization calibrated on the student's own
+    sampling trajectory (:func:`distill.quantization.calibration_inputs`)."""
     output = Path(output)
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
@@ -187,15 +194,32 @@ def export_module(
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     if int8 and format != "onnx":
         raise ValueError("int8 quantises the ONNX file: pass --format onnx with --int8 true")
-    if format == "onnx" and getattr(module.teacher, "transformer_family", None) is not None:
+    if quantize is not None and quantize not in QUANTIZE:
+        raise ValueError(f"quantize must be one of {QUANTIZE} (or unset), got {quantize!r}")
+    if quantize is not None and format == "diffusers":
         raise ValueError(
-            "--format onnx exports UNet students; an SD3/FLUX transformer student exports as a diffusers pipeline "
-            "folder (--format diffusers)"
+            f"--quantize {quantize} writes an on-device file: pass --format onnx (QDQ int8) or --format executorch"
+        )
+    if getattr(module, "quantized", False) and quantize is None and format != "diffusers":
+        raise ValueError(
+            "this run trained the student for int8 (quantize: Int8QAT); pass --quantize int8 to export its int8 "
+            "graph with the trained scales (the fp32 file is written beside it)"
+        )
+    if format in ("onnx", "executorch") and getattr(module.teacher, "transformer_family", None) is not None:
+        raise ValueError(
+            f"--format {format} exports UNet students; an SD3/FLUX transformer student exports as a diffusers "
+            "pipeline folder (--format diffusers)"
         )
     if format == "onnx":
         from distill.onnx_export import _require_onnx
 
         _require_onnx()  # before anything is written
+    if format == "executorch" or quantize is not None:
+        from distill.quantization import require_deploy
+
+        require_deploy()
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
         raise FileExistsError(
             f"output {output} already exists; choose another folder or pass --overwrite true"
@@ -210,8 +234,21 @@ def export_module(
     try:
         module.save_pretrained(staging, use_ema=weights == "ema")  # unet/ + the method's scheduler/
         card = model_card(module, checkpoint, weights=weights, metrics=metrics_data, output_dir=staging)
+        quantized = _int8_student(module, staging, weights=weights) if quantize == "int8" else None
         if format == "onnx":
-            card += onnx_section(staging, opset=onnx_opset, int8=int8, int8_eval_samples=int8_eval_samples)
+            card += onnx_section(
+                staging,
+                opset=onnx_opset,
+                int8=int8,
+                int8_eval_samples=int8_eval_samples,
+                quantized=quantized,
+            )
+        if format == "executorch":
+            from distill.deploy import executorch_section
+
+            card += executorch_section(
+                staging, quantized=quantized, max_batch=max_batch, eval_samples=int8_eval_samples
+            )
         (staging / "README.md").write_text(card)
         if output.exists():
             shutil.rmtree(output) if output.is_dir() else output.unlink()
@@ -222,7 +259,27 @@ def export_module(
     return output
 
 
-def onnx_section(directory: Path, *, opset: int, int8: bool, int8_eval_samples: int) -> str:
+def _int8_student(module, directory: Path, *, weights: str):
+    """The converted int8 graph to export: a quantization-aware run's own (trained scales), else post-training
+    quantization of the exported float network calibrated on its sampling trajectory."""
+    from distill.quantization import QuantizedDenoiser, calibration_inputs, convert, quantize_ptq
+
+    student = module.eval_student() if weights == "ema" else module.student
+    if isinstance(student, QuantizedDenoiser):
+        converted = convert(student)
+        converted.origin = "quantization-aware distillation (the run's trained scales)"
+        return converted
+    from teachers import DiffusionTeacher
+
+    network = DiffusionTeacher.from_pretrained(directory).unet.float().eval()
+    converted = quantize_ptq(network, calibration_inputs(directory))
+    converted.origin = (
+        "post-training quantization (calibrated on 64 images' sampling trajectories at 1, 2, 4 steps)"
+    )
+    return converted
+
+
+def onnx_section(directory: Path, *, opset: int, int8: bool, int8_eval_samples: int, quantized=None) -> str:
     """Write ``directory/onnx/`` from the exported ``unet/`` and return the model card's ONNX section."""
     from distill.onnx_export import (
         INT8_NAME,
@@ -268,6 +325,21 @@ def onnx_section(directory: Path, *, opset: int, int8: bool, int8_eval_samples: 
     lines.append("")
     lines.append("Latency: median forward wall time on this machine's CPU at export time, interleaved.")
     result = {"onnx": json.loads(report.to_json()), "sizes": sizes}
+    if quantized is not None:
+        from distill.deploy import QDQ_NAME, export_onnx_qdq, onnx_parity
+
+        qdq = export_onnx_qdq(quantized, directory / "onnx" / QDQ_NAME, opset=opset)
+        qdq["parity"] = onnx_parity(quantized, directory / "onnx" / QDQ_NAME)
+        qdq["origin"] = quantized.origin
+        result["int8_qdq"] = qdq
+        lines += [
+            "",
+            f"`onnx/{QDQ_NAME}`: static int8 (weights per channel, activations per tensor; QuantizeLinear/"
+            f"DequantizeLinear with the PyTorch graph's scales) from {quantized.origin}; "
+            f"{qdq['size_bytes'] / 1e6:.2f} MB; {100 * qdq['macs']['int8_share']:.1f}% of the MACs in int8 "
+            f"kernels; relative RMS difference from the PyTorch int8 graph in onnxruntime "
+            f"{qdq['parity']['relative_rmse']:.3f} (its int8 kernels round differently).",
+        ]
     if int8 and int8_eval_samples > 0:
         from distill.onnx_export import compare_int8
 

@@ -82,6 +82,8 @@ class DistillTrainer(L.Trainer):
         int8: bool = False,
         onnx_opset: int = 18,
         int8_eval_samples: int = 1000,
+        quantize: str | None = None,
+        max_batch: int = 16,
     ) -> Path | None:
         """Write the trained student as a diffusers-format folder (unet/, scheduler/, README.md model card).
 
@@ -94,9 +96,14 @@ class DistillTrainer(L.Trainer):
             overwrite: replace an existing ``output``.
             metrics: an ``eval.json`` from ``distill test`` to put in the model card.
             weights_only: accepted so a run's saved config.yaml parses; checkpoints always load weights only.
-            format: "diffusers" (default) or "onnx" (adds ``onnx/model.onnx``: dynamic batch, checked against
-                PyTorch in onnxruntime; needs the ``export`` extra).
-            int8: also write ``onnx/model_int8.onnx`` (onnxruntime dynamic quantisation).
+            format: "diffusers" (default), "onnx" (adds ``onnx/model.onnx``: dynamic batch, checked against
+                PyTorch in onnxruntime; needs the ``export`` extra) or "executorch" (adds ``executorch/model.pte``:
+                ExecuTorch with the XNNPACK delegate, run through ExecuTorch's runtime; needs the ``deploy`` extra).
+            int8: also write ``onnx/model_int8.onnx`` (onnxruntime dynamic quantisation: weights only).
+            quantize: "int8": static int8 weights and activations in the chosen format (``onnx/model_int8_qdq.onnx``
+                or ``executorch/model_int8.pte``): a quantization-aware run's trained scales, else post-training
+                quantization calibrated on the student's sampling trajectory (``deploy`` extra).
+            max_batch: the ExecuTorch programs' largest batch (their memory plan); larger batches run in chunks.
             onnx_opset: the ONNX opset to export with.
             int8_eval_samples: digits students only: samples for the int8-vs-fp32 FID/accuracy in the card
                 (0 skips it).
@@ -116,6 +123,8 @@ class DistillTrainer(L.Trainer):
             int8=int8,
             onnx_opset=onnx_opset,
             int8_eval_samples=int8_eval_samples,
+            quantize=quantize,
+            max_batch=max_batch,
         )
         rank_zero_info(f"exported to {path}")
         return path

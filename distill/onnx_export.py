@@ -187,16 +187,22 @@ def onnx_size(path: Path) -> int:
 
 
 def _inline_weights(path: Path, limit: int = 2**31 - 2**26) -> None:
-    """Store the weights inside the ``.onnx`` file (one file to ship) when the model fits protobuf's 2 GB;
-    larger models keep the exporter's external ``.data`` file."""
+    """Store the weights inside the ``.onnx`` file (one file to ship) when the model fits protobuf's 2 GB (larger
+    models keep the exporter's external ``.data`` file), without the exporter's per-node debugging metadata."""
     import onnx
 
     data = path.with_name(path.name + ".data")
-    if not data.exists() or data.stat().st_size > limit:
+    if data.exists() and data.stat().st_size > limit:
         return
     model = onnx.load(str(path))  # reads the external weights
+    for (
+        node
+    ) in model.graph.node:  # the exporter's per-node stack traces and module paths: debugging, not shipping
+        del node.metadata_props[:]
+        node.doc_string = ""
     onnx.save_model(model, str(path), save_as_external_data=False)
-    data.unlink()
+    if data.exists():
+        data.unlink()
 
 
 def quantize_int8(source: str | Path, target: str | Path) -> int:

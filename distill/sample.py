@@ -22,6 +22,41 @@ def _from_run(config: Path, ckpt: Path, work: Path):
     return ClassConditionalPipeline.from_pretrained(work)
 
 
+def runtime_model(directory: Path, runtime: str, *, int8: bool = False):
+    """The export folder's network in onnxruntime or ExecuTorch, as a model the samplers take; a missing file is
+    named with the export command that writes it."""
+    from distill.deploy import PTE_INT8_NAME, PTE_NAME, QDQ_NAME
+
+    if runtime == "onnx":
+        from distill.onnx_export import ONNX_NAME
+
+        name = QDQ_NAME if int8 else ONNX_NAME
+        fix = "--format onnx" + (" --quantize int8" if int8 else "")
+        path = directory / "onnx" / name
+    else:
+        name = PTE_INT8_NAME if int8 else PTE_NAME
+        fix = "--format executorch" + (" --quantize int8" if int8 else "")
+        path = directory / "executorch" / name
+    if not path.is_file():
+        raise SystemExit(
+            f"distill sample: {path} does not exist; export the run with `distill export ... {fix}`"
+        )
+    if runtime == "onnx":
+        import json
+
+        from distill.onnx_export import OnnxDenoiser
+        from teachers import DiffusionTeacher
+
+        config = json.loads((directory / "unet" / "config.json").read_text())
+        from types import SimpleNamespace
+
+        scheduler = json.loads((directory / "scheduler" / "scheduler_config.json").read_text())
+        return DiffusionTeacher(OnnxDenoiser(path, SimpleNamespace(**config)), scheduler)
+    from distill.deploy import executorch_model
+
+    return executorch_model(directory, int8=int8)
+
+
 def positive_int(text: str) -> int:
     """An argparse type: a whole number >= 1 (argparse names the option when this refuses)."""
     try:
@@ -67,6 +102,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--guidance", type=finite_float, default=1.0, help="classifier-free guidance scale (1 = off)"
     )
+    parser.add_argument(
+        "--runtime",
+        choices=("pytorch", "onnx", "executorch"),
+        default="pytorch",
+        help="run the export's network in PyTorch (default), onnxruntime (onnx/) or ExecuTorch (executorch/)",
+    )
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="with --runtime onnx|executorch: the static int8 file (onnx/model_int8_qdq.onnx, executorch/model_int8.pte)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--nrow", type=positive_int, default=10)
     parser.add_argument("--out", type=Path, required=True, help="the PNG grid to write")
@@ -76,12 +122,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.config is not None and args.ckpt is None:
         parser.error("--config needs --ckpt")
+    if args.runtime != "pytorch" and args.model is None:
+        parser.error(
+            f"--runtime {args.runtime} runs an export folder: pass --model (export with --format {args.runtime})"
+        )
+    if args.int8 and args.runtime == "pytorch":
+        parser.error("--int8 picks the int8 file of --runtime onnx or executorch")
     from torchvision.utils import save_image
 
     from distill.images import viewable_grid
     from distill.pipelines import ClassConditionalPipeline
 
-    if args.model is not None:
+    if args.runtime != "pytorch":
+        pipe = ClassConditionalPipeline(runtime_model(args.model, args.runtime, int8=args.int8))
+    elif args.model is not None:
         pipe = ClassConditionalPipeline.from_pretrained(str(args.model))
     else:
         import tempfile
