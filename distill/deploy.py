@@ -26,6 +26,7 @@ from torch import nn
 
 from distill.onnx_export import example_inputs, input_spec
 from distill.quantization import QuantizedDenoiser, capture, require_deploy
+from teachers import DiffusionTeacher
 
 PTE_NAME = "model.pte"
 PTE_INT8_NAME = "model_int8.pte"
@@ -258,9 +259,10 @@ class ExecuTorchDenoiser(nn.Module):
         return torch.cat(outs).to(sample.device, sample.dtype)
 
 
-def executorch_model(directory: str | Path, *, int8: bool = False):
-    """A :class:`~teachers.DiffusionTeacher` whose network is the export's ExecuTorch program."""
-    from teachers import DiffusionTeacher
+def executorch_model(directory: str | Path, *, int8: bool = False) -> DiffusionTeacher:
+    """A :class:`~teachers.DiffusionTeacher` whose network is the export's ExecuTorch program (so ``distill test``
+    scores the program itself: ``model: {class_path: distill.deploy.executorch_model, init_args: {directory: ...,
+    int8: true}}``)."""
 
     directory = Path(directory)
     scheduler = json.loads((directory / "scheduler" / "scheduler_config.json").read_text())
@@ -414,7 +416,6 @@ def executorch_section(
     and return the model card's section: sizes, MACs in int8 / delegated to XNNPACK, parity with PyTorch, latency
     per forward (batch 1) and per image, and on digits the sample quality of each file."""
     from distill.pipelines import resolve_sampler
-    from teachers import DiffusionTeacher
 
     model = DiffusionTeacher.from_pretrained(directory)
     network = model.unet.float().eval()
@@ -513,7 +514,6 @@ def compare_runtimes(
     """FID/accuracy on digits of the PyTorch export and its ExecuTorch programs, same noise and labels."""
     from distill.metrics import DigitsEvaluator
     from distill.pipelines import evaluate_model
-    from teachers import DiffusionTeacher
 
     directory = Path(directory)
     evaluator = DigitsEvaluator()
