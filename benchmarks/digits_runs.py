@@ -69,7 +69,7 @@ def export(run_dir: Path, ckpt: Path, student: Path, log: Path) -> Path:
 
 
 def evaluate(
-    student: Path,
+    student: Path | None,
     *,
     out: Path,
     tag: str,
@@ -78,9 +78,11 @@ def evaluate(
     num_samples: int,
     eval_steps: list[int],
     protocol: str = "configs/digits/teacher_eval.yaml",
+    model_overrides: list[str] | None = None,
 ) -> dict:
     """The protocol (``protocol``: configs/digits/teacher_eval.yaml, or configs/digits_flow/teacher_eval.yaml with
-    the flow teacher's reference) on ``student`` at ``eval_steps``."""
+    the flow teacher's reference) on ``student`` at ``eval_steps``; ``model_overrides`` replace the folder argument
+    (another model factory, e.g. ``distill.deploy.executorch_model`` for an ExecuTorch program)."""
     eval_json = out / f"{tag}.json"
     seconds = run(
         [
@@ -89,7 +91,7 @@ def evaluate(
             "test",
             "-c",
             protocol,
-            f"--model.init_args.model.init_args.path={student}",
+            *(model_overrides or [f"--model.init_args.model.init_args.path={student}"]),
             f"--model.init_args.name={name}",
             f"--model.init_args.steps={json.dumps(eval_steps)}",
             f"--model.init_args.output={eval_json}",

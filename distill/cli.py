@@ -3,9 +3,22 @@
 
 from __future__ import annotations
 
-from distill.lightning_cli import DistillCLI, DistillTrainer
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from distill.lightning_cli import DistillCLI, DistillTrainer
 
 __all__ = ["DistillCLI", "DistillTrainer", "main"]
+
+
+def __getattr__(name: str) -> Any:
+    """``DistillCLI`` and ``DistillTrainer`` import on first use, so :func:`main` silences the dependencies' import-time
+    noise (diffusers imports torchao where it is installed) before they load."""
+    if name in ("DistillCLI", "DistillTrainer"):
+        from distill import lightning_cli
+
+        return getattr(lightning_cli, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main(args: list[str] | None = None) -> None:
@@ -23,6 +36,8 @@ def main(args: list[str] | None = None) -> None:
 
         sample_main(argv[1:])
         return
+    from distill.lightning_cli import DistillCLI
+
     DistillCLI(args=args)
 
 

@@ -28,6 +28,8 @@ __all__ = ["NOISE", "format_duration", "interactive", "quiet_third_party", "verb
 NOISE = (
     "`accelerate` was not found in the environment",  # diffusers, at every from_pretrained without accelerate
     "💡 Tip:",  # Lightning's litlogger / litmodels adverts
+    "Unable to import `torchao` Tensor objects",  # diffusers, when torchao (the deploy extra) is newer than it knows
+    "is an Enum subclass and is now natively supported by torch.compile",  # torch, as torchao registers its enums
 )
 
 # Warnings raised from any module but ours (and a script run as __main__) are the dependencies'.
@@ -76,6 +78,7 @@ _FILTER = _DropNoise()
 def _loggers() -> list[logging.Logger]:
     """The loggers the noise is emitted on, and the library loggers whose handlers print it."""
     names = [
+        "torch.utils._pytree",
         "diffusers",
         "diffusers.models.modeling_utils",
         "diffusers.pipelines.pipeline_utils",
@@ -93,6 +96,12 @@ def quiet_third_party(*, force: bool = False) -> bool:
     ``force``. Idempotent. Returns whether anything was silenced."""
     if verbose() and not force:
         return False
+    try:  # diffusers' own handler, so records of its child loggers are filtered where they are printed
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.get_logger("diffusers")
+    except ImportError:  # pragma: no cover - diffusers is a core dependency
+        pass
     for logger in _loggers():
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)  # records created on this logger

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.onnx_export import example_inputs, input_spec
+from distill.onnx_export import example_inputs, input_spec, positional_inputs
 from distill.quantization import QuantizedDenoiser, capture, require_deploy
 from teachers import DiffusionTeacher
 
@@ -242,17 +242,16 @@ class ExecuTorchDenoiser(nn.Module):
         timestep_cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
         batch = sample.shape[0]
-        given = {
-            "sample": sample.float(),
-            "timestep": torch.as_tensor(timestep).float().reshape(-1).expand(batch),
-            "class_labels": class_labels,
-            "encoder_hidden_states": encoder_hidden_states,
-            "timestep_cond": timestep_cond,
-        }
-        missing = [name for name in self.names if given[name] is None]
-        if missing:
-            raise ValueError(f"the ExecuTorch program needs inputs {missing}; the caller passed none")
-        inputs = [given[name].detach().cpu().contiguous() for name in self.names]
+        inputs = positional_inputs(
+            self.names,
+            sample,
+            timestep,
+            encoder_hidden_states=encoder_hidden_states,
+            class_labels=class_labels,
+            timestep_cond=timestep_cond,
+            runtime="the ExecuTorch program",
+        )
+        inputs = [x.detach().cpu().contiguous() for x in inputs]
         outs = []
         for start in range(0, batch, self.max_batch):
             outs.append(self.method.execute([x[start : start + self.max_batch] for x in inputs])[0])
@@ -349,14 +348,9 @@ def _reference(network: nn.Module, names: list[str], inputs: dict[str, torch.Ten
     return _Forward(network, names).eval()(*(inputs[name] for name in names))
 
 
-def onnx_parity(
-    network: nn.Module, path: str | Path, batch_sizes: tuple[int, ...] = (1, 3)
-) -> dict[str, float]:
-    """Max abs and relative RMS difference between onnxruntime (all optimisations: its int8 kernels) and the PyTorch
-    graph (``network``: fp32, or a converted int8 :class:`QuantizedDenoiser`) on seeded random inputs."""
-    from distill.onnx_export import _session
-
-    session = _session(Path(path))
+def _parity(network: nn.Module, run, batch_sizes: tuple[int, ...]) -> dict[str, Any]:
+    """Max abs and relative RMS difference between ``run(feeds)`` (a runtime) and the PyTorch graph ``network``
+    (fp32, or a converted int8 :class:`QuantizedDenoiser`) on seeded random inputs at each batch size."""
     float_net = network.network if isinstance(network, QuantizedDenoiser) else network
     names = list(input_spec(float_net))
     worst, rel = 0.0, 0.0
@@ -364,27 +358,31 @@ def onnx_parity(
         for i, batch in enumerate(batch_sizes):
             inputs = example_inputs(float_net, batch, seed=100 + i)
             ref = _reference(network, names, inputs)
-            got = torch.from_numpy(session.run(None, {k: v.numpy() for k, v in inputs.items()})[0])
+            got = run({name: inputs[name] for name in names})
             worst = max(worst, float((got - ref).abs().max()))
             rel = max(rel, _relative_rmse(got, ref))
     return {"max_abs_error": worst, "relative_rmse": rel, "batch_sizes": list(batch_sizes)}
+
+
+def onnx_parity(
+    network: nn.Module, path: str | Path, batch_sizes: tuple[int, ...] = (1, 3)
+) -> dict[str, Any]:
+    """:func:`_parity` of onnxruntime (all optimisations: its int8 kernels) running the file at ``path``."""
+    from distill.onnx_export import _session
+
+    session = _session(Path(path))
+    return _parity(
+        network,
+        lambda feeds: torch.from_numpy(session.run(None, {k: v.numpy() for k, v in feeds.items()})[0]),
+        batch_sizes,
+    )
 
 
 def executorch_parity(
     network: nn.Module, program: ExecuTorchDenoiser, batch_sizes: tuple[int, ...] = (1, 3)
-) -> dict[str, float]:
-    """Max abs and relative RMS difference between ExecuTorch's runtime and the PyTorch graph it was lowered from."""
-    float_net = network.network if isinstance(network, QuantizedDenoiser) else network
-    names = list(input_spec(float_net))
-    worst, rel = 0.0, 0.0
-    with torch.no_grad():
-        for i, batch in enumerate(batch_sizes):
-            inputs = example_inputs(float_net, batch, seed=100 + i)
-            ref = _reference(network, names, inputs)
-            got = program.method.execute([inputs[name] for name in names])[0]
-            worst = max(worst, float((got - ref).abs().max()))
-            rel = max(rel, _relative_rmse(got, ref))
-    return {"max_abs_error": worst, "relative_rmse": rel, "batch_sizes": list(batch_sizes)}
+) -> dict[str, Any]:
+    """:func:`_parity` of ExecuTorch's runtime running ``program``."""
+    return _parity(network, lambda feeds: program.method.execute(list(feeds.values()))[0], batch_sizes)
 
 
 def runtime_latency(

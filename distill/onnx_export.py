@@ -91,6 +91,33 @@ def example_inputs(unet: nn.Module, batch_size: int, *, seed: int = 0) -> dict[s
     return out
 
 
+def positional_inputs(
+    names: list[str],
+    sample: torch.Tensor,
+    timestep: torch.Tensor,
+    *,
+    encoder_hidden_states: torch.Tensor | None = None,
+    class_labels: torch.Tensor | None = None,
+    timestep_cond: torch.Tensor | None = None,
+    time_dtype: torch.dtype = torch.float32,
+    runtime: str = "the exported network",
+) -> list[torch.Tensor]:
+    """A diffusers-style call's inputs in an exported graph's ``names`` order (fp32 sample, one timestep per sample
+    in ``time_dtype``); a missing input is named."""
+    batch = sample.shape[0]
+    given = {
+        "sample": sample.float(),
+        "timestep": torch.as_tensor(timestep, device=sample.device).to(time_dtype).reshape(-1).expand(batch),
+        "class_labels": class_labels,
+        "encoder_hidden_states": encoder_hidden_states,
+        "timestep_cond": timestep_cond,
+    }
+    missing = [name for name in names if given[name] is None]
+    if missing:
+        raise ValueError(f"{runtime} needs inputs {missing}; the caller passed none")
+    return [given[name] for name in names]
+
+
 class _Forward(nn.Module):
     """Positional inputs in ``names`` order -> the output tensor (what the ONNX graph computes)."""
 
@@ -274,19 +301,19 @@ class OnnxDenoiser(nn.Module):
         class_labels: torch.Tensor | None = None,
         timestep_cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        batch = sample.shape[0]
-        given = {
-            "sample": sample.float(),
-            "timestep": torch.as_tensor(timestep).to(self.time_dtype).reshape(-1).expand(batch),
-            "class_labels": class_labels,
-            "encoder_hidden_states": encoder_hidden_states,
-            "timestep_cond": timestep_cond,
+        inputs = positional_inputs(
+            self.names,
+            sample,
+            timestep,
+            encoder_hidden_states=encoder_hidden_states,
+            class_labels=class_labels,
+            timestep_cond=timestep_cond,
+            time_dtype=self.time_dtype,
+            runtime="the ONNX network",
+        )
+        feeds = {
+            name: x.detach().cpu().contiguous().numpy() for name, x in zip(self.names, inputs, strict=True)
         }
-        feeds = {}
-        for name in self.names:
-            if given.get(name) is None:
-                raise ValueError(f"the ONNX network needs input {name!r}; the caller passed none")
-            feeds[name] = given[name].detach().cpu().contiguous().numpy()
         out = self.session.run(None, feeds)[0]
         return torch.from_numpy(out).to(sample.device, sample.dtype)
 

@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import logging
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from distill.onnx_export import _Forward, example_inputs, input_spec
+from distill.onnx_export import _Forward, example_inputs, input_spec, positional_inputs
 
 DEPLOY_HINT = 'pip install "distill-diffusion[deploy]"'
 #: the captured graph's batch range; diffusers' Upsample2D branches on ``batch >= 64`` for a memory-format fix
@@ -200,21 +202,17 @@ class QuantizedDenoiser(nn.Module):
         timestep_cond: torch.Tensor | None = None,
         return_dict: bool = False,
     ) -> torch.Tensor:
-        batch = sample.shape[0]
-        given = {
-            "sample": sample.float(),
-            "timestep": torch.as_tensor(timestep, device=sample.device).float().reshape(-1).expand(batch),
-            "class_labels": class_labels,
-            "encoder_hidden_states": encoder_hidden_states,
-            "timestep_cond": timestep_cond,
-        }
         self._sync_mode()
-        missing = [name for name in self.names if given[name] is None]
-        if missing:
-            raise ValueError(
-                f"the quantized {type(self.network).__name__} needs inputs {missing}; none were passed"
-            )
-        return self.graph(*(given[name] for name in self.names))
+        inputs = positional_inputs(
+            self.names,
+            sample,
+            timestep,
+            encoder_hidden_states=encoder_hidden_states,
+            class_labels=class_labels,
+            timestep_cond=timestep_cond,
+            runtime=f"the quantized {type(self.network).__name__}",
+        )
+        return self.graph(*inputs)
 
 
 def _reset_mode(module: QuantizedDenoiser, incompatible_keys) -> None:
@@ -231,6 +229,7 @@ def prepare_qat(network: nn.Module, *, per_channel: bool = True) -> QuantizedDen
     graph, names = capture(network)
     prepared = prepare_qat_pt2e(graph, xnnpack_quantizer(qat=True, per_channel=per_channel))
     wrapper = QuantizedDenoiser(prepared, names, network, stage="qat")
+    wrapper.per_channel = per_channel
     return wrapper.train(network.training)
 
 
@@ -263,14 +262,15 @@ def calibration_inputs(
         def forward(
             self, sample, timestep, encoder_hidden_states=None, class_labels=None, timestep_cond=None
         ):
-            given = {
-                "sample": sample.float(),
-                "timestep": torch.as_tensor(timestep).float().reshape(-1).expand(sample.shape[0]),
-                "class_labels": class_labels,
-                "encoder_hidden_states": encoder_hidden_states,
-                "timestep_cond": timestep_cond,
-            }
-            recorded.append(tuple(given[name].detach().clone() for name in names))
+            inputs = positional_inputs(
+                names,
+                sample,
+                timestep,
+                encoder_hidden_states=encoder_hidden_states,
+                class_labels=class_labels,
+                timestep_cond=timestep_cond,
+            )
+            recorded.append(tuple(x.detach().clone() for x in inputs))
             return self.inner(
                 sample,
                 timestep,
@@ -343,6 +343,69 @@ def convert(qat: QuantizedDenoiser) -> QuantizedDenoiser:
 
 def _stored_qparams(module) -> tuple[torch.Tensor, torch.Tensor]:
     return module.scale.detach().clone(), module.zero_point.detach().clone()
+
+
+INT8_STATE = Path("quantization") / "int8_state.safetensors"
+INT8_CONFIG = Path("quantization") / "config.json"
+
+
+def save_int8_state(student: QuantizedDenoiser, directory: str | Path) -> Path:
+    """Write a quantization-aware student's int8 state beside its exported float weights: every fake-quantizer's
+    scale, zero point and observed range (``quantization/int8_state.safetensors``) and the scheme
+    (``quantization/config.json``), so :func:`load_int8` rebuilds the same int8 graph from the folder alone."""
+    from safetensors.torch import save_file
+
+    if student.stage != "qat":
+        raise ValueError(f"save_int8_state takes a fake-quantized (qat) student, got stage {student.stage!r}")
+    directory = Path(directory)
+    params = {name for name, _ in student.graph.named_parameters()}
+    state = {
+        k: v.detach().clone().contiguous()
+        for k, v in student.graph.state_dict().items()
+        if k not in params and isinstance(v, torch.Tensor)
+    }
+    (directory / INT8_STATE).parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(directory / INT8_STATE))
+    from importlib.metadata import version
+
+    config = {
+        "scheme": "XNNPACKQuantizer symmetric int8 (per-tensor activations)",
+        "per_channel": student.per_channel,
+        "float_modules": list(FLOAT_MODULES),
+        "observers_frozen": bool(student.observers_frozen),
+        "torchao": version("torchao"),
+        "executorch": version("executorch"),
+    }
+    (directory / INT8_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    return directory / INT8_STATE
+
+
+def load_int8(directory: str | Path) -> QuantizedDenoiser:
+    """The converted int8 graph of an exported quantization-aware student (its ``unet/`` and ``quantization/``)."""
+    from safetensors.torch import load_file
+
+    from teachers import DiffusionTeacher
+
+    directory = Path(directory)
+    if not (directory / INT8_STATE).is_file():
+        raise FileNotFoundError(
+            f"{directory} has no {INT8_STATE}: it was not exported from a quantization-aware run (quantize: Int8QAT); "
+            "quantize it post-training instead (distill export ... --quantize int8 on its run)"
+        )
+    config = json.loads((directory / INT8_CONFIG).read_text())
+    network = DiffusionTeacher.from_pretrained(directory).unet.float().eval()
+    qat = prepare_qat(network, per_channel=config["per_channel"])
+    result = qat.graph.load_state_dict(load_file(str(directory / INT8_STATE)), strict=False)
+    params = {name for name, _ in qat.graph.named_parameters()}
+    missing = [k for k in result.missing_keys if k not in params]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"{directory / INT8_STATE} does not match the graph its unet/ captures (missing {missing[:4]}, "
+            f"unexpected {result.unexpected_keys[:4]}); it was written by another version of the network or of "
+            f"torchao ({config.get('torchao')})"
+        )
+    qat._applied = None
+    return convert(qat.eval())
 
 
 def float_network(student: nn.Module) -> nn.Module:

@@ -43,13 +43,16 @@ CHEAP = {
         ]
         for name in ("dmd2", "dmd2_2step")
     },
-    "configs/digits/consistency.yaml": [
-        "--model.init_args.eval_num_samples=20",
-        "--model.init_args.eval_steps=[1, 2]",
-        "--model.init_args.samples_per_class=1",
-        "--model.init_args.evaluator.init_args.kid_subset_size=10",
-        "--model.init_args.evaluator.init_args.kid_subsets=5",
-    ],
+    **{
+        f"configs/digits/{name}.yaml": [
+            "--model.init_args.eval_num_samples=20",
+            "--model.init_args.eval_steps=[1, 2]",
+            "--model.init_args.samples_per_class=1",
+            "--model.init_args.evaluator.init_args.kid_subset_size=10",
+            "--model.init_args.evaluator.init_args.kid_subsets=5",
+        ]
+        for name in ("consistency", "consistency_qad")
+    },
     "configs/digits/teacher_eval.yaml": [
         "--model.init_args.steps=[1]",
         "--data.init_args.num_samples=40",

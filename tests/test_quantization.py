@@ -154,10 +154,17 @@ def test_quantization_aware_kd_calibrates_trains_and_resumes_from_its_checkpoint
     with torch.no_grad():
         assert torch.equal(call(resumed.eval_student(), inputs), call(method.eval_student(), inputs))
 
-    resumed.save_pretrained(tmp_path / "export")  # the float weights, loadable as a plain UNet
+    resumed.save_pretrained(tmp_path / "export")  # the float weights, loadable as a plain UNet...
     loaded = DiffusionTeacher.from_pretrained(tmp_path / "export").unet
     assert type(loaded).__name__ == "UNet2DConditionModel"
     assert torch.equal(loaded.conv_in.weight, resumed.eval_student().network.conv_in.weight)
+    # ...and the int8 state beside them rebuilds the trained int8 graph from the folder alone
+    int8 = Q.load_int8(tmp_path / "export")
+    with torch.no_grad():
+        expected = call(Q.convert(resumed.eval_student()), inputs)
+        torch.testing.assert_close(call(int8, inputs), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(FileNotFoundError, match="quantize it post-training"):
+        Q.load_int8(tmp_path / "teacher")
 
 
 def test_quantize_refuses_what_a_captured_graph_cannot_do(tmp_path):

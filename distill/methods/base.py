@@ -40,7 +40,7 @@ from distill.methods.ranges import (
     check_step_counts,
 )
 from distill.metrics import GenerativeEvaluator
-from distill.quantization import Int8QAT, QuantizedDenoiser, float_network
+from distill.quantization import Int8QAT, QuantizedDenoiser, float_network, save_int8_state
 from distill.rng import GeneratorRandom, KeyedRandom, global_sample_indices
 from teachers.conditioning import Cond, cond_from_tensors
 from teachers.network import guided_denoiser
@@ -490,10 +490,13 @@ class DistillationModule(L.LightningModule):
     def save_pretrained(self, directory: str | Path, *, use_ema: bool = True) -> None:
         """Write the student (EMA weights by default) as ``unet/`` with :meth:`export_schedule` as ``scheduler/``:
         a folder that ``DiffusionTeacher.from_pretrained`` (and so ``distill test``) loads."""
-        student = float_network(
-            self.eval_student() if use_ema else self.student
-        )  # a QAT student's float weights
-        save_student_folder(directory, student=student, schedule=self.export_schedule(), teacher=self.teacher)
+        student = self.eval_student() if use_ema else self.student
+        # a quantization-aware student: its float weights, and its int8 state beside them (quantization/)
+        save_student_folder(
+            directory, student=float_network(student), schedule=self.export_schedule(), teacher=self.teacher
+        )
+        if isinstance(student, QuantizedDenoiser):
+            save_int8_state(student, directory)
 
     def export_schedule(self):
         """The scheduler config an export carries: the teacher's (methods that change how the student samples,
