@@ -473,3 +473,53 @@ def rerun(rows: Sequence[tuple[str, float, float, float]], *, tolerance: float =
     ]
     lines += [f"| {k} | {a:.3f} | {b:.3f} | {100 * c:+.1f}% |" for k, a, b, c in rows]
     return "\n".join(lines) + "\n"
+
+
+# -- int8 on digits (benchmarks/results/deploy_digits.json) -------------------------------------------------------
+DEPLOY_ROWS = (
+    ("fp32 (PyTorch)", "pytorch_fp32"),
+    ("int8 post-training (ExecuTorch)", "executorch_int8_ptq"),
+    ("int8 quantization-aware distilled (ExecuTorch)", "executorch_int8_qad"),
+)
+DEPLOY_FILES = (
+    ("PyTorch safetensors (fp32)", "pytorch fp32", "pytorch fp32"),
+    ("ONNX fp32", "onnx fp32", "onnx fp32"),
+    ("ONNX QDQ int8", "onnx int8 ptq", "onnx int8"),
+    ("ExecuTorch fp32 (.pte, XNNPACK)", "executorch fp32", "executorch fp32"),
+    ("ExecuTorch int8 (.pte, XNNPACK)", "executorch int8 ptq", "executorch int8"),
+)
+
+
+def deploy_digits(result: Mapping[str, Any]) -> str:
+    """The 4-step consistency student in fp32, post-training int8 and QAD int8 by the protocol, then each file's
+    size, MACs in int8 kernels and latency per forward (batch 1) side by side."""
+    steps = sorted(result["steps"], reverse=True)
+    lines = [
+        "| model | "
+        + " | ".join(f"FID vs real, {s} steps" for s in steps)
+        + f" | accuracy (%), {steps[0]} steps |",
+        "| --- |" + " ---: |" * (len(steps) + 1),
+    ]
+    for label, key in DEPLOY_ROWS:
+        rows = _by_steps(result["quality"][key])
+        cells = " | ".join(mean_std(rows[s], "fid_real") for s in steps)
+        lines.append(f"| {label} | {cells} | {mean_std(rows[steps[0]], 'accuracy', scale=100, digits=1)} |")
+    latency = result["latency_batch1"]
+    lines += [
+        "",
+        "| file | size | MACs in int8 kernels | latency per forward, batch 1 (median, min-max) | int8 / fp32 |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for label, file_key, time_key in DEPLOY_FILES:
+        entry = result["files"][file_key]
+        share = entry.get("macs", {}).get("int8_share", 0.0)
+        t = latency[time_key]
+        ratio = ""
+        if time_key.endswith("int8"):
+            fp32 = latency[time_key.replace("int8", "fp32")]["median_ms"]
+            ratio = f"{t['median_ms'] / fp32:.2f}x"
+        lines.append(
+            f"| {label} | {entry['size_bytes'] / 1e6:.2f} MB | {100 * share:.0f}% | "
+            f"{t['median_ms']:.2f} ms ({t['min_ms']:.2f}-{t['max_ms']:.2f}) | {ratio} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -64,9 +64,12 @@ SHIPPED = "benchmarks/results/shipped_students.json"
 
 
 DIGITS_FLOW = "benchmarks/results/digits_flow.json"
+DEPLOY = "benchmarks/results/deploy_digits.json"
 
 
 def _card(name: str) -> Block:
+    if name.endswith("_qad"):  # an int8 student: its card is the deployment comparison
+        return Block(DEPLOY, tables.deploy_digits)
     if name.startswith("digits_flow_"):
         return Block(
             DIGITS_FLOW,
@@ -86,6 +89,7 @@ BLOCKS: dict[str, Block] = {
     "flops_sd15": Block("benchmarks/results/flops_sd15.json", tables.flops_sd15),
     "flops_transformers": Block("benchmarks/results/flops_transformers.json", tables.flops_transformers),
     "demo": Block("benchmarks/results/demo.json", tables.demo),
+    "deploy_digits": Block(DEPLOY, tables.deploy_digits),
     "overhead": Block("benchmarks/results/overhead.json", tables.overhead),
     "speed_features": Block("benchmarks/results/speed_features.json", tables.speed_features),
     "teacher_reuse": Block("benchmarks/results/teacher_reuse.json", tables.teacher_reuse),
