@@ -69,8 +69,11 @@ def model_card(
 ) -> str:
     """README.md for the export: what it is, how to sample it, what it costs, what it scored."""
     from distill.flops import count_macs, example_inputs
+    from distill.quantization import QuantizedDenoiser, float_network
 
     student, schedule = _student_and_schedule(module)
+    quantized = isinstance(student, QuantizedDenoiser)
+    student = float_network(student)
     teacher_net = module.teacher.unet
     s_macs = count_macs(student, example_inputs(student))
     t_macs = count_macs(teacher_net, example_inputs(teacher_net))
@@ -103,7 +106,13 @@ def model_card(
         "",
         f"- teacher: `{checkpoint.get('teacher_source') or module.teacher.source}`" + recorded,
         f"- method: `{type(module).__module__}.{type(module).__name__}`, trained {checkpoint.get('global_step')} steps",
-        f"- weights: {'EMA' if weights == 'ema' else 'raw (non-EMA)'}",
+        f"- weights: {'EMA' if weights == 'ema' else 'raw (non-EMA)'}"
+        + (
+            "; trained for int8 (quantization-aware distillation): float weights in the denoiser folder, the int8 "
+            "scales in `quantization/` (`distill.quantization.load_int8(THIS_FOLDER)` rebuilds the int8 graph)"
+            if quantized
+            else ""
+        ),
         f"- scheduler: `{schedule.scheduler_class}`; steps: {steps}; {guidance}",
         f"- parameters: {s_macs.parameters:,} (teacher {t_macs.parameters:,}, "
         f"{s_macs.parameters / t_macs.parameters:.2f}x)",
