@@ -100,6 +100,7 @@ def main() -> None:
     files, network = programs(work)
     timing = latency(work, network, files, args.repeats)
     quality = {}
+    (work / "evals").mkdir()
     for tag, overrides in (
         ("pytorch_fp32", [f"--model.init_args.model.init_args.path={FP32}"]),
         (

@@ -114,3 +114,49 @@ def test_export_refuses_what_a_format_cannot_take_before_writing(tmp_path):
     with pytest.raises(ValueError, match="quantize must be one of"):
         export_module(None, ckpt_path=tmp_path / "x.ckpt", output=out, format="executorch", quantize="int4")
     assert not out.exists()
+
+
+def test_a_quantization_aware_run_exports_its_trained_int8_graph(tmp_path):
+    """`distill export --format onnx --quantize int8` of a QAT run: the float folder, its int8 state, and the QDQ file
+    computing the run's own int8 graph (its trained scales, not a new calibration)."""
+    from conftest import cpu_trainer, random_digits_loader
+
+    from distill import KnowledgeDistillation
+    from distill.export import export_module
+
+    save_teacher_folder(tmp_path / "teacher", tiny_cond_unet(seed=0))
+
+    def method():
+        return KnowledgeDistillation(
+            teacher=DiffusionTeacher.from_pretrained(tmp_path / "teacher"),
+            student=tiny_cond_unet(seed=1),
+            feature_weight=0.0,
+            evaluator=None,
+            samples_per_class=0,
+            quantize=Q.Int8QAT(calibration_batches=1),
+        )
+
+    trained = method()
+    trainer = cpu_trainer(2, enable_checkpointing=True, default_root_dir=tmp_path)
+    trainer.fit(trained, train_dataloaders=random_digits_loader())
+    trainer.save_checkpoint(tmp_path / "q.ckpt")
+    with pytest.raises(ValueError, match="pass --quantize int8"):
+        export_module(method(), ckpt_path=tmp_path / "q.ckpt", output=tmp_path / "x", format="onnx")
+    assert not (tmp_path / "x").exists()
+    out = export_module(
+        method(),
+        ckpt_path=tmp_path / "q.ckpt",
+        output=tmp_path / "out",
+        format="onnx",
+        quantize="int8",
+        int8_eval_samples=0,
+    )
+    report = json.loads((out / "onnx" / "report.json").read_text())
+    assert "quantization-aware" in report["int8_qdq"]["origin"]
+    assert (out / "quantization" / "int8_state.safetensors").is_file()
+    rebuilt = Q.load_int8(out)
+    from distill.deploy import onnx_parity
+
+    # onnxruntime runs the QDQ file close to the run's own int8 graph, rebuilt from the folder
+    assert onnx_parity(rebuilt, out / "onnx" / "model_int8_qdq.onnx")["relative_rmse"] < 0.2
+    assert "int8" in (out / "README.md").read_text()
