@@ -161,7 +161,7 @@ def export_executorch(
     return ExecuTorchReport(
         path=str(path),
         size_bytes=path.stat().st_size,
-        max_batch=max_batch,
+        max_batch=_planned_batch(path),
         inputs=names,
         macs=macs.to_dict(),
         delegated_ops=_count_delegated(edge.exported_program()),
@@ -203,6 +203,15 @@ def delegated_macs(program) -> tuple[float, set[str]]:
     return inside / 2, outside
 
 
+def _planned_batch(path: Path) -> int:
+    """The largest batch an ExecuTorch program's memory plan holds, read from the program itself (its first input's
+    upper-bound shape; measured one below the exported range's upper bound on the digits student)."""
+    from executorch.runtime import Runtime
+
+    method = Runtime.get().load_program(str(path)).load_method("forward")
+    return int(method.metadata.input_tensor_meta(0).sizes()[0])
+
+
 class ExecuTorchDenoiser(nn.Module):
     """An ExecuTorch program called like the diffusers network it came from (CPU, fp32 in and out; batches above the
     program's ``max_batch`` run in chunks)."""
@@ -216,7 +225,8 @@ class ExecuTorchDenoiser(nn.Module):
         self.method = Runtime.get().load_program(str(self.path)).load_method("forward")
         self.config = config
         self.names = list(names)
-        self.max_batch = max_batch
+        # what the program's memory plan holds, whatever the caller believes
+        self.max_batch = min(max_batch, int(self.method.metadata.input_tensor_meta(0).sizes()[0]))
         self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
 
     @classmethod
