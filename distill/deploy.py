@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.onnx_export import example_inputs, input_spec, positional_inputs
+from distill.onnx_export import PositionalDenoiser, example_inputs, input_spec
 from distill.quantization import QuantizedDenoiser, capture, require_deploy
 from teachers import DiffusionTeacher
 
@@ -212,7 +212,7 @@ def _planned_batch(path: Path) -> int:
     return int(method.metadata.input_tensor_meta(0).sizes()[0])
 
 
-class ExecuTorchDenoiser(nn.Module):
+class ExecuTorchDenoiser(PositionalDenoiser):
     """An ExecuTorch program called like the diffusers network it came from (CPU, fp32 in and out; batches above the
     program's ``max_batch`` run in chunks)."""
 
@@ -243,24 +243,10 @@ class ExecuTorchDenoiser(nn.Module):
             max_batch=entry["max_batch"],
         )
 
-    def forward(
-        self,
-        sample: torch.Tensor,
-        timestep: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        class_labels: torch.Tensor | None = None,
-        timestep_cond: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    runtime = "the ExecuTorch program"
+
+    def run(self, inputs: list[torch.Tensor], sample: torch.Tensor) -> torch.Tensor:
         batch = sample.shape[0]
-        inputs = positional_inputs(
-            self.names,
-            sample,
-            timestep,
-            encoder_hidden_states=encoder_hidden_states,
-            class_labels=class_labels,
-            timestep_cond=timestep_cond,
-            runtime="the ExecuTorch program",
-        )
         inputs = [x.detach().cpu().contiguous() for x in inputs]
         outs = []
         for start in range(0, batch, self.max_batch):

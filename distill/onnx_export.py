@@ -118,6 +118,40 @@ def positional_inputs(
     return [given[name] for name in names]
 
 
+class PositionalDenoiser(nn.Module):
+    """A network called like diffusers' (``sample, timestep, encoder_hidden_states=..., class_labels=...,
+    timestep_cond=...``) that runs an exported graph over positional inputs in ``self.names`` order: subclasses set
+    ``names`` (and ``time_dtype``, ``runtime``) and implement :meth:`run`."""
+
+    names: list[str]
+    time_dtype: torch.dtype = torch.float32
+    runtime: str = "the exported network"
+
+    def run(self, inputs: list[torch.Tensor], sample: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        class_labels: torch.Tensor | None = None,
+        timestep_cond: torch.Tensor | None = None,
+        return_dict: bool = False,
+    ) -> torch.Tensor:
+        inputs = positional_inputs(
+            self.names,
+            sample,
+            timestep,
+            encoder_hidden_states=encoder_hidden_states,
+            class_labels=class_labels,
+            timestep_cond=timestep_cond,
+            time_dtype=self.time_dtype,
+            runtime=self.runtime,
+        )
+        return self.run(inputs, sample)
+
+
 class _Forward(nn.Module):
     """Positional inputs in ``names`` order -> the output tensor (what the ONNX graph computes)."""
 
@@ -265,7 +299,7 @@ def latency(
     return {label: statistics.median(values) for label, values in times.items()}
 
 
-class OnnxDenoiser(nn.Module):
+class OnnxDenoiser(PositionalDenoiser):
     """An onnxruntime session called like the diffusers network it was exported from (CPU, fp32 in and out).
 
     Holds the source network's ``config`` so samplers and ``DiffusionTeacher`` read sizes and conditioning
@@ -293,24 +327,9 @@ class OnnxDenoiser(nn.Module):
             threads=threads,
         )
 
-    def forward(
-        self,
-        sample: torch.Tensor,
-        timestep: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        class_labels: torch.Tensor | None = None,
-        timestep_cond: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        inputs = positional_inputs(
-            self.names,
-            sample,
-            timestep,
-            encoder_hidden_states=encoder_hidden_states,
-            class_labels=class_labels,
-            timestep_cond=timestep_cond,
-            time_dtype=self.time_dtype,
-            runtime="the ONNX network",
-        )
+    runtime = "the ONNX network"
+
+    def run(self, inputs: list[torch.Tensor], sample: torch.Tensor) -> torch.Tensor:
         feeds = {
             name: x.detach().cpu().contiguous().numpy() for name, x in zip(self.names, inputs, strict=True)
         }
