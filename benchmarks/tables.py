@@ -496,7 +496,7 @@ def deploy_digits(result: Mapping[str, Any]) -> str:
     steps = sorted(result["steps"], reverse=True)
     lines = [
         "| model | "
-        + " | ".join(f"FID vs real, {s} steps" for s in steps)
+        + " | ".join(f"FID vs real, {s} step{'s' if s > 1 else ''}" for s in steps)
         + f" | accuracy (%), {steps[0]} steps |",
         "| --- |" + " ---: |" * (len(steps) + 1),
     ]
