@@ -19,6 +19,7 @@ __all__ = [
     "NoiseSchedule",
     "Prediction",
     "ProgressiveDistillation",
+    "TrajectoryDistillation",
 ]
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from distill.methods.knowledge import KnowledgeDistillation
     from distill.methods.progressive import ProgressiveDistillation
     from distill.methods.training import DiffusionTraining
+    from distill.methods.trajectory import TrajectoryDistillation
     from teachers.flow import FlowSchedule
     from teachers.parameterization import Prediction
     from teachers.schedule import NoiseSchedule
@@ -40,6 +42,7 @@ _LAZY = {
     "DistributionMatchingDistillation": "distill.methods.distribution_matching",
     "KnowledgeDistillation": "distill.methods.knowledge",
     "ProgressiveDistillation": "distill.methods.progressive",
+    "TrajectoryDistillation": "distill.methods.trajectory",
     "DigitsDataModule": "distill.data",
     "NoiseSchedule": "teachers.schedule",
     "FlowSchedule": "teachers.flow",

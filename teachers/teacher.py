@@ -171,8 +171,9 @@ class DiffusionTeacher(nn.Module):
     ) -> DiffusionTeacher:
         """Load from a diffusers pipeline folder (``unet/`` + ``scheduler/``) or a model folder.
 
-        ``path`` is a local folder, ``builtin:digits`` for the teacher shipped with this package, or a Hugging
-        Face id already in the local cache (never downloaded). A model folder needs its scheduler config beside
+        ``path`` is a local folder, ``builtin:digits`` for the teacher shipped with this package (or
+        ``builtin:NAME`` of a shipped student, e.g. to distil it into its int8 copy), or a Hugging Face id already
+        in the local cache (never downloaded). A model folder needs its scheduler config beside
         it (``scheduler_config.json``) or in a sibling ``scheduler/`` folder. A Stable-Diffusion-style pipeline
         folder also gives the teacher its ``vae/``, ``text_encoder/`` (+ ``_2``) and ``tokenizer/`` (+ ``_2``)
         unless ``latent_parts`` is false (e.g. when training from precomputed latents and embeddings, which
@@ -572,6 +573,9 @@ def _resolve_root(path: str | Path) -> Path:
     text = str(path)
     name = builtin_name(text)
     if name is not None:
+        # a shipped student is a complete sampler too (network + scheduler): the teacher of its own quantized copy
+        if name not in list_builtins("teacher") and name in list_builtins("student"):
+            return builtin_folder(name, kind="student")
         return builtin_folder(name, kind="teacher")
     root = Path(path).expanduser()
     if root.exists():

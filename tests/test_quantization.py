@@ -114,6 +114,38 @@ def test_a_fake_quantized_student_trains_observes_only_in_training_and_round_tri
     assert converted.stage == "int8" and qat.stage == "qat"
 
 
+def test_a_calibrated_fake_quantized_student_is_post_training_int8_and_trains_what_converts(
+    student, tmp_path
+):
+    save_teacher_folder(tmp_path / "export", student)
+    calibration = Q.calibration_inputs(tmp_path / "export", num_images=8, steps=(1, 2))
+    ptq = Q.quantize_ptq(student, calibration)
+    qat = Q.prepare_qat(copy.deepcopy(student).requires_grad_(True).train())
+    assert all(type(m).__name__ == "FakeQuantize" for m in Q._observers_by_input(qat.graph).values())
+    qat.set_fake_quant(False)
+    with torch.no_grad(), Q.histogram_calibration(qat):
+        for inputs in calibration:
+            qat.graph(*inputs)
+    qat.set_fake_quant(True)
+    qat.freeze_observers()
+    inputs = example_inputs(student, 3, seed=4)
+    with torch.no_grad():
+        # calibrated with post-training quantization's observers: the fake-quantized graph is PTQ's int8 graph...
+        torch.testing.assert_close(call(qat, inputs), call(ptq, inputs), rtol=0, atol=1e-6)
+    # ...and stays the graph conversion produces after a training step (scales kept, not recomputed)
+    qat.train()
+    call(qat, inputs).square().mean().backward()
+    with torch.no_grad():
+        for p in qat.network.parameters():
+            if p.grad is not None:
+                p -= 1e-3 * p.grad.sign()
+        qat.eval()
+        torch.testing.assert_close(call(Q.convert(qat), inputs), call(qat, inputs), rtol=0, atol=1e-6)
+        assert not torch.equal(call(qat, inputs), call(ptq, inputs))
+    with pytest.raises(ValueError, match="calibration must be one of"):
+        Q.Int8QAT(calibration="minmax")
+
+
 def _kd(tmp_path, **options):
     from distill import KnowledgeDistillation
 

@@ -11,6 +11,7 @@ configured from the ``eval_*`` options here.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -40,7 +41,13 @@ from distill.methods.ranges import (
     check_step_counts,
 )
 from distill.metrics import GenerativeEvaluator
-from distill.quantization import Int8QAT, QuantizedDenoiser, float_network, save_int8_state
+from distill.quantization import (
+    Int8QAT,
+    QuantizedDenoiser,
+    float_network,
+    histogram_calibration,
+    save_int8_state,
+)
 from distill.rng import GeneratorRandom, KeyedRandom, global_sample_indices
 from teachers.conditioning import Cond, cond_from_tensors
 from teachers.network import guided_denoiser
@@ -243,22 +250,27 @@ class DistillationModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         """Quantization-aware runs: before the first step, ``calibration_batches`` training batches pass through
-        the method's losses with fake-quantization off, so the activation ranges start from the data (not on
+        the method's losses with fake-quantization off, so the activation ranges start from the data (through
+        post-training quantization's histogram observers unless ``Int8QAT(calibration="moving_average")``; not on
         resume: the checkpoint holds them)."""
         if not self.quantized or self.global_step > 0 or not self.quantize.calibration_batches:
             return
         loader = self.trainer.train_dataloader
         if loader is None:
             return
+        histogram = self.quantize.calibration == "histogram"
+        observing = histogram_calibration(self.student) if histogram else contextlib.nullcontext()
         self.student.set_fake_quant(False)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), observing:
                 for i, batch in enumerate(loader):
                     if i >= self.quantize.calibration_batches:
                         break
                     self.training_losses(self.trainer.strategy.batch_to_device(batch))
         finally:
             self.student.set_fake_quant(True)
+        if self.quantize.freeze_observers_after == 0:
+            self.student.freeze_observers()  # train against the calibrated scales from the first step
         if self.ema is not None:  # the EMA copy starts from the calibrated ranges too
             copy_buffers(self.ema.module, self.student)
 

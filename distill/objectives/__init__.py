@@ -23,6 +23,12 @@ from distill.objectives.progressive import (
     draw_progressive,
     progressive_distillation_loss,
 )
+from distill.objectives.trajectory import (
+    TrajectoryDraws,
+    TrajectoryOptions,
+    draw_trajectory,
+    trajectory_matching_loss,
+)
 
 __all__ = [
     "ConsistencyDraws",
@@ -32,6 +38,8 @@ __all__ = [
     "NoisingDraws",
     "ProgressiveDraws",
     "ProgressiveOptions",
+    "TrajectoryDraws",
+    "TrajectoryOptions",
     "apply_keep",
     "consistency_distillation_loss",
     "consistency_function",
@@ -40,10 +48,12 @@ __all__ = [
     "draw_keep",
     "draw_noising",
     "draw_progressive",
+    "draw_trajectory",
     "guidance_w",
     "knowledge_distillation_loss",
     "pair_key",
     "progressive_distillation_loss",
     "teacher_solver_step",
+    "trajectory_matching_loss",
     "w_embedding",
 ]
