@@ -3,7 +3,9 @@ quantization-aware distillation (QAD: students/weights/digits_consistency_qad), 
 ExecuTorch's own runtime (XNNPACK) and scored by the protocol (configs/digits/teacher_eval.yaml: 2,000 samples x
 seeds 0/1/2 at 1, 2 and 4 steps); file sizes; the share of MACs in int8 kernels counted on the ONNX QDQ graph and on
 the ops the .pte delegates; latency per forward (batch 1) of PyTorch, onnxruntime (fp32, QDQ int8) and ExecuTorch
-(fp32, int8) measured side by side, interleaved, in one process.
+(fp32, int8) measured side by side, interleaved, in one process; and each int8 graph's distance to the fp32 network
+along the fp32 student's own 1/2/4-step trajectories (mean squared output error, 500 fixed draws), beside a
+quantization-aware graph calibrated by QAT's moving-average observers instead of post-training quantization's.
 
 Run:  OMP_NUM_THREADS=2 python benchmarks/deploy_digits.py   (about 20 minutes on 2 idle cores)
 Writes ``benchmarks/results/deploy_digits.json``; docs/deployment.md's table is generated from it
@@ -38,6 +40,7 @@ from teachers import DiffusionTeacher
 ROOT = Path(__file__).resolve().parent
 FP32 = ROOT.parent / "students" / "weights" / "digits_consistency"
 QAD = ROOT.parent / "students" / "weights" / "digits_consistency_qad"
+TEACHER = ROOT.parent / "teachers" / "digits"
 STEPS = [1, 2, 4]
 
 
@@ -64,7 +67,56 @@ def programs(work: Path) -> dict:
         report = {"fp32": files["executorch fp32"], "int8": files[f"executorch int8 {label}"]}
         shutil.copy(work / "fp32" / "executorch" / PTE_NAME, target / "executorch" / PTE_NAME)
         (target / "executorch" / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    # the same exports of the 10x larger digits teacher (post-training int8): how the int8/fp32 size ratio falls as
+    # weights outgrow the program's fixed graph cost
+    teacher = DiffusionTeacher.from_pretrained(TEACHER).unet.float().eval()
+    teacher_int8 = Q.quantize_ptq(teacher, Q.calibration_inputs(TEACHER, num_images=16))
+    files["teacher pytorch fp32"] = {
+        "size_bytes": (TEACHER / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size,
+        "parameters": sum(p.numel() for p in teacher.parameters()),
+    }
+    files["teacher onnx fp32"] = {"size_bytes": export_onnx(teacher, work / "teacher.onnx").size_bytes}
+    files["teacher onnx int8"] = export_onnx_qdq(teacher_int8, work / "teacher_int8_qdq.onnx")
+    files["teacher executorch fp32"] = export_executorch(teacher, work / "teacher" / PTE_NAME).to_dict()
+    files["teacher executorch int8"] = export_executorch(
+        teacher_int8, work / "teacher" / PTE_INT8_NAME
+    ).to_dict()
+    files["pytorch fp32"]["parameters"] = sum(p.numel() for p in network.parameters())
     return files, network
+
+
+def trajectory_distances(network: torch.nn.Module, num: int = 500, seed: int = 123) -> dict:
+    """Mean squared output error of each int8 graph against the fp32 network on the inputs the fp32 student's
+    sampler produces (:func:`distill.objectives.trajectory.trajectory_matching_loss`, fixed draws)."""
+    from distill.objectives.trajectory import TrajectoryOptions, draw_trajectory, trajectory_matching_loss
+    from distill.rng import GeneratorRandom
+
+    teacher = DiffusionTeacher.from_pretrained(FP32)
+    calibration = Q.calibration_inputs(FP32)
+    moving = Q.prepare_qat(DiffusionTeacher.from_pretrained(FP32).unet.float().train())
+    moving.set_fake_quant(False)
+    with torch.no_grad():
+        for inputs in calibration:  # QAT's own observers on the same inputs post-training quantization sees
+            moving.graph(*inputs)
+    moving.set_fake_quant(True)
+    graphs = {
+        "ptq": Q.quantize_ptq(network, calibration),
+        "qad": Q.load_int8(QAD),
+        "qat_moving_average_calibration": Q.convert(moving.eval()),
+    }
+    options = TrajectoryOptions(steps=tuple(STEPS))
+    draws = draw_trajectory(
+        GeneratorRandom(torch.Generator().manual_seed(seed)), batch=num, shape=(1, 16, 16), steps=STEPS
+    )
+    labels = torch.arange(num) % 10
+    out = {}
+    with torch.no_grad():
+        for name, graph in graphs.items():
+            losses = trajectory_matching_loss(
+                teacher=teacher, student=graph, cond=labels, draws=draws, options=options
+            )
+            out[name] = {key: float(value) for key, value in losses.items()}
+    return {"num_draws": num, "seed": seed, "mse": out}
 
 
 def latency(work: Path, network: torch.nn.Module, files: dict, repeats: int) -> dict:
@@ -99,6 +151,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="deploy_digits."))
     files, network = programs(work)
     timing = latency(work, network, files, args.repeats)
+    distances = trajectory_distances(network)
     quality = {}
     (work / "evals").mkdir()
     for tag, overrides in (
@@ -134,6 +187,7 @@ def main() -> None:
         "files": files,
         "latency_batch1": timing,
         "quality": quality,
+        "trajectory": distances,
         "steps": STEPS,
         "meta": provenance(
             configs=["configs/digits/teacher_eval.yaml", "configs/digits/consistency_qad.yaml"]

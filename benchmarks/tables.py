@@ -481,6 +481,11 @@ DEPLOY_ROWS = (
     ("int8 post-training (ExecuTorch)", "executorch_int8_ptq"),
     ("int8 quantization-aware distilled (ExecuTorch)", "executorch_int8_qad"),
 )
+DEPLOY_TRAJECTORY_ROWS = (
+    ("post-training (histogram calibration)", "ptq"),
+    ("quantization-aware distilled", "qad"),
+    ("QAT calibrated by its moving-average observers, untrained", "qat_moving_average_calibration"),
+)
 DEPLOY_FILES = (
     ("PyTorch safetensors (fp32)", "pytorch fp32", "pytorch fp32"),
     ("ONNX fp32", "onnx fp32", "onnx fp32"),
@@ -504,6 +509,18 @@ def deploy_digits(result: Mapping[str, Any]) -> str:
         rows = _by_steps(result["quality"][key])
         cells = " | ".join(mean_std(rows[s], "fid_real") for s in steps)
         lines.append(f"| {label} | {cells} | {mean_std(rows[steps[0]], 'accuracy', scale=100, digits=1)} |")
+    if "trajectory" in result:
+        mse = result["trajectory"]["mse"]
+        lines += [
+            "",
+            "| int8 graph | "
+            + " | ".join(f"output MSE vs fp32, {s}-step trajectories" for s in steps)
+            + " |",
+            "| --- |" + " ---: |" * len(steps),
+        ]
+        for label, key in DEPLOY_TRAJECTORY_ROWS:
+            cells = " | ".join(f"{mse[key][f'steps_{s}']:.5f}" for s in steps)
+            lines.append(f"| {label} | {cells} |")
     latency = result["latency_batch1"]
     lines += [
         "",
@@ -522,4 +539,22 @@ def deploy_digits(result: Mapping[str, Any]) -> str:
             f"| {label} | {entry['size_bytes'] / 1e6:.2f} MB | {100 * share:.0f}% | "
             f"{t['median_ms']:.2f} ms ({t['min_ms']:.2f}-{t['max_ms']:.2f}) | {ratio} |"
         )
+    files = result["files"]
+    if "teacher executorch int8" in files:
+        lines += [
+            "",
+            "| network (parameters) | ONNX fp32 | ONNX QDQ int8 | int8 / fp32 | .pte fp32 | .pte int8 | int8 / fp32 |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for label, prefix in (("consistency student", ""), ("digits teacher", "teacher ")):
+            onnx_int8 = files[f"{prefix}onnx int8" if prefix else "onnx int8 ptq"]["size_bytes"]
+            pte_int8 = files[f"{prefix}executorch int8" if prefix else "executorch int8 ptq"]["size_bytes"]
+            onnx_fp32 = files[f"{prefix}onnx fp32"]["size_bytes"]
+            pte_fp32 = files[f"{prefix}executorch fp32"]["size_bytes"]
+            params = files[f"{prefix}pytorch fp32"]["parameters"]
+            lines.append(
+                f"| {label} ({params / 1e6:.2f}M) | {onnx_fp32 / 1e6:.2f} MB | {onnx_int8 / 1e6:.2f} MB | "
+                f"{onnx_int8 / onnx_fp32:.2f} | {pte_fp32 / 1e6:.2f} MB | {pte_int8 / 1e6:.2f} MB | "
+                f"{pte_int8 / pte_fp32:.2f} |"
+            )
     return "\n".join(lines) + "\n"
