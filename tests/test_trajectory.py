@@ -37,19 +37,24 @@ def _draws(steps, batch=4, seed=0):
     )
 
 
+def _record(teacher, labels, draws, *, steps):
+    """The teacher's network calls along the trajectory from ``draws``' first starting noise."""
+    return record_trajectory(
+        teacher,
+        cond=labels,
+        noise=draws.noise[0],
+        steps=steps,
+        guidance_scale=1.0,
+        seeds=draws.seeds,
+        indices=torch.arange(len(labels)),
+    )
+
+
 def test_recorded_calls_are_the_samplers_own_and_replay_exactly(tmp_path):
     teacher = _consistency_teacher(tmp_path)
     labels = torch.tensor([0, 3, 7, 9])
     draws = _draws([3])
-    calls = record_trajectory(
-        teacher,
-        cond=labels,
-        noise=draws.noise[0],
-        steps=3,
-        guidance_scale=1.0,
-        seeds=draws.seeds,
-        indices=torch.arange(4),
-    )
+    calls = _record(teacher, labels, draws, steps=3)
     assert len(calls) == 3  # one network call per consistency step, no guidance batch
     timesteps = [int(c.args[1].flatten()[0]) for c in calls]
     assert timesteps == sorted(timesteps, reverse=True) and len(set(timesteps)) == 3
@@ -62,15 +67,7 @@ def test_recorded_calls_are_the_samplers_own_and_replay_exactly(tmp_path):
             replay = teacher.unet(*call.args, **call.kwargs).sample
             assert torch.equal(replay, call.output)
     # keyed: the same draws give the same trajectory, another seed another one
-    again = record_trajectory(
-        teacher,
-        cond=labels,
-        noise=draws.noise[0],
-        steps=3,
-        guidance_scale=1.0,
-        seeds=draws.seeds,
-        indices=torch.arange(4),
-    )
+    again = _record(teacher, labels, draws, steps=3)
     assert all(torch.equal(a.args[0], b.args[0]) for a, b in zip(calls, again, strict=True))
     other = _draws([3], seed=1)
     assert not torch.equal(other.noise[0], draws.noise[0]) and not torch.equal(other.seeds, draws.seeds)
@@ -111,15 +108,7 @@ def test_the_loss_is_zero_for_the_teachers_copy_and_trains_only_the_student(tmp_
         options=TrajectoryOptions(steps=(1,), loss="huber", huber_c=0.01),
     )
     # pseudo-Huber per sample: sqrt(||d||^2 + c^2) - c, at most ||d|| and positive
-    calls = record_trajectory(
-        teacher,
-        cond=labels,
-        noise=one.noise[0],
-        steps=1,
-        guidance_scale=1.0,
-        seeds=one.seeds,
-        indices=torch.arange(4),
-    )
+    calls = _record(teacher, labels, one, steps=1)
     with torch.no_grad():
         diff = (student(*calls[0].args, **calls[0].kwargs).sample - calls[0].output).flatten(1)
         norms = diff.norm(dim=1)
