@@ -299,7 +299,9 @@ def int8_macs_onnx(path: str | Path) -> MacShare:
     activation and the weight (what onnxruntime's QDQ fusion runs as int8 kernels)."""
     import onnx
 
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    # data propagation resolves the spatial sizes behind computed Reshape/Resize shapes; without it (the export
+    # keeps no value_info) most convolutions' outputs stay symbolic and would count as 1x1
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)), data_prop=True)
     shapes: dict[str, list[int]] = {}
     for info in [*model.graph.value_info, *model.graph.input, *model.graph.output]:
         dims = [d.dim_value if d.HasField("dim_value") else 1 for d in info.type.tensor_type.shape.dim]
