@@ -558,3 +558,59 @@ def deploy_digits(result: Mapping[str, Any]) -> str:
                 f"{pte_int8 / pte_fp32:.2f} |"
             )
     return "\n".join(lines) + "\n"
+
+
+# -- runtime parity of the shipped students (benchmarks/results/runtime_parity.json) --------------------------------
+def _parity_cell(row: Mapping[str, Any]) -> str:
+    return f"{row['max_levels']} / {100 * row['pixels_differing']:.2f}% / {row['class_changes']}"
+
+
+def runtime_parity(result: Mapping[str, Any]) -> str:
+    """Per shipped digits student: how far `distill sample --runtime onnx|executorch` lands from the PyTorch
+    images (largest pixel difference in 8-bit levels / share of pixels differing / images read as another digit),
+    then the quantized programs measured beside them and the 4-bit-weight program's coverage."""
+    tol = result["tolerance"]
+    students = result["students"]
+    lines = [
+        "| shipped student | ONNX fp32 | ExecuTorch fp32 | within tolerance |",
+        "| --- | ---: | ---: | :---: |",
+    ]
+    for name in sorted(students):
+        rows = students[name]["runtimes"]
+        ok = all(r["within_tolerance"] for label, r in rows.items() if label.endswith("fp32"))
+        lines.append(
+            f"| `{name}` | {_parity_cell(rows['onnx fp32'])} | {_parity_cell(rows['executorch fp32'])} | "
+            f"{'yes' if ok else 'NO'} |"
+        )
+    images = next(iter(students.values()))["runtimes"]["onnx fp32"]["images"]
+    lines += [
+        "",
+        f"Cells: largest pixel difference from the PyTorch PNGs (8-bit levels) / pixels differing / images the digits "
+        f"classifier reads as another digit, over {images} images (labels 0-9 x {images // 10}, seed "
+        f"{result['seed']}, each folder's default step count). Tolerance: every pixel within {tol['max_levels']} "
+        f"level, {tol['class_changes']} digits changed.",
+    ]
+    quantized = [
+        (name, label, row)
+        for name in sorted(students)
+        for label, row in students[name]["runtimes"].items()
+        if not label.endswith("fp32")
+    ]
+    if quantized:
+        lines += ["", "| quantized program (not held to the tolerance) | vs PyTorch fp32 |", "| --- | ---: |"]
+        lines += [f"| `{name}` {label} | {_parity_cell(row)} |" for name, label, row in quantized]
+    for name in sorted(students):
+        int4w = students[name].get("int4w")
+        if int4w is None:
+            continue
+        macs = int4w["macs"]
+        lines += [
+            "",
+            f"`{name}` with `--quantize int4w` (group size {int4w['group_size']}): "
+            f"{len(int4w['quantized_layers'])} linear layers hold 4-bit weights "
+            f"({len(int4w['float_layers'])} stay fp32: input width not a multiple of the group), covering "
+            f"{100 * macs['int8_share']:.1f}% of the forward's {macs['total'] / 1e6:.2f}M MACs (the convolutions "
+            f"carry the rest); program {int4w['size_bytes'] / 1e6:.2f} MB vs {int4w['fp32_size_bytes'] / 1e6:.2f} MB "
+            f"fp32; relative RMS difference from torchao's PyTorch model {int4w['parity']['relative_rmse']:.1e}.",
+        ]
+    return "\n".join(lines) + "\n"

@@ -1,5 +1,5 @@
 """The ``distill`` command: ``distill fit|validate|test|flops|export|precompute -c CONFIG`` (LightningCLI, see
-:mod:`distill.lightning_cli`) and ``distill sample`` (no config needed)."""
+:mod:`distill.lightning_cli`) and ``distill sample`` / ``distill convert`` (no config needed)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def __getattr__(name: str) -> Any:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Console entry point; ``args`` lets tests drive it in-process. ``distill sample`` needs no config.
+    """Console entry point; ``args`` lets tests drive it in-process. ``distill sample`` and ``distill convert`` need no config.
     Dependencies' hints and deprecation warnings are silenced unless ``DISTILL_VERBOSE=1``
     (:func:`distill.console.quiet_third_party`)."""
     import sys
@@ -35,6 +35,11 @@ def main(args: list[str] | None = None) -> None:
         from distill.sample import main as sample_main
 
         sample_main(argv[1:])
+        return
+    if argv[:1] == ["convert"]:
+        from distill.convert import main as convert_main
+
+        convert_main(argv[1:])
         return
     from distill.lightning_cli import DistillCLI
 

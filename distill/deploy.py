@@ -24,12 +24,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from distill.int4_weights import SCHEME, Int4WeightNetwork
 from distill.onnx_export import PositionalDenoiser, example_inputs, input_spec
 from distill.quantization import QuantizedDenoiser, capture, require_deploy
 from teachers import DiffusionTeacher
 
 PTE_NAME = "model.pte"
 PTE_INT8_NAME = "model_int8.pte"
+PTE_INT4W_NAME = "model_int4w.pte"
+#: the report.json entry of each ExecuTorch program
+VARIANTS = ("fp32", "int8", "int4w")
 QDQ_NAME = "model_int8_qdq.onnx"
 #: the ExecuTorch program's largest batch (its memory plan is sized for it); larger batches run in chunks
 DEFAULT_MAX_BATCH = 16
@@ -230,11 +234,19 @@ class ExecuTorchDenoiser(PositionalDenoiser):
         self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
 
     @classmethod
-    def from_export(cls, directory: str | Path, *, int8: bool = False) -> ExecuTorchDenoiser:
-        """From a ``distill export --format executorch`` folder (``executorch/`` beside ``unet/config.json``)."""
+    def from_export(cls, directory: str | Path, *, variant: str = "fp32") -> ExecuTorchDenoiser:
+        """From a ``distill export --format executorch`` folder (``executorch/`` beside ``unet/config.json``);
+        ``variant`` picks the program: "fp32", "int8" or "int4w"."""
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         directory = Path(directory)
         report = json.loads((directory / "executorch" / "report.json").read_text())
-        entry = report["int8" if int8 else "fp32"]
+        if variant not in report:
+            flag = "" if variant == "fp32" else f" --quantize {variant}"
+            raise FileNotFoundError(
+                f"{directory / 'executorch'} holds no {variant} program; export it with --format executorch{flag}"
+            )
+        entry = report[variant]
         config = json.loads((directory / "unet" / "config.json").read_text())
         return cls(
             directory / "executorch" / Path(entry["path"]).name,
@@ -254,14 +266,16 @@ class ExecuTorchDenoiser(PositionalDenoiser):
         return torch.cat(outs).to(sample.device, sample.dtype)
 
 
-def executorch_model(directory: str | Path, *, int8: bool = False) -> DiffusionTeacher:
+def executorch_model(directory: str | Path, *, int8: bool = False, int4w: bool = False) -> DiffusionTeacher:
     """A :class:`~teachers.DiffusionTeacher` whose network is the export's ExecuTorch program (so ``distill test``
     scores the program itself: ``model: {class_path: distill.deploy.executorch_model, init_args: {directory: ...,
-    int8: true}}``)."""
-
+    int8: true}}``); ``int8`` / ``int4w`` pick the quantized program (``model_int8.pte`` / ``model_int4w.pte``)."""
+    if int8 and int4w:
+        raise ValueError("executorch_model: pick one of int8 and int4w")
     directory = Path(directory)
     scheduler = json.loads((directory / "scheduler" / "scheduler_config.json").read_text())
-    return DiffusionTeacher(ExecuTorchDenoiser.from_export(directory, int8=int8), scheduler)
+    variant = "int8" if int8 else "int4w" if int4w else "fp32"
+    return DiffusionTeacher(ExecuTorchDenoiser.from_export(directory, variant=variant), scheduler)
 
 
 # -- ONNX with static int8 (QDQ) -----------------------------------------------------------------------------------
@@ -406,11 +420,17 @@ def runtime_latency(
 
 
 def executorch_section(
-    directory: Path, *, quantized: QuantizedDenoiser | None, max_batch: int, eval_samples: int = 0
+    directory: Path,
+    *,
+    quantized: QuantizedDenoiser | None,
+    max_batch: int,
+    eval_samples: int = 0,
+    int4w: Int4WeightNetwork | None = None,
 ) -> str:
-    """Write ``directory/executorch/`` (``model.pte`` fp32, ``model_int8.pte`` with ``quantized``, ``report.json``)
-    and return the model card's section: sizes, MACs in int8 / delegated to XNNPACK, parity with PyTorch, latency
-    per forward (batch 1) and per image, and on digits the sample quality of each file."""
+    """Write ``directory/executorch/`` (``model.pte`` fp32; ``model_int8.pte`` with ``quantized``;
+    ``model_int4w.pte`` with ``int4w``; ``report.json``) and return the model card's section: sizes, MACs in
+    quantized kernels / delegated to XNNPACK, parity with PyTorch, latency per forward (batch 1) and per image, and
+    on digits the sample quality of each file."""
     from distill.pipelines import resolve_sampler
 
     model = DiffusionTeacher.from_pretrained(directory)
@@ -437,6 +457,15 @@ def executorch_section(
             folder / PTE_INT8_NAME, network.config, names=report["int8"]["inputs"], max_batch=max_batch
         )
         report["int8"]["parity"] = executorch_parity(quantized, programs["int8"])
+    if int4w is not None:
+        entry = export_executorch(int4w.network, folder / PTE_INT4W_NAME, max_batch=max_batch).to_dict()
+        entry.update(int4w.describe())
+        entry["origin"] = "post-training 4-bit weights of the linear layers (convolutions stay fp32)"
+        report["int4w"] = entry
+        programs["int4w"] = ExecuTorchDenoiser(
+            folder / PTE_INT4W_NAME, network.config, names=entry["inputs"], max_batch=max_batch
+        )
+        entry["parity"] = executorch_parity(int4w.network, programs["int4w"])
     steps = 4 if resolve_sampler(model) == "consistency" else 50
     inputs = example_inputs(network, 1, seed=7)
     names = report["fp32"]["inputs"]
@@ -450,22 +479,29 @@ def executorch_section(
     report["latency_batch1"] = runtime_latency(runners)
     report["steps_per_image"] = steps
     torch_size = (directory / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
+    described = [
+        f"`executorch/{PTE_NAME}` (fp32, max abs difference from PyTorch "
+        f"{report['fp32']['parity']['max_abs_error']:.1e})"
+    ]
+    if quantized is not None:
+        described.append(
+            f"`executorch/{PTE_INT8_NAME}` (static int8 from {report['int8']['origin']}; relative RMS difference "
+            f"from the PyTorch int8 graph {report['int8']['parity']['relative_rmse']:.1e})"
+        )
+    if int4w is not None:
+        described.append(
+            f"`executorch/{PTE_INT4W_NAME}` ({SCHEME}, group size {int4w.group_size or 'per channel'}, on "
+            f"{len(int4w.quantized)} linear layers; {len(int4w.skipped)} linears and every convolution stay fp32; "
+            f"relative RMS difference from the PyTorch 4-bit model {report['int4w']['parity']['relative_rmse']:.1e})"
+        )
     lines = [
         "",
         "## ExecuTorch (XNNPACK)",
         "",
         f"Programs for ExecuTorch's runtime with the XNNPACK delegate, batch 1-{max_batch} (larger batches run in "
-        f"chunks): `executorch/{PTE_NAME}` (fp32, max abs difference from PyTorch "
-        f"{report['fp32']['parity']['max_abs_error']:.1e})"
-        + (
-            f" and `executorch/{PTE_INT8_NAME}` (static int8 from {report['int8']['origin']}; relative RMS difference "
-            f"from the PyTorch int8 graph {report['int8']['parity']['relative_rmse']:.1e})"
-            if quantized is not None
-            else ""
-        )
-        + ".",
+        f"chunks): " + " and ".join(described) + ".",
         "",
-        f"| file | size | MACs in int8 | MACs delegated | latency per forward (batch 1) | per image ({steps} steps) |",
+        f"| file | size | MACs quantized | MACs delegated | latency per forward (batch 1) | per image ({steps} steps) |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     pytorch = report["latency_batch1"]["pytorch fp32"]["median_ms"]
@@ -476,18 +512,26 @@ def executorch_section(
         entry = report[label]
         ms = report["latency_batch1"][f"executorch {label}"]["median_ms"]
         macs = entry["macs"]
+        kind = {"int8": " (int8)", "int4w": " (4-bit weights)"}.get(label, "")
         lines.append(
             f"| `executorch/{Path(entry['path']).name}` | {entry['size_bytes'] / 1e6:.2f} MB | "
-            f"{100 * macs['int8_share']:.1f}% | {100 * min(macs['delegated'] / macs['total'], 1.0):.1f}% | "
+            f"{100 * macs['int8_share']:.1f}%{kind} | {100 * min(macs['delegated'] / macs['total'], 1.0):.1f}% | "
             f"{ms:.2f} ms | {steps * ms:.1f} ms |"
         )
-    lines += ["", "Latency: median of 30 interleaved forwards on this machine's CPU at export time."]
+    lines += [
+        "",
+        "Latency: median of 30 interleaved forwards on this machine's CPU at export time. MACs quantized: the "
+        "convolution/linear/matmul MACs whose activation and weight both enter as quantized tensors.",
+    ]
     if eval_samples > 0:
         from distill.onnx_export import is_digits_shaped
 
         if is_digits_shaped(network.config):
             report["quality"] = compare_runtimes(
-                directory, num_samples=eval_samples, steps=steps, int8=quantized is not None
+                directory,
+                num_samples=eval_samples,
+                steps=steps,
+                variants=[label for label in programs if label != "fp32"],
             )
             lines += [
                 "",
@@ -505,9 +549,15 @@ def executorch_section(
 
 
 def compare_runtimes(
-    directory: str | Path, *, num_samples: int, steps: int, int8: bool, seed: int = 0
+    directory: str | Path,
+    *,
+    num_samples: int,
+    steps: int,
+    variants: list[str] | tuple[str, ...] = (),
+    seed: int = 0,
 ) -> dict:
-    """FID/accuracy on digits of the PyTorch export and its ExecuTorch programs, same noise and labels."""
+    """FID/accuracy on digits of the PyTorch export and its ExecuTorch programs (fp32 and each of ``variants``:
+    "int8", "int4w"), same noise and labels."""
     from distill.metrics import DigitsEvaluator
     from distill.pipelines import evaluate_model
 
@@ -518,8 +568,10 @@ def compare_runtimes(
         "pytorch fp32": DiffusionTeacher.from_pretrained(directory),
         "executorch fp32": executorch_model(directory),
     }
-    if int8:
-        models["executorch int8"] = executorch_model(directory, int8=True)
+    for variant in variants:
+        models[f"executorch {variant}"] = executorch_model(
+            directory, int8=variant == "int8", int4w=variant == "int4w"
+        )
     rows = {
         label: evaluate_model(model, evaluator, labels=labels, steps=steps, seed=seed)
         for label, model in models.items()

@@ -23,7 +23,7 @@ from teachers.transformer import takes_guidance, transformer_family
 
 WEIGHTS = ("ema", "raw")
 FORMATS = ("diffusers", "onnx", "executorch")
-QUANTIZE = ("int8",)
+QUANTIZE = ("int8", "int4w")
 
 
 def load_checkpoint(module: torch.nn.Module, ckpt_path: str | Path) -> dict[str, Any]:
@@ -190,26 +190,19 @@ def export_module(
     int8_eval_samples: int = 1000,
     quantize: str | None = None,
     max_batch: int = 16,
+    int4w_group_size: int = 32,
 ) -> Path:
     """Write ``output`` from ``module`` (built from the run's config) and the checkpoint's weights.
 
     ``quantize="int8"`` adds the static int8 graph (weights and activations) in the on-device format: from a
     quantization-aware run its trained scales, otherwise post-training quantization calibrated on the student's own
-    sampling trajectory (:func:`distill.quantization.calibration_inputs`)."""
+    sampling trajectory (:func:`distill.quantization.calibration_inputs`). ``quantize="int4w"`` (ExecuTorch only)
+    adds a program with 4-bit weights in the linear layers (:mod:`distill.int4_weights`)."""
     output = Path(output)
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-    if int8 and format != "onnx":
-        raise ValueError("int8 quantises the ONNX file: pass --format onnx with --int8 true")
-    if quantize is not None and quantize not in QUANTIZE:
-        raise ValueError(f"quantize must be one of {QUANTIZE} (or unset), got {quantize!r}")
-    if quantize is not None and format == "diffusers":
-        raise ValueError(
-            f"--quantize {quantize} writes an on-device file: pass --format onnx (QDQ int8) or --format executorch"
-        )
-    if getattr(module, "quantized", False) and quantize is None and format != "diffusers":
+    check_runtime_options(format=format, int8=int8, quantize=quantize, max_batch=max_batch)
+    if getattr(module, "quantized", False) and quantize != "int8" and format != "diffusers":
         raise ValueError(
             "this run trained the student for int8 (quantize: Int8QAT); pass --quantize int8 to export its int8 "
             "graph with the trained scales (the fp32 file is written beside it)"
@@ -219,16 +212,6 @@ def export_module(
             f"--format {format} exports UNet students; an SD3/FLUX transformer student exports as a diffusers "
             "pipeline folder (--format diffusers)"
         )
-    if format == "onnx":
-        from distill.onnx_export import _require_onnx
-
-        _require_onnx()  # before anything is written
-    if format == "executorch" or quantize is not None:
-        from distill.quantization import require_deploy
-
-        require_deploy()
-    if max_batch < 1:
-        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
         raise FileExistsError(
             f"output {output} already exists; choose another folder or pass --overwrite true"
@@ -244,21 +227,166 @@ def export_module(
         module.save_pretrained(staging, use_ema=weights == "ema")  # unet/ + the method's scheduler/
         card = model_card(module, checkpoint, weights=weights, metrics=metrics_data, output_dir=staging)
         quantized = _int8_student(module, staging, weights=weights) if quantize == "int8" else None
-        if format == "onnx":
-            card += onnx_section(
-                staging,
-                opset=onnx_opset,
-                int8=int8,
-                int8_eval_samples=int8_eval_samples,
-                quantized=quantized,
-            )
-        if format == "executorch":
-            from distill.deploy import executorch_section
-
-            card += executorch_section(
-                staging, quantized=quantized, max_batch=max_batch, eval_samples=int8_eval_samples
-            )
+        card += runtime_sections(
+            staging,
+            format=format,
+            quantize=quantize,
+            quantized=quantized,
+            int8=int8,
+            onnx_opset=onnx_opset,
+            int8_eval_samples=int8_eval_samples,
+            max_batch=max_batch,
+            int4w_group_size=int4w_group_size,
+        )
         (staging / "README.md").write_text(card)
+        if output.exists():
+            shutil.rmtree(output) if output.is_dir() else output.unlink()
+        staging.rename(output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output
+
+
+def check_runtime_options(*, format: str, int8: bool, quantize: str | None, max_batch: int) -> None:
+    """Refuse a format/quantization combination that cannot be written, before anything is (and check that the
+    format's libraries are installed)."""
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if int8 and format != "onnx":
+        raise ValueError("int8 quantises the ONNX file: pass --format onnx with --int8 true")
+    if quantize is not None and quantize not in QUANTIZE:
+        raise ValueError(f"quantize must be one of {QUANTIZE} (or unset), got {quantize!r}")
+    if quantize is not None and format == "diffusers":
+        raise ValueError(
+            f"--quantize {quantize} writes an on-device file: pass --format onnx (QDQ int8) or --format executorch"
+        )
+    if quantize == "int4w" and format != "executorch":
+        raise ValueError(
+            "--quantize int4w (4-bit linear weights, int8 dynamic activations) lowers to ExecuTorch only: pass "
+            "--format executorch; an ONNX export takes --quantize int8 (static int8 QDQ)"
+        )
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    if format == "onnx":
+        from distill.onnx_export import _require_onnx
+
+        _require_onnx()
+    if format == "executorch" or quantize is not None:
+        from distill.quantization import require_deploy
+
+        require_deploy()
+
+
+def runtime_sections(
+    directory: Path,
+    *,
+    format: str,
+    quantize: str | None,
+    quantized=None,
+    int8: bool = False,
+    onnx_opset: int = 18,
+    int8_eval_samples: int = 1000,
+    max_batch: int = 16,
+    int4w_group_size: int = 32,
+) -> str:
+    """Write the on-device files of the export folder ``directory`` (``onnx/`` or ``executorch/``) and return
+    their model-card sections; ``quantized`` is the int8 graph for ``quantize="int8"``."""
+    if format == "onnx":
+        return onnx_section(
+            directory,
+            opset=onnx_opset,
+            int8=int8,
+            int8_eval_samples=int8_eval_samples,
+            quantized=quantized,
+        )
+    if format == "executorch":
+        from distill.deploy import executorch_section
+
+        int4w = None
+        if quantize == "int4w":
+            from distill.int4_weights import quantize_int4w
+            from teachers import DiffusionTeacher
+
+            network = DiffusionTeacher.from_pretrained(directory).unet.float().eval()
+            int4w = quantize_int4w(network, group_size=int4w_group_size)
+        return executorch_section(
+            directory,
+            quantized=quantized,
+            max_batch=max_batch,
+            eval_samples=int8_eval_samples,
+            int4w=int4w,
+        )
+    return ""
+
+
+def convert_folder(
+    source: str | Path,
+    output: str | Path,
+    *,
+    format: str,
+    quantize: str | None = None,
+    overwrite: bool = False,
+    onnx_opset: int = 18,
+    eval_samples: int = 1000,
+    max_batch: int = 16,
+    int4w_group_size: int = 32,
+) -> Path:
+    """Copy an export folder (or ``builtin:NAME``, a shipped student) to ``output`` and add its on-device files:
+    ``distill convert``, for a student without its training run. ``quantize="int8"`` takes the folder's own int8
+    state where a quantization-aware run wrote one (``quantization/``), else quantizes post-training, calibrated on
+    the student's sampling trajectory."""
+    from teachers.teacher import _resolve_root
+
+    check_runtime_options(format=format, int8=False, quantize=quantize, max_batch=max_batch)
+    if format == "diffusers":
+        raise ValueError("distill convert writes on-device files: pass --format onnx or --format executorch")
+    root = Path(_resolve_root(str(source)))
+    if not (root / "scheduler" / "scheduler_config.json").is_file():
+        raise FileNotFoundError(
+            f"{source} is not an export folder (no scheduler/scheduler_config.json beside the denoiser folder)"
+        )
+    output = Path(output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
+        raise FileExistsError(f"output {output} already exists; choose another folder or pass --overwrite")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        for entry in root.iterdir():
+            if entry.name in ("onnx", "executorch"):
+                continue  # written afresh
+            target = staging / entry.name
+            shutil.copytree(entry, target) if entry.is_dir() else shutil.copy2(entry, target)
+        quantized = None
+        if quantize == "int8":
+            from distill.quantization import INT8_STATE, calibration_inputs, load_int8, quantize_ptq
+
+            if (staging / INT8_STATE).is_file():
+                quantized = load_int8(staging)
+                quantized.origin = "quantization-aware distillation (the folder's int8 state)"
+            else:
+                from teachers import DiffusionTeacher
+
+                network = DiffusionTeacher.from_pretrained(staging).unet.float().eval()
+                quantized = quantize_ptq(network, calibration_inputs(staging))
+                quantized.origin = "post-training quantization (calibrated on 64 images' sampling trajectories at 1, 2, 4 steps)"
+        card_path = staging / "README.md"
+        card = card_path.read_text() if card_path.is_file() else f"# {root.name}\n"
+        card = (
+            card.rstrip("\n")
+            + "\n"
+            + runtime_sections(
+                staging,
+                format=format,
+                quantize=quantize,
+                quantized=quantized,
+                onnx_opset=onnx_opset,
+                int8_eval_samples=eval_samples,
+                max_batch=max_batch,
+                int4w_group_size=int4w_group_size,
+            )
+        )
+        card_path.write_text(card)
         if output.exists():
             shutil.rmtree(output) if output.is_dir() else output.unlink()
         staging.rename(output)

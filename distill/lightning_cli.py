@@ -84,6 +84,7 @@ class DistillTrainer(L.Trainer):
         int8_eval_samples: int = 1000,
         quantize: str | None = None,
         max_batch: int = 16,
+        int4w_group_size: int = 32,
     ) -> Path | None:
         """Write the trained student as a diffusers-format folder (unet/, scheduler/, README.md model card).
 
@@ -102,7 +103,10 @@ class DistillTrainer(L.Trainer):
             int8: also write ``onnx/model_int8.onnx`` (onnxruntime dynamic quantisation: weights only).
             quantize: "int8": static int8 weights and activations in the chosen format (``onnx/model_int8_qdq.onnx``
                 or ``executorch/model_int8.pte``): a quantization-aware run's trained scales, else post-training
-                quantization calibrated on the student's sampling trajectory (``deploy`` extra).
+                quantization calibrated on the student's sampling trajectory (``deploy`` extra). "int4w"
+                (``--format executorch`` only): ``executorch/model_int4w.pte``, 4-bit weights in the linear layers
+                with int8 dynamic activations (torchao 8da4w), convolutions in fp32.
+            int4w_group_size: inputs sharing one 4-bit weight scale (0: one per output channel).
             max_batch: the ExecuTorch programs' largest batch (their memory plan); larger batches run in chunks.
             onnx_opset: the ONNX opset to export with.
             int8_eval_samples: digits students only: samples for the int8-vs-fp32 FID/accuracy in the card
@@ -125,6 +129,7 @@ class DistillTrainer(L.Trainer):
             int8_eval_samples=int8_eval_samples,
             quantize=quantize,
             max_batch=max_batch,
+            int4w_group_size=int4w_group_size,
         )
         rank_zero_info(f"exported to {path}")
         return path
@@ -173,12 +178,13 @@ class DistillTrainer(L.Trainer):
         )
 
 
-# The top-level ``distill --help`` only: ``distill sample`` is dispatched by distill.cli.main before LightningCLI
-# parses anything, so it is not one of the parser's subcommands and would go unmentioned.
+# The top-level ``distill --help`` only: ``distill sample`` and ``distill convert`` are dispatched by
+# distill.cli.main before LightningCLI parses anything, so they are not parser subcommands and would go unmentioned.
 DESCRIPTION = "Distil diffusion teachers into small, few-step students: a subcommand runs a YAML config (-c)."
 EPILOG = (
-    "One more subcommand, without a config: `distill sample` draws a PNG grid from an export folder or a run "
-    "(distill sample --help)."
+    "Two more subcommands, without a config: `distill sample` draws a PNG grid from an export folder or a run "
+    "(distill sample --help); `distill convert` writes ONNX/ExecuTorch files (fp32, int8, 4-bit weights) for an "
+    "export folder or a shipped student (distill convert --help)."
 )
 
 

@@ -22,11 +22,25 @@ def _from_run(config: Path, ckpt: Path, work: Path):
     return ClassConditionalPipeline.from_pretrained(work)
 
 
-def runtime_model(directory: Path, runtime: str, *, int8: bool = False):
+def runtime_model(directory: Path, runtime: str, *, int8: bool = False, int4w: bool = False):
     """The export folder's network in onnxruntime or ExecuTorch, as a model the samplers take; a missing file is
     named with the export command that writes it."""
-    from distill.deploy import PTE_INT8_NAME, PTE_NAME, QDQ_NAME
+    from distill.deploy import PTE_INT4W_NAME, PTE_INT8_NAME, PTE_NAME, QDQ_NAME
 
+    if int4w:
+        if runtime != "executorch":
+            raise SystemExit(
+                "distill sample: --int4w runs the ExecuTorch program (pass --runtime executorch)"
+            )
+        path = directory / "executorch" / PTE_INT4W_NAME
+        if not path.is_file():
+            raise SystemExit(
+                f"distill sample: {path} does not exist; write it with `distill export ... --format executorch "
+                "--quantize int4w` (or `distill convert ... --format executorch --quantize int4w`)"
+            )
+        from distill.deploy import executorch_model
+
+        return executorch_model(directory, int4w=True)
     if runtime == "onnx":
         from distill.onnx_export import ONNX_NAME
 
@@ -113,6 +127,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="with --runtime onnx|executorch: the static int8 file (onnx/model_int8_qdq.onnx, executorch/model_int8.pte)",
     )
+    parser.add_argument(
+        "--int4w",
+        action="store_true",
+        help="with --runtime executorch: the program with 4-bit linear weights (executorch/model_int4w.pte)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--nrow", type=positive_int, default=10)
     parser.add_argument("--out", type=Path, required=True, help="the PNG grid to write")
@@ -128,13 +147,19 @@ def main(argv: list[str] | None = None) -> None:
         )
     if args.int8 and args.runtime == "pytorch":
         parser.error("--int8 picks the int8 file of --runtime onnx or executorch")
+    if args.int4w and args.runtime != "executorch":
+        parser.error("--int4w picks the 4-bit-weight program of --runtime executorch")
+    if args.int4w and args.int8:
+        parser.error("pass one of --int8 and --int4w")
     from torchvision.utils import save_image
 
     from distill.images import viewable_grid
     from distill.pipelines import ClassConditionalPipeline
 
     if args.runtime != "pytorch":
-        pipe = ClassConditionalPipeline(runtime_model(args.model, args.runtime, int8=args.int8))
+        pipe = ClassConditionalPipeline(
+            runtime_model(args.model, args.runtime, int8=args.int8, int4w=args.int4w)
+        )
     elif args.model is not None:
         pipe = ClassConditionalPipeline.from_pretrained(str(args.model))
     else:

@@ -4,6 +4,7 @@ and sampling from the ONNX file reproduces the PyTorch export's images."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -75,3 +76,58 @@ def test_distill_export_onnx_checks_quantises_and_samples_like_pytorch(tmp_path,
     assert (got - expected).abs().max() <= 1e-4
     int8 = sample_images(onnx_model(out, int8=True), **kwargs)
     assert int8.shape == expected.shape and torch.isfinite(int8).all()
+
+
+def test_distill_convert_writes_onnx_for_a_folder_without_its_run_and_samples_like_pytorch(tmp_path, capsys):
+    """`distill convert` copies an export folder (a shipped student has no run) and adds the ONNX file; `distill
+    sample --runtime onnx` then draws the PyTorch images; what it cannot do is refused before anything is written."""
+    from conftest import save_teacher_folder, tiny_cond_unet
+    from torchvision.io import decode_image
+
+    from distill.cli import main
+
+    source = tmp_path / "student"
+    save_teacher_folder(source, tiny_cond_unet(seed=5))
+    (source / "README.md").write_text("# a student\n")
+    out = tmp_path / "converted"
+    main(["convert", "--model", str(source), "--out", str(out), "--format", "onnx", "--eval-samples", "0"])
+    assert {p.name for p in out.iterdir()} == {"unet", "scheduler", "onnx", "README.md"}
+    assert not (source / "onnx").exists()  # the source folder is not touched
+    card = (out / "README.md").read_text()
+    assert card.startswith("# a student\n") and "## ONNX" in card
+    assert json.loads((out / "onnx" / "report.json").read_text())["onnx"]["max_abs_error"] <= 1e-4
+    grids = {}
+    for runtime in ("pytorch", "onnx"):
+        files = tmp_path / runtime
+        labels = ["--labels", "0", "4", "9", "--steps", "3", "--seed", "2"]
+        main(
+            [
+                "sample",
+                "--model",
+                str(out),
+                "--runtime",
+                runtime,
+                *labels,
+                "--out",
+                str(files / "g.png"),
+                "--files",
+                str(files),
+            ]
+        )
+        grids[runtime] = torch.stack([decode_image(str(f)) for f in sorted(files.glob("0*.png"))]).int()
+    assert grids["onnx"].shape[0] == 3
+    assert (grids["onnx"] - grids["pytorch"]).abs().max() <= 1  # the same images, to PNG rounding
+
+    refusals = {
+        "int4w .*ExecuTorch only": ["--format", "onnx", "--quantize", "int4w"],
+        "already exists": ["--format", "onnx"],
+        "not an export folder": ["--format", "onnx", "--model", str(tmp_path)],
+    }
+    for message, args in refusals.items():
+        target = out if message == "already exists" else tmp_path / "refused"
+        argv = ["convert", "--model", str(source), "--out", str(target), *args]
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert re.search(message, capsys.readouterr().err), (message, argv)
+        assert not (tmp_path / "refused").exists()
+    assert "## ONNX" in (out / "README.md").read_text()  # the existing output is untouched
