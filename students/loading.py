@@ -42,7 +42,12 @@ def resolve_student_dir(path: str | Path) -> Path:
     """The network folder (the one holding ``config.json``) of an export, pipeline or model folder."""
     text = str(path)
     name = builtin_name(text)
-    root = builtin_folder(name, kind="student") if name is not None else Path(path).expanduser()
+    if name is None:
+        root = Path(path).expanduser()
+    elif name not in list_builtins("student") and name in list_builtins("teacher"):
+        root = builtin_folder(name, kind="teacher")  # a shipped teacher's network as a starting point
+    else:
+        root = builtin_folder(name, kind="student")
     for candidate in (root / "unet", root / "transformer", root):
         if (candidate / "config.json").is_file():
             return candidate

@@ -49,6 +49,7 @@ from distill.quantization import (
     save_int8_state,
 )
 from distill.rng import GeneratorRandom, KeyedRandom, global_sample_indices
+from distill.search.robust import UnitDropping
 from teachers.conditioning import Cond, cond_from_tensors
 from teachers.network import guided_denoiser
 from teachers.sampling import keyed_step_noise
@@ -99,6 +100,10 @@ class DistillationModule(L.LightningModule):
         quantize: quantization-aware distillation (``distill.quantization.Int8QAT``): the student trains through
             int8 fake-quantization (XNNPACK's scheme) while the fp teacher supervises it; exports write the float
             weights and, with ``--quantize int8``, the int8 graph with the trained scales. None: fp32 training.
+        unit_dropping: robust training (``distill.search.UnitDropping``): each removable unit of the student
+            (resnet, attention, mid block) is skipped at random at every training step, the set keyed on the seed
+            and the global step; what makes a network's per-unit importance measurable (``distill prune``).
+            Under DDP the skipped units' parameters get no gradient: use ``ddp_find_unused_parameters_true``.
     """
 
     #: the method's defaults where the ``eval_*`` options say None
@@ -128,6 +133,7 @@ class DistillationModule(L.LightningModule):
         eval_seed: int = 0,
         check_student_teacher: bool = True,
         quantize: Int8QAT | None = None,
+        unit_dropping: UnitDropping | None = None,
     ) -> None:
         super().__init__()
         check_probability(ema_decay, key="ema_decay", example=0.999, open_above=True)
@@ -198,6 +204,19 @@ class DistillationModule(L.LightningModule):
                     "(set them false)"
                 )
             student = quantize.prepare(student)
+        self.unit_dropping = unit_dropping
+        if unit_dropping is not None:
+            clashes = [
+                name
+                for name, on in (("quantize", quantize is not None), ("compile_student", compile_student))
+                if on
+            ]
+            if clashes:
+                raise ValueError(
+                    f"unit_dropping skips units of the student's eager modules; {clashes} do not combine with it "
+                    "(robust training runs in float, uncompiled)"
+                )
+            unit_dropping.bind(student)
         self.teacher = teacher
         self.student = student
         self.optimizer = optimizer
@@ -326,7 +345,16 @@ class DistillationModule(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         self._batch_idx = batch_idx
         self._skipped = False
-        losses = self.training_losses(batch)
+        dropped: list[str] = []
+        dropping = (
+            self.unit_dropping.applied(self.student, seed=self.training_seed(), step=self.global_step)
+            if self.unit_dropping is not None
+            else contextlib.nullcontext(dropped)
+        )
+        with dropping as dropped:
+            losses = self.training_losses(batch)
+        if self.unit_dropping is not None:
+            self.log("train/units_dropped", float(len(dropped)))
         if not self._all_finite(losses["loss"]):
             return self._nonfinite(losses, batch_idx)
         for name, value in losses.items():

@@ -197,6 +197,11 @@ class DistributionMatchingDistillation(DistillationModule):
             )
         null_class_of(fake_score, teacher.num_classes, argument="fake_score")
         self.init_report = None
+        if kwargs.get("unit_dropping") is not None:
+            raise ValueError(
+                "unit_dropping (robust training) applies to the single-optimizer methods (KnowledgeDistillation, "
+                "DiffusionTraining, ...); DistributionMatchingDistillation trains a generator and a critic"
+            )
         if init_from_teacher:
             self.init_report = transfer_weights(source=teacher.unet, target=student)
             rank_zero_info(self.init_report.summary())
