@@ -608,7 +608,8 @@ def runtime_parity(result: Mapping[str, Any]) -> str:
             "",
             f"`{name}` with `--quantize int4w` (group size {int4w['group_size']}): "
             f"{len(int4w['quantized_layers'])} linear layers hold 4-bit weights "
-            f"({len(int4w['float_layers'])} stay fp32: input width not a multiple of the group), covering "
+            f"({len(int4w['float_layers'])} {'stays' if len(int4w['float_layers']) == 1 else 'stay'} fp32: input "
+            "width not a multiple of the group), covering "
             f"{100 * macs['int8_share']:.1f}% of the forward's {macs['total'] / 1e6:.2f}M MACs (the convolutions "
             f"carry the rest); program {int4w['size_bytes'] / 1e6:.2f} MB vs {int4w['fp32_size_bytes'] / 1e6:.2f} MB "
             f"fp32; relative RMS difference from torchao's PyTorch model {int4w['parity']['relative_rmse']:.1e}.",

@@ -90,6 +90,7 @@ BLOCKS: dict[str, Block] = {
     "flops_transformers": Block("benchmarks/results/flops_transformers.json", tables.flops_transformers),
     "demo": Block("benchmarks/results/demo.json", tables.demo),
     "deploy_digits": Block(DEPLOY, tables.deploy_digits),
+    "runtime_parity": Block("benchmarks/results/runtime_parity.json", tables.runtime_parity),
     "overhead": Block("benchmarks/results/overhead.json", tables.overhead),
     "speed_features": Block("benchmarks/results/speed_features.json", tables.speed_features),
     "teacher_reuse": Block("benchmarks/results/teacher_reuse.json", tables.teacher_reuse),
