@@ -1,5 +1,5 @@
 """The ``distill`` command: ``distill fit|validate|test|flops|export|precompute -c CONFIG`` (LightningCLI, see
-:mod:`distill.lightning_cli`) and ``distill sample`` / ``distill convert`` (no config needed)."""
+:mod:`distill.lightning_cli`) and ``distill sample`` / ``convert`` / ``prune`` (no config needed)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def __getattr__(name: str) -> Any:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Console entry point; ``args`` lets tests drive it in-process. ``distill sample`` and ``distill convert`` need no config.
+    """Console entry point; ``args`` lets tests drive it in-process. ``distill sample``, ``convert`` and ``prune`` need no config.
     Dependencies' hints and deprecation warnings are silenced unless ``DISTILL_VERBOSE=1``
     (:func:`distill.console.quiet_third_party`)."""
     import sys
@@ -40,6 +40,11 @@ def main(args: list[str] | None = None) -> None:
         from distill.convert import main as convert_main
 
         convert_main(argv[1:])
+        return
+    if argv[:1] == ["prune"]:
+        from distill.prune import main as prune_main
+
+        prune_main(argv[1:])
         return
     from distill.lightning_cli import DistillCLI
 

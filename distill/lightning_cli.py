@@ -178,13 +178,14 @@ class DistillTrainer(L.Trainer):
         )
 
 
-# The top-level ``distill --help`` only: ``distill sample`` and ``distill convert`` are dispatched by
+# The top-level ``distill --help`` only: ``distill sample``, ``convert`` and ``prune`` are dispatched by
 # distill.cli.main before LightningCLI parses anything, so they are not parser subcommands and would go unmentioned.
 DESCRIPTION = "Distil diffusion teachers into small, few-step students: a subcommand runs a YAML config (-c)."
 EPILOG = (
-    "Two more subcommands, without a config: `distill sample` draws a PNG grid from an export folder or a run "
+    "More subcommands, without a config: `distill sample` draws a PNG grid from an export folder or a run "
     "(distill sample --help); `distill convert` writes ONNX/ExecuTorch files (fp32, int8, 4-bit weights) for an "
-    "export folder or a shipped student (distill convert --help)."
+    "export folder or a shipped student (distill convert --help); `distill prune` measures what each block of a network "
+    "is worth (distill prune --help)."
 )
 
 

@@ -25,7 +25,7 @@ CHEAP = {
             "--model.init_args.evaluator.init_args.kid_subset_size=10",
             "--model.init_args.evaluator.init_args.kid_subsets=5",
         ]
-        for name in ("kd", "kd_bk_tiny", "kd_efficient", "kd_efficient_long", "kd_timm")
+        for name in ("kd", "kd_bk_tiny", "kd_efficient", "kd_efficient_long", "kd_timm", "robust")
     },
     "configs/digits/progressive.yaml": [
         "--model.init_args.eval_num_samples=20",

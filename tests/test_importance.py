@@ -24,15 +24,22 @@ def test_each_unit_is_scored_by_skipping_it_and_costed_by_what_removing_it_saves
     assert [u.name for u in report.units] == [u.name for u in units]
     assert report.base_score == 0.0  # the full network against its own samples
     for unit in report.units:
-        with skipping(tiny_teacher.unet, [unit.name]):
-            assert proxy(tiny_teacher) == pytest.approx(unit.score)  # the score of the network without it
         assert unit.delta == unit.score > 0
         assert 0 < unit.macs_saved < report.total_macs
         assert unit.latency_ms > 0
-    # MACs saved are additive for disjoint leaf units (the counter agrees with itself)
-    a, b = [u for u in report.units if u.kind == "resnet"][:2]
-    both = report.total_macs - network_macs(tiny_teacher.unet, [a.name, b.name])
-    assert both == pytest.approx(a.macs_saved + b.macs_saved)
+    # checked against the network without the unit: a width-changing resnet (its shortcut stays), an attention,
+    # the mid block (its resnets and attention go with it)
+    shortcut = next(u for u in report.units if u.kind == "resnet" and u.name.startswith("up_blocks."))
+    checked = [
+        shortcut,
+        *(next(u for u in report.units if u.kind == kind) for kind in ("attention", "mid_block")),
+    ]
+    for unit in checked:
+        with skipping(tiny_teacher.unet, [unit.name]):
+            assert proxy(tiny_teacher) == pytest.approx(unit.score)
+        assert unit.macs_saved == pytest.approx(
+            report.total_macs - network_macs(tiny_teacher.unet, [unit.name])
+        )
     assert report.ranking()[0] == min(report.units, key=lambda u: u.delta).name
     assert report.latency_total_ms > max(u.latency_ms for u in report.units)
     assert not any("forward" in vars(m) for m in tiny_teacher.unet.modules())
@@ -55,3 +62,41 @@ def test_unit_latency_times_each_unit_inside_the_forward(tiny_teacher):
     nested = timing["units"]["mid_block"]  # the mid block holds its resnets: its time covers theirs
     inner = [timing["units"][u.name] for u in units if u.name.startswith("mid_block.")]
     assert nested >= max(inner)
+
+
+def test_distill_prune_ranks_the_units_of_a_folder_and_writes_json(tiny_teacher, tmp_path, capsys):
+    import json
+
+    from distill.cli import main
+
+    root = tmp_path / "teacher"
+    save_teacher_folder(root, tiny_cond_unet(seed=2))
+    out = tmp_path / "importance.json"
+    args = ["--num-samples", "4", "--steps", "2", "--kinds", "attention", "mid_block", "--out", str(out)]
+    main(["prune", "--model", str(root), *args])
+    record = json.loads(out.read_text())
+    names = [u.name for u in removable_units(tiny_teacher.unet, kinds=["attention", "mid_block"])]
+    assert sorted(record["ranking"]) == sorted(names)
+    assert record["proxy"].startswith("sample distance")  # auto: not a digits network
+    assert {"commit", "date", "command"} <= set(record["meta"])
+    printed = capsys.readouterr().out
+    assert "| unit | kind | proxy change | MACs saved |" in printed and names[0] in printed
+    with pytest.raises(SystemExit):
+        main(["prune", "--model", str(root), "--proxy", "fid"])
+    assert "--proxy fid scores digits samples" in capsys.readouterr().err
+
+
+def test_distill_prune_measures_a_text_to_image_pipeline(tiny_sd, tmp_path, one_torch_thread):
+    """A tiny SD pipeline: cross-attention transformers are units, scored by the distance proxy on prompts."""
+    import json
+
+    from distill.cli import main
+
+    pipeline, _ = tiny_sd
+    out = tmp_path / "sd.json"
+    sizes = ["--num-samples", "2", "--steps", "2", "--prompts", "a red square"]
+    main(["prune", "--model", str(pipeline), *sizes, "--kinds", "attention", "--out", str(out)])
+    record = json.loads(out.read_text())
+    assert record["units"] and all(u["kind"] == "attention" for u in record["units"])
+    assert all(".attentions." in u["name"] for u in record["units"])
+    assert all(u["delta"] > 0 and u["macs_saved"] > 0 for u in record["units"])

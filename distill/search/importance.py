@@ -9,8 +9,8 @@ quality proxy, lower is better:
   full network's own samples from the same noise and conditions (mean squared difference over the full samples'
   variance), the evaluator-free stand-in for "FID vs the teacher's own samples".
 
-Each unit's cost is what removing it saves: MACs per forward (the counter run on the network with and without the
-unit) and, with ``latency=True``, the unit's own wall time inside a batch-1 forward on this machine (median of
+Each unit's cost is what removing it saves: MACs per forward (from one count of the network by module; equal to
+counting the network without the unit) and, with ``latency=True``, the unit's own wall time inside a batch-1 forward on this machine (median of
 interleaved repeats: SnapFusion's per-block latency table).
 """
 
@@ -149,6 +149,23 @@ def network_macs(network: nn.Module, skipped: Sequence[str] = ()) -> float:
         return float(count_macs(network, example_inputs(network)).total)
 
 
+def unit_macs_saved(network: nn.Module, units: Sequence[Unit]) -> tuple[float, dict[str, float]]:
+    """The forward's MACs (batch 1) and what removing each unit saves, from one count: the unit's own MACs, less
+    its 1x1 shortcut's for a resnet that changes width (the shortcut stays)."""
+    from distill.flops import count_macs, example_inputs
+
+    count = count_macs(network, example_inputs(network))
+
+    def macs(name: str) -> float:
+        return float(sum(count.by_module.get(name, {}).values()))
+
+    saved = {}
+    for unit in units:
+        keep = f"{unit.name}.conv_shortcut" if unit.kind == "resnet" else None
+        saved[unit.name] = macs(unit.name) - (macs(keep) if keep else 0.0)
+    return float(count.total), saved
+
+
 def unit_latency(network: nn.Module, units: Sequence[Unit], *, repeats: int = 30, warmup: int = 3) -> dict:
     """Each unit's own median wall time (ms) inside batch-1 forwards of ``network``, and the whole forward's."""
     from distill.flops import example_inputs
@@ -214,7 +231,7 @@ def measure_importance(
     network.eval()
     try:
         base = proxy(model)
-        total = network_macs(network)
+        total, saved = unit_macs_saved(network, chosen)
         timing = unit_latency(network, chosen, repeats=repeats) if latency else None
         scored = []
         for unit in chosen:
@@ -226,7 +243,7 @@ def measure_importance(
                     kind=unit.kind,
                     score=score,
                     delta=score - base,
-                    macs_saved=total - network_macs(network, [unit.name]),
+                    macs_saved=saved[unit.name],
                     latency_ms=timing["units"][unit.name] if timing else None,
                 )
             )
