@@ -28,13 +28,20 @@ def model_classes() -> dict:
     """The model classes this package defines, by the ``_class_name`` their saved configs carry: what a loader
     may construct for a folder whose class is not a diffusers one (a fixed list; folders never name code)."""
     from students.efficient import EfficientUNet2DConditionModel
+    from students.pruned import PrunedUNet2DConditionModel
     from students.timm_unet import TimmUNet
 
-    return {cls.__name__: cls for cls in (EfficientUNet2DConditionModel, TimmUNet)}
+    return {
+        cls.__name__: cls for cls in (EfficientUNet2DConditionModel, PrunedUNet2DConditionModel, TimmUNet)
+    }
 
 
 DIFFUSERS_CLASSES = ("UNet2DModel", "UNet2DConditionModel", "SD3Transformer2DModel", "FluxTransformer2DModel")
-_MODEL_MODULES = {"EfficientUNet2DConditionModel": "students.efficient", "TimmUNet": "students.timm_unet"}
+_MODEL_MODULES = {
+    "EfficientUNet2DConditionModel": "students.efficient",
+    "PrunedUNet2DConditionModel": "students.pruned",
+    "TimmUNet": "students.timm_unet",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -62,6 +69,7 @@ def loadable_classes() -> dict:
 __all__ = [
     "ENTRY_POINT_GROUP",
     "EfficientUNet2DConditionModel",
+    "PrunedUNet2DConditionModel",
     "StudentInfo",
     "TimmUNet",
     "count_parameters",

@@ -67,7 +67,7 @@ def load_entry_points(*, reload: bool = False) -> list[str]:
 
 
 def _ensure_loaded() -> None:
-    from students import bk, efficient, timm_unet, transformer  # noqa: F401  (builders shipped here register)
+    from students import bk, efficient, pruned, timm_unet, transformer  # noqa: F401  (builders shipped here register)
 
     load_entry_points()
 

@@ -142,3 +142,75 @@ def skipping(network: nn.Module, names: Iterable[str]) -> Iterator[list[Unit]]:
     finally:
         for module in patched:
             del module.forward
+
+
+# -- removed for good: the modules a pruned network holds in place of its removed units ----------------------------
+class ShortcutResnet(nn.Module):
+    """A resnet without its residual branch: its 1x1 ``conv_shortcut`` where the width changes (the teacher's
+    weights load into it under the same name), divided by the block's output scale."""
+
+    def __init__(self, conv_shortcut: nn.Module | None, output_scale_factor: float) -> None:
+        super().__init__()
+        self.conv_shortcut = conv_shortcut
+        self.output_scale_factor = float(output_scale_factor)
+
+    def forward(self, input_tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = input_tensor if self.conv_shortcut is None else self.conv_shortcut(input_tensor.contiguous())
+        return out / self.output_scale_factor
+
+
+class Passthrough(nn.Module):
+    """A removed attention or mid block: the hidden states pass (a ``Transformer2DModel`` caller gets its output
+    type back)."""
+
+    def __init__(self, *, rescale: float = 1.0, transformer_output: bool = False) -> None:
+        super().__init__()
+        self.rescale = float(rescale)
+        self.transformer_output = transformer_output
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, return_dict: bool = True, **kwargs: Any):
+        out = hidden_states / self.rescale if self.rescale != 1.0 else hidden_states
+        if not self.transformer_output:
+            return out
+        if not return_dict:
+            return (out,)
+        from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+        return Transformer2DModelOutput(sample=out)
+
+
+def replacement(module: nn.Module, kind: str) -> nn.Module:
+    """What a network holds in place of the unit ``module`` once it is removed for good: it computes what
+    :func:`skipping` computes."""
+    if kind == "resnet":
+        return ShortcutResnet(module.conv_shortcut, module.output_scale_factor)
+    if kind == "attention" and isinstance(module, Attention):
+        return Passthrough(rescale=module.rescale_output_factor)
+    if kind == "attention":
+        return Passthrough(transformer_output=True)
+    return Passthrough()
+
+
+def remove_units(network: nn.Module, names: Iterable[str]) -> list[Unit]:
+    """Replace the units called ``names`` in ``network`` by :func:`replacement` modules (in place); a unit inside
+    another removed one is refused (it goes with it)."""
+    units = check_units(network, names, argument="removed_units")
+    names = [u.name for u in units]
+    for unit in units:
+        outer = [n for n in names if unit.name.startswith(n + ".")]
+        if outer:
+            raise ValueError(
+                f"removed_units: {unit.name} lies inside {outer[0]}, which is removed too; name one"
+            )
+    for unit in units:
+        parent_name, _, child = unit.name.rpartition(".")
+        parent = network.get_submodule(parent_name) if parent_name else network
+        original = (
+            parent.get_submodule(child) if not isinstance(parent, nn.ModuleList) else parent[int(child)]
+        )
+        new = replacement(original, unit.kind)
+        if isinstance(parent, nn.ModuleList):
+            parent[int(child)] = new
+        else:
+            setattr(parent, child, new)
+    return units

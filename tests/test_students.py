@@ -387,6 +387,13 @@ BUILD_KWARGS = {
     "bk_small": {"teacher": TINY_SD},
     "bk_tiny": {"teacher": TINY_SD},
     "efficient_unet_sd": {"teacher": TINY_SD, **SMALL_SD},
+    "pruned_unet": {
+        "teacher": "builtin:digits",
+        "removed_units": ["mid_block", "down_blocks.2.attentions.0", "up_blocks.0.resnets.1"],
+        "block_out_channels": [16, 32, 64],
+        "norm_num_groups": 8,
+        "separable_convs": True,
+    },
 }
 
 
@@ -427,6 +434,7 @@ EXPECTED_PARAMS = {
     "flux_depth_half": 93_776,
     "flux_narrow_half": 28_784,
     "mobileone_unet_digits": 831_473,
+    "pruned_unet": 176_081,
     "sd3_depth_half": 114_960,
     "sd3_narrow_half": 22_448,
     "timm_unet_digits": 143_849,
@@ -477,7 +485,8 @@ def test_every_registered_student_runs_trains_and_round_trips(name, tmp_path):
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
     # cheaper than the teacher it derives from
-    teacher_config = dict(BUILD_KWARGS.get(name, {}).get("teacher") or {})
+    given = BUILD_KWARGS.get(name, {}).get("teacher")
+    teacher_config = dict(given) if isinstance(given, dict) else {}
     cls = getattr(diffusers, teacher_config.pop("_class_name", "UNet2DConditionModel"))
     teacher = cls(**teacher_config) if teacher_config else None
     if teacher is None:
