@@ -8,7 +8,10 @@ with two proxy noise seeds, which shows how much of a ranking is proxy noise. Sp
 the two robust seeds (the issue's bar: >= 0.7), between the shipped teacher's two proxy seeds, and robust vs
 shipped.
 
-Run:  OMP_NUM_THREADS=2 python benchmarks/block_importance.py   (about 15 minutes on 2 cores)
+Per-unit latency (each unit's median time inside a batch-1 forward, SnapFusion's latency table) is measured last,
+on the shipped teacher (the robust networks share its architecture); ``--latency-only`` re-measures just that.
+
+Run:  OMP_NUM_THREADS=2 python benchmarks/block_importance.py   (about 15 minutes on 2 cores; nothing else running)
 Writes ``benchmarks/results/block_importance.json``; docs/architecture_search.md's tables come from it
 (``python benchmarks/update_docs.py``).
 """
@@ -24,7 +27,8 @@ import torch
 from digits_runs import export, fit
 
 from distill.provenance import provenance
-from distill.search.importance import DigitsFidProxy, measure_importance
+from distill.search.importance import DigitsFidProxy, measure_importance, unit_latency
+from students.units import removable_units
 from teachers import DiffusionTeacher
 
 ROOT = Path(__file__).resolve().parent
@@ -57,7 +61,15 @@ def deltas(report: dict) -> dict[str, float]:
 def measure(folder: str, *, seed: int, num_samples: int, steps: int) -> dict:
     model = DiffusionTeacher.from_pretrained(folder)
     proxy = DigitsFidProxy(num_samples=num_samples, steps=steps, seed=seed)
-    return measure_importance(model, proxy, latency=True).to_dict()
+    return measure_importance(model, proxy).to_dict()
+
+
+def latency_table(repeats: int) -> dict:
+    """Each unit's median time inside a batch-1 forward of the digits teacher (the robust networks have the same
+    architecture), measured alone: run it with nothing else on the cores."""
+    network = DiffusionTeacher.from_pretrained("builtin:digits").unet.eval()
+    timing = unit_latency(network, removable_units(network), repeats=repeats, warmup=10)
+    return {**timing, "repeats": repeats, "threads": torch.get_num_threads()}
 
 
 def main() -> None:
@@ -71,7 +83,20 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=300)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--output", type=Path, default=ROOT / "results" / "block_importance.json")
+    parser.add_argument("--latency-repeats", type=int, default=200)
+    parser.add_argument(
+        "--latency-only",
+        action="store_true",
+        help="re-measure the latency table of an existing --output only",
+    )
     args = parser.parse_args()
+    if args.latency_only:
+        result = json.loads(args.output.read_text())
+        result["latency"] = latency_table(args.latency_repeats)
+        result["meta_latency"] = provenance(configs=[])
+        args.output.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        print(f"wrote {args.output}")
+        return
     work = Path(tempfile.mkdtemp(prefix="block_importance."))
     robust, minutes = {}, {}
     for seed in args.seeds:
@@ -103,6 +128,7 @@ def main() -> None:
             "robust_vs_shipped": spearman(deltas(robust[a]), deltas(shipped[0])),
         },
         "proxy": {"num_samples": args.num_samples, "steps": args.steps},
+        "latency": latency_table(args.latency_repeats),
         "meta": provenance(configs=[CONFIG]),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)

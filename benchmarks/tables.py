@@ -615,3 +615,45 @@ def runtime_parity(result: Mapping[str, Any]) -> str:
             f"fp32; relative RMS difference from torchao's PyTorch model {int4w['parity']['relative_rmse']:.1e}.",
         ]
     return "\n".join(lines) + "\n"
+
+
+# -- block importance on digits (benchmarks/results/block_importance.json) -----------------------------------------
+def block_importance(result: Mapping[str, Any]) -> str:
+    """Each removable unit of the digits teacher: what removing it saves and the FID it costs, after robust training
+    (two seeds) and as shipped; then the rank correlations."""
+    seeds = sorted(result["robust"], key=int)
+    robust = {s: {u["name"]: u for u in result["robust"][s]["units"]} for s in seeds}
+    shipped = {u["name"]: u for u in result["shipped"]["0"]["units"]}
+    first = result["robust"][seeds[0]]
+    total = first["total_macs"]
+    lines = [
+        "| unit | kind | MACs saved | latency (ms) | "
+        + " | ".join(f"FID change, robust seed {s}" for s in seeds)
+        + " | FID change, shipped teacher |",
+        "| --- | --- | ---: | ---: |" + " ---: |" * (len(seeds) + 1),
+    ]
+    latency = result["latency"]["units"]
+    for name in first["ranking"]:
+        u = robust[seeds[0]][name]
+        cells = " | ".join(f"{robust[s][name]['delta']:+.3f}" for s in seeds)
+        lines.append(
+            f"| `{name}` | {u['kind']} | {u['macs_saved'] / 1e6:.2f}M ({100 * u['macs_saved'] / total:.1f}%) | "
+            f"{latency[name]:.3f} | {cells} | {shipped[name]['delta']:+.3f} |"
+        )
+    rho = result["spearman"]
+    bases = ", ".join(f"seed {s} {result['robust'][s]['base_score']:.3f}" for s in seeds)
+    lines += [
+        "",
+        f"Rows: least harmful first (robust seed {seeds[0]}). FID vs the teacher reference, "
+        f"{result['proxy']['num_samples']} samples at {result['proxy']['steps']} DDIM steps; full networks: robust "
+        f"{bases}, shipped {result['shipped']['0']['base_score']:.3f}; forward {total / 1e6:.2f}M MACs. Latency: the "
+        f"unit's median time inside a batch-1 forward on this machine's CPU ({result['latency']['repeats']} forwards, "
+        f"whole forward {result['latency']['total']:.2f} ms; a mid block's time includes its resnet's).",
+        "",
+        "| Spearman rank correlation of the FID changes | |",
+        "| --- | ---: |",
+        f"| robust training, seed {seeds[0]} vs seed {seeds[1]} | {rho['robust_seed_vs_seed']:.2f} |",
+        f"| shipped teacher, proxy noise seed 0 vs 1 | {rho['shipped_proxy_seed_vs_seed']:.2f} |",
+        f"| robust (seed {seeds[0]}) vs shipped | {rho['robust_vs_shipped']:.2f} |",
+    ]
+    return "\n".join(lines) + "\n"
