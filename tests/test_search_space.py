@@ -1,0 +1,76 @@
+"""The pruned-student search space (distill.search.space): candidates build as pruned_unet does, their MACs are
+counted exactly, and the greedy step removes units by quality lost per MAC saved until the budget holds."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from conftest import tiny_cond_unet
+
+from distill.search.space import Candidate, action_order, candidate_macs, greedy_removal
+from students.pruned import PrunedUNet2DConditionModel
+from students.units import removable_units
+
+
+def _report(teacher, deltas: dict[str, float]):
+    """A report with the given quality changes and each unit's real MAC saving."""
+    from distill.search.importance import unit_macs_saved
+
+    units = removable_units(teacher)
+    _, saved = unit_macs_saved(teacher, units)
+    return SimpleNamespace(
+        units=[
+            SimpleNamespace(name=u.name, kind=u.kind, delta=deltas.get(u.name, 1.0), macs_saved=saved[u.name])
+            for u in units
+        ]
+    )
+
+
+def test_a_candidate_builds_the_pruned_student_it_names():
+    teacher = tiny_cond_unet(seed=0).config
+    candidate = Candidate(("mid_block",), width=0.5, separable=True)
+    kwargs = candidate.student_kwargs(teacher)
+    assert kwargs["block_out_channels"] == [8, 16] and kwargs["norm_num_groups"] == 8
+    network = candidate.build(teacher)
+    assert isinstance(network, PrunedUNet2DConditionModel) and network.config.separable_convs
+    assert list(network.config.removed_units) == ["mid_block"]
+    assert candidate_macs(teacher, candidate) < candidate_macs(teacher, Candidate())
+
+
+def test_greedy_removal_takes_the_cheapest_quality_per_mac_first_until_the_budget_holds():
+    teacher = tiny_cond_unet(seed=0)
+    names = [u.name for u in removable_units(teacher)]
+    free = [n for n in names if n.startswith("up_blocks.")][:2]  # harmless to remove: taken first
+    report = _report(teacher, {n: 0.0 for n in free})
+    by_saving = sorted(free, key=lambda n: -next(u.macs_saved for u in report.units if u.name == n))
+    assert [u.name for u in action_order(report)][:2] == by_saving
+    full = candidate_macs(teacher.config, Candidate())
+    budget = full - 0.5 * sum(u.macs_saved for u in report.units if u.name in free)
+    result = greedy_removal(teacher.config, report, budget_macs=budget)
+    assert result.candidate is not None and result.macs <= budget
+    assert set(result.candidate.removed_units) <= set(free)
+    assert result.predicted_delta == 0.0
+    assert result.macs == pytest.approx(candidate_macs(teacher.config, result.candidate))
+    # out of reach by removal alone: no candidate, every unit tried
+    impossible = greedy_removal(teacher.config, report, budget_macs=0.01 * full)
+    assert impossible.candidate is None and len(impossible.path) >= len(free)
+
+
+def test_an_outer_unit_removed_later_takes_the_inner_ones_it_holds():
+    """A cross-attention mid block (resnets and a transformer): its resnet goes first, then the whole block
+    replaces it in the candidate."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from test_units import TEXT_UNET
+
+    torch.manual_seed(0)
+    teacher = UNet2DConditionModel(**TEXT_UNET)
+    report = _report(teacher, {"mid_block.resnets.0": 0.0, "mid_block": 1e-9})
+    saved = {u.name: u.macs_saved for u in report.units}
+    assert saved["mid_block"] > saved["mid_block.resnets.0"]
+    full = candidate_macs(teacher.config, Candidate())
+    result = greedy_removal(teacher.config, report, budget_macs=full - saved["mid_block"])
+    assert [name for name, _ in result.path] == ["mid_block.resnets.0", "mid_block"]
+    assert result.candidate.removed_units == ("mid_block",)
+    assert result.predicted_delta == pytest.approx(1e-9)
