@@ -9,9 +9,11 @@ unless ``overwrite``; the new one is written beside it and moved into place only
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,35 @@ from teachers.transformer import takes_guidance, transformer_family
 WEIGHTS = ("ema", "raw")
 FORMATS = ("diffusers", "onnx", "executorch")
 QUANTIZE = ("int8", "int4w")
+
+
+@contextlib.contextmanager
+def staged_folder(output: Path) -> Iterator[Path]:
+    """A staging folder beside ``output``, moved into its place when the block completes (an existing ``output``
+    is replaced only then) and removed when the block raises: a folder is never left half written."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        yield staging
+        if output.exists():
+            shutil.rmtree(output) if output.is_dir() else output.unlink()
+        staging.rename(output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def ptq_from_folder(directory: Path):
+    """Post-training int8 of an export folder's network, calibrated on its own sampling trajectory."""
+    from distill.quantization import calibration_inputs, quantize_ptq
+    from teachers import DiffusionTeacher
+
+    network = DiffusionTeacher.from_pretrained(directory).unet.float().eval()
+    converted = quantize_ptq(network, calibration_inputs(directory))
+    converted.origin = (
+        "post-training quantization (calibrated on 64 images' sampling trajectories at 1, 2, 4 steps)"
+    )
+    return converted
 
 
 def load_checkpoint(module: torch.nn.Module, ckpt_path: str | Path) -> dict[str, Any]:
@@ -221,9 +252,7 @@ def export_module(
     metrics_data = json.loads(Path(metrics).read_text()) if metrics is not None else None
     checkpoint = load_checkpoint(module, ckpt_path)
     module.eval()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with staged_folder(output) as staging:
         module.save_pretrained(staging, use_ema=weights == "ema")  # unet/ + the method's scheduler/
         card = model_card(module, checkpoint, weights=weights, metrics=metrics_data, output_dir=staging)
         quantized = _int8_student(module, staging, weights=weights) if quantize == "int8" else None
@@ -239,12 +268,6 @@ def export_module(
             int4w_group_size=int4w_group_size,
         )
         (staging / "README.md").write_text(card)
-        if output.exists():
-            shutil.rmtree(output) if output.is_dir() else output.unlink()
-        staging.rename(output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return output
 
 
@@ -349,9 +372,7 @@ def convert_folder(
     output = Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
         raise FileExistsError(f"output {output} already exists; choose another folder or pass --overwrite")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with staged_folder(output) as staging:
         for entry in root.iterdir():
             if entry.name in ("onnx", "executorch"):
                 continue  # written afresh
@@ -359,17 +380,13 @@ def convert_folder(
             shutil.copytree(entry, target) if entry.is_dir() else shutil.copy2(entry, target)
         quantized = None
         if quantize == "int8":
-            from distill.quantization import INT8_STATE, calibration_inputs, load_int8, quantize_ptq
+            from distill.quantization import INT8_STATE, load_int8
 
             if (staging / INT8_STATE).is_file():
                 quantized = load_int8(staging)
                 quantized.origin = "quantization-aware distillation (the folder's int8 state)"
             else:
-                from teachers import DiffusionTeacher
-
-                network = DiffusionTeacher.from_pretrained(staging).unet.float().eval()
-                quantized = quantize_ptq(network, calibration_inputs(staging))
-                quantized.origin = "post-training quantization (calibrated on 64 images' sampling trajectories at 1, 2, 4 steps)"
+                quantized = ptq_from_folder(staging)
         card_path = staging / "README.md"
         card = card_path.read_text() if card_path.is_file() else f"# {root.name}\n"
         card = (
@@ -387,33 +404,20 @@ def convert_folder(
             )
         )
         card_path.write_text(card)
-        if output.exists():
-            shutil.rmtree(output) if output.is_dir() else output.unlink()
-        staging.rename(output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return output
 
 
 def _int8_student(module, directory: Path, *, weights: str):
     """The converted int8 graph to export: a quantization-aware run's own (trained scales), else post-training
     quantization of the exported float network calibrated on its sampling trajectory."""
-    from distill.quantization import QuantizedDenoiser, calibration_inputs, convert, quantize_ptq
+    from distill.quantization import QuantizedDenoiser, convert
 
     student = module.eval_student() if weights == "ema" else module.student
     if isinstance(student, QuantizedDenoiser):
         converted = convert(student)
         converted.origin = "quantization-aware distillation (the run's trained scales)"
         return converted
-    from teachers import DiffusionTeacher
-
-    network = DiffusionTeacher.from_pretrained(directory).unet.float().eval()
-    converted = quantize_ptq(network, calibration_inputs(directory))
-    converted.origin = (
-        "post-training quantization (calibrated on 64 images' sampling trajectories at 1, 2, 4 steps)"
-    )
-    return converted
+    return ptq_from_folder(directory)
 
 
 def onnx_section(directory: Path, *, opset: int, int8: bool, int8_eval_samples: int, quantized=None) -> str:
