@@ -74,3 +74,25 @@ def test_an_outer_unit_removed_later_takes_the_inner_ones_it_holds():
     assert [name for name, _ in result.path] == ["mid_block.resnets.0", "mid_block"]
     assert result.candidate.removed_units == ("mid_block",)
     assert result.predicted_delta == pytest.approx(1e-9)
+
+
+def test_short_kd_trains_a_candidate_and_scores_it_the_same_way_for_every_candidate(tmp_path):
+    from conftest import random_digits_loader, save_teacher_folder
+
+    from distill.search.importance import SampleDistanceProxy
+    from distill.search.trained import ShortKD
+    from teachers import DiffusionTeacher
+
+    save_teacher_folder(tmp_path / "teacher", tiny_cond_unet(seed=0))
+    teacher = DiffusionTeacher.from_pretrained(tmp_path / "teacher")
+    proxy = SampleDistanceProxy(num_samples=4, steps=2)
+    proxy.reset(teacher)  # scored against the teacher's own samples
+    short = ShortKD(teacher, lambda: random_digits_loader(16, batch_size=8), proxy, steps=2, lr=1e-3)
+    whole = Candidate()
+    first, again = short(whole), short(whole)
+    assert first == again  # same seed, same data order: the same score
+    assert 0 < first < 1.0  # two steps from the teacher's own weights: close to the teacher
+    narrow = short(Candidate(("mid_block",), width=0.5))
+    assert narrow > first  # half the channels from scratch after two steps: far from it
+    with pytest.raises(ValueError, match="steps >= 1"):
+        ShortKD(teacher, lambda: None, proxy, steps=0)
