@@ -3,6 +3,7 @@ counted exactly, and the greedy step removes units by quality lost per MAC saved
 
 from __future__ import annotations
 
+import itertools
 from types import SimpleNamespace
 
 import pytest
@@ -96,3 +97,46 @@ def test_short_kd_trains_a_candidate_and_scores_it_the_same_way_for_every_candid
     assert narrow > first  # half the channels from scratch after two steps: far from it
     with pytest.raises(ValueError, match="steps >= 1"):
         ShortKD(teacher, lambda: None, proxy, steps=0)
+
+
+def test_search_scores_every_distinct_feasible_candidate_and_keeps_the_frontier():
+    from distill.search.search import search
+
+    teacher = tiny_cond_unet(seed=0)
+    report = _report(teacher, {})
+    full = candidate_macs(teacher.config, Candidate())
+    scored = []
+
+    def scorer(candidate):  # a stand-in score: more channels and fewer removals score better
+        scored.append(candidate)
+        return (
+            (1 - candidate.width) + 0.1 * len(candidate.removed_units) + (0.05 if candidate.separable else 0)
+        )
+
+    result = search(teacher.config, report, budget_macs=0.5 * full, scorer=scorer, widths=(1.0, 0.5, 0.25))
+    assert len(scored) == len(set(scored)) == len(result.entries) >= 2
+    assert all(e.macs <= 0.5 * full for e in result.entries)
+    assert all(e.macs == pytest.approx(candidate_macs(teacher.config, e.candidate)) for e in result.entries)
+    assert result.best.score == min(e.score for e in result.entries)
+    front = result.frontier()
+    assert front[0].macs == min(e.macs for e in result.entries)
+    assert all(b.macs >= a.macs and b.score < a.score for a, b in itertools.pairwise(front))
+    record = result.to_dict()
+    assert record["best"]["candidate"]["width"] == result.best.candidate.width
+    with pytest.raises(ValueError, match="no candidate reaches"):
+        search(teacher.config, report, budget_macs=1.0, scorer=scorer, widths=(1.0,))
+
+
+def test_random_removal_is_seeded_and_reaches_the_budget_by_other_units():
+    from distill.search.space import random_removal
+
+    teacher = tiny_cond_unet(seed=0)
+    names = [u.name for u in removable_units(teacher)]
+    full = candidate_macs(teacher.config, Candidate())
+    a = random_removal(teacher.config, names, budget_macs=0.8 * full, seed=1)
+    assert a.candidate is not None and a.macs <= 0.8 * full
+    assert random_removal(teacher.config, names, budget_macs=0.8 * full, seed=1).candidate == a.candidate
+    others = {
+        random_removal(teacher.config, names, budget_macs=0.8 * full, seed=s).candidate for s in range(2, 6)
+    }
+    assert len(others | {a.candidate}) > 1

@@ -105,3 +105,35 @@ def greedy_removal(
         path=path,
         predicted_delta=sum(removed.values()),
     )
+
+
+def random_removal(
+    teacher: TeacherLike,
+    units: Sequence[str],
+    *,
+    budget_macs: float,
+    width: float = 1.0,
+    separable: bool = False,
+    seed: int = 0,
+) -> GreedyResult:
+    """The baseline of the search: remove ``units`` in a seeded random order (instead of by measured value) from
+    the same shape until the candidate's MACs are within ``budget_macs``."""
+    import torch
+
+    order = [
+        units[i] for i in torch.randperm(len(units), generator=torch.Generator().manual_seed(seed)).tolist()
+    ]
+    removed: list[str] = []
+    current = Candidate((), width, separable)
+    macs = candidate_macs(teacher, current)
+    path: list[tuple[str, float]] = []
+    for name in order:
+        if macs <= budget_macs:
+            break
+        if any(name.startswith(r + ".") for r in removed):
+            continue
+        removed = [r for r in removed if not r.startswith(name + ".")] + [name]
+        current = Candidate(tuple(removed), width, separable)
+        macs = candidate_macs(teacher, current)
+        path.append((name, macs))
+    return GreedyResult(candidate=current if macs <= budget_macs else None, macs=macs, path=path)
