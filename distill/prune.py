@@ -1,7 +1,9 @@
-"""``distill prune``: what each removable unit of a network is worth, measured.
+"""``distill prune``: what each removable unit of a network is worth, measured; and the student for a budget.
 
 distill prune --model exports/robust --out importance.json            # a robust-trained network (configs/digits/robust.yaml)
 distill prune --model builtin:digits --proxy distance --latency         # any sampler folder
+distill prune --model exports/robust --importance importance.json --teacher builtin:digits \
+    --budget-macs 0.25 --out-config student.yaml                        # search: the student at 0.25x the MACs
 
 Every removable unit (resnet, attention, mid block: :mod:`students.units`) is skipped in turn and the sampler
 scored by a quality proxy (lower is better): ``fid`` (digits: FID vs the teacher reference of ``--num-samples``
@@ -9,7 +11,13 @@ samples), ``distance`` (any teacher: sample distance to the full network's own s
 digits-shaped networks. Each unit's cost is the MACs its removal saves and, with ``--latency``, its own time inside
 a batch-1 forward on this machine. Prints the ranking (least harmful first) and writes it as JSON with ``--out``.
 Measure a network robust-trained with ``unit_dropping`` (``configs/digits/robust.yaml``): on a network never
-trained without its units, most removals look catastrophic and the ranking is noise.
+trained without its units, most removals look catastrophic and the ranking answers another question.
+
+With ``--budget-macs`` the command then searches (:mod:`distill.search.search`): for each shape (a width multiplier
+for every stage, separable convolutions or not) units are removed in order of measured quality lost per MAC saved
+until the budget holds; each distinct candidate is scored (``short-kd``: a short KD run from ``--teacher``, then the
+FID proxy; ``predicted``: the removed units' summed measured changes) and the best is written as a student config
+(``students.pruned.pruned_unet``) that any method's ``student`` takes.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import json
 from pathlib import Path
 
 PROXIES = ("auto", "fid", "distance")
+SCORERS = ("auto", "short-kd", "predicted")
 
 
 def build_proxy(kind: str, model, *, num_samples: int | None, steps: int | None, seed: int, prompts):
@@ -78,36 +87,180 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="unit kinds measured")
     parser.add_argument("--latency", action="store_true", help="also time each unit inside a batch-1 forward")
     parser.add_argument("--out", type=Path, default=None, help="write the report as JSON")
+    search = parser.add_argument_group("search (with --budget-macs)")
+    search.add_argument(
+        "--budget-macs",
+        type=float,
+        default=None,
+        help="the student's MACs per forward as a fraction of the teacher's",
+    )
+    search.add_argument(
+        "--teacher", default=None, help="what the student derives from and learns from (default: --model)"
+    )
+    search.add_argument(
+        "--importance", type=Path, default=None, help="a report written by --out (skips measuring again)"
+    )
+    search.add_argument(
+        "--scorer",
+        choices=SCORERS,
+        default="auto",
+        help="short-kd: train each candidate briefly, then the FID proxy (digits); predicted: the removed units' "
+        "summed measured changes (any teacher; cannot tell widths apart); auto: short-kd on digits",
+    )
+    search.add_argument(
+        "--search-steps", type=positive_int, default=200, help="short-kd: KD steps per candidate"
+    )
+    search.add_argument(
+        "--widths", type=float, nargs="+", default=None, help="stage width multipliers searched"
+    )
+    search.add_argument(
+        "--out-config", type=Path, default=None, help="write the chosen student as a YAML config"
+    )
     args = parser.parse_args(argv)
-    if args.out is not None and args.out.exists() and args.out.is_dir():
-        parser.error(f"--out {args.out} is a folder; pass a file name (importance.json)")
+    for option in ("out", "out_config"):
+        path = getattr(args, option)
+        if path is not None and path.is_dir():
+            parser.error(f"--{option.replace('_', '-')} {path} is a folder; pass a file name")
+    if args.budget_macs is not None and not 0 < args.budget_macs <= 1:
+        parser.error(f"--budget-macs is a fraction of the teacher's MACs in (0, 1], got {args.budget_macs}")
+    if args.budget_macs is None and (args.out_config is not None or args.teacher is not None):
+        parser.error("--out-config and --teacher belong to the search: pass --budget-macs")
 
-    from distill.search.importance import measure_importance
+    from distill.search.importance import ImportanceReport, measure_importance
     from students.units import removable_units
     from teachers import DiffusionTeacher
 
     try:
         model = DiffusionTeacher.from_pretrained(args.model)
-        proxy = build_proxy(
-            args.proxy,
-            model,
-            num_samples=args.num_samples,
-            steps=args.steps,
-            seed=args.seed,
-            prompts=args.prompts,
-        )
-        units = [u.name for u in removable_units(model.unet, kinds=args.kinds)]
+        if args.importance is not None:
+            report = ImportanceReport.from_dict(json.loads(args.importance.read_text()))
+        else:
+            proxy = build_proxy(
+                args.proxy,
+                model,
+                num_samples=args.num_samples,
+                steps=args.steps,
+                seed=args.seed,
+                prompts=args.prompts,
+            )
+            units = [u.name for u in removable_units(model.unet, kinds=args.kinds)]
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
-    report = measure_importance(model, proxy, units=units, latency=args.latency)
+    if args.importance is None:
+        report = measure_importance(model, proxy, units=units, latency=args.latency)
     print(format_report(report))
-    if args.out is not None:
-        from distill.provenance import provenance
+    from distill.provenance import provenance
 
+    if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         record = {**report.to_dict(), "model": str(args.model), "meta": provenance(module="distill.cli")}
         args.out.write_text(json.dumps(record, indent=2) + "\n")
         print(f"wrote {args.out}")
+    if args.budget_macs is None:
+        return
+    try:
+        result, teacher_source = run_search(args, model, report)
+    except ValueError as error:
+        parser.error(str(error))
+    print(format_search(result))
+    if args.out_config is not None:
+        write_student_config(
+            args.out_config, result, teacher=teacher_source, command=provenance(module="distill.cli")
+        )
+        print(f"wrote {args.out_config}")
+
+
+def run_search(args, model, report):
+    from distill.search.search import DEFAULT_WIDTHS, search
+    from teachers import DiffusionTeacher
+
+    teacher_source = args.teacher or args.model
+    teacher = model if args.teacher is None else DiffusionTeacher.from_pretrained(args.teacher)
+    scorer = build_scorer(args.scorer, teacher, report, steps=args.search_steps, seed=args.seed)
+    result = search(
+        teacher.unet,
+        report,
+        budget_macs=args.budget_macs * float(report.total_macs),
+        scorer=scorer,
+        widths=tuple(args.widths or DEFAULT_WIDTHS),
+        log=print,
+    )
+    return result, teacher_source
+
+
+def build_scorer(kind: str, teacher, report, *, steps: int, seed: int):
+    """``short-kd`` (digits: a short KD run per candidate, then FID vs the teacher reference) or ``predicted``
+    (the removed units' summed measured quality changes; wider shapes first on ties)."""
+    from distill.onnx_export import is_digits_shaped
+
+    digits = teacher.cond_kind == "class" and is_digits_shaped(teacher.unet.config)
+    if kind == "auto":
+        kind = "short-kd" if digits else "predicted"
+    if kind == "short-kd":
+        if not digits:
+            raise ValueError(
+                "--scorer short-kd trains on the digits data and scores by the digits FID proxy; use --scorer "
+                "predicted for this teacher"
+            )
+        from distill.data import DigitsDataModule
+        from distill.search.importance import DigitsFidProxy
+        from distill.search.trained import ShortKD
+
+        return ShortKD(
+            teacher,
+            lambda: DigitsDataModule(batch_size=64),
+            DigitsFidProxy(seed=seed),
+            steps=steps,
+            seed=seed,
+        )
+    deltas = {u.name: max(u.delta, 0.0) for u in report.units}
+
+    def predicted(candidate) -> float:
+        return sum(deltas.get(name, 0.0) for name in candidate.removed_units) + 1e-9 * (1 - candidate.width)
+
+    predicted.name = "the removed units' summed measured changes (predicted)"
+    return predicted
+
+
+def format_search(result) -> str:
+    lines = [
+        f"search under {result.budget_macs / result.teacher_macs:.3f}x of the teacher's MACs; score: {result.scorer}",
+        "",
+        "| width | separable | units removed | MACs (x teacher) | predicted change | score |",
+        "| ---: | :---: | ---: | ---: | ---: | ---: |",
+    ]
+    for e in sorted(result.entries, key=lambda e: e.score):
+        c = e.candidate
+        lines.append(
+            f"| {c.width} | {'yes' if c.separable else 'no'} | {len(c.removed_units)} | "
+            f"{e.macs / result.teacher_macs:.3f} | {e.predicted_delta:+.4f} | {e.score:.4f} |"
+        )
+    best = result.best.candidate
+    lines += [
+        "",
+        f"chosen: width {best.width}, separable {best.separable}, removed {list(best.removed_units)}",
+    ]
+    return "\n".join(lines)
+
+
+def write_student_config(path: Path, result, *, teacher: str, command: dict) -> None:
+    """The chosen student as a ``class_path``/``init_args`` YAML that a method's ``student`` takes
+    (``--model.init_args.student=PATH``)."""
+    import yaml
+
+    best = result.best
+    init_args = {"teacher": str(teacher), **best.candidate.student_kwargs(teacher)}
+    header = [
+        f"# distill prune: the searched student at {best.macs / result.teacher_macs:.3f}x of the teacher's MACs "
+        f"(budget {result.budget_macs / result.teacher_macs:.3f}x)",
+        f"# score {best.score:.4f} ({result.scorer}); commit {command.get('commit', '')[:10]}",
+        "# use: distill fit -c configs/digits/kd.yaml --model.init_args.student=THIS_FILE",
+    ]
+    body = yaml.safe_dump(
+        {"class_path": "students.pruned.pruned_unet", "init_args": init_args}, sort_keys=False
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(header) + "\n" + body)
 
 
 if __name__ == "__main__":

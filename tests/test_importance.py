@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from conftest import save_teacher_folder, tiny_cond_unet
 
+from distill.flops import count_macs, example_inputs
 from distill.search.importance import SampleDistanceProxy, measure_importance, network_macs, unit_latency
+from students.pruned import pruned_unet
 from students.units import removable_units, skipping
 from teachers import DiffusionTeacher
 
@@ -100,3 +105,61 @@ def test_distill_prune_measures_a_text_to_image_pipeline(tiny_sd, tmp_path, one_
     assert record["units"] and all(u["kind"] == "attention" for u in record["units"])
     assert all(".attentions." in u["name"] for u in record["units"])
     assert all(u["delta"] > 0 and u["macs_saved"] > 0 for u in record["units"])
+    # the search on the same pipeline: a student config at half the UNet's MACs
+    config = tmp_path / "sd_student.yaml"
+    search = ["--budget-macs", "0.5", "--widths", "1.0", "0.5", "--out-config", str(config)]
+    main(["prune", "--model", str(pipeline), "--importance", str(out), *search])
+    import yaml
+
+    args = yaml.safe_load(config.read_text())["init_args"]
+    built = pruned_unet(**args)
+    full = count_macs(DiffusionTeacher.from_pretrained(pipeline).unet, example_inputs(built)).total
+    assert count_macs(built, example_inputs(built)).total <= 0.5 * full
+
+
+def test_distill_prune_searches_under_a_budget_and_writes_a_student_config_a_method_takes(tmp_path, capsys):
+    """--budget-macs: the importance report (measured, then reused with --importance), every shape's candidate
+    under the budget, the best written as a pruned_unet config that `distill fit` parses as the student."""
+    import json
+
+    import yaml
+
+    from distill.cli import main
+    from distill.search.space import Candidate, candidate_macs
+
+    root = tmp_path / "teacher"
+    save_teacher_folder(root, tiny_cond_unet(seed=2))
+    report = tmp_path / "importance.json"
+    main(["prune", "--model", str(root), "--num-samples", "2", "--steps", "2", "--out", str(report)])
+    config = tmp_path / "student.yaml"
+    search = ["--budget-macs", "0.3", "--scorer", "predicted", "--widths", "1.0", "0.5", "0.25"]
+    main(["prune", "--model", str(root), "--importance", str(report), *search, "--out-config", str(config)])
+    printed = capsys.readouterr().out
+    assert "| width | separable | units removed |" in printed and "chosen:" in printed
+    student = yaml.safe_load(config.read_text())
+    assert student["class_path"] == "students.pruned.pruned_unet"
+    args = student["init_args"]
+    candidate = Candidate(tuple(args["removed_units"]), separable=args["separable_convs"])
+    full = candidate_macs(str(root), Candidate())
+    built = pruned_unet(**args)
+
+    assert count_macs(built, example_inputs(built)).total <= 0.3 * full
+    assert candidate.removed_units == tuple(args["removed_units"])
+    assert json.loads(report.read_text())["units"]
+    # a method takes it as its student
+    with pytest.raises(SystemExit) as info:
+        kd = Path(__file__).resolve().parents[1] / "configs" / "digits" / "kd.yaml"
+        main(["fit", "-c", str(kd), f"--model.init_args.student={config}", "--print_config"])
+    assert info.value.code == 0
+    assert "students.pruned.pruned_unet" in capsys.readouterr().out
+    for bad, message in (
+        (["--budget-macs", "1.5"], "in \\(0, 1\\]"),
+        (["--out-config", str(tmp_path / "x.yaml")], "pass --budget-macs"),
+        (
+            ["--budget-macs", "0.3", "--scorer", "short-kd", "--importance", str(report)],
+            "short-kd trains on the digits",
+        ),
+    ):
+        with pytest.raises(SystemExit):
+            main(["prune", "--model", str(root), *bad])
+        assert re.search(message, capsys.readouterr().err), bad

@@ -140,6 +140,13 @@ class ImportanceReport:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ranking": self.ranking()}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ImportanceReport:
+        """The report :meth:`to_dict` wrote (``distill prune --out``)."""
+        fields = {"proxy", "base_score", "total_macs", "latency_total_ms"}
+        units = [UnitImportance(**u) for u in data["units"]]
+        return cls(**{k: data.get(k) for k in fields}, units=units)
+
 
 def network_macs(network: nn.Module, skipped: Sequence[str] = ()) -> float:
     """MACs of one batch-1 forward of ``network`` without the units ``skipped`` (fvcore and our handles)."""
