@@ -1,0 +1,132 @@
+"""Searched students vs random removal on digits: does measuring beat guessing at equal MACs and equal training?
+
+1. search: the robust-trained digits teacher's importance report (benchmarks/results/block_importance.json, robust
+   seed 0); `distill prune`'s search at each budget (fraction of the teacher's MACs), every candidate scored by a
+   short KD run from the teacher and the FID proxy.
+2. train: at each budget, the searched student and a random-removal baseline of the same shape whose MACs are
+   within 5% of the searched one's, each trained with configs/digits/kd_efficient.yaml's budget (the hand-designed
+   students' recipe: 1,000 steps of KD) at seeds 0/1/2, exported and scored by the protocol
+   (configs/digits/teacher_eval.yaml: 2,000 samples x 3 evaluation seeds, 50 DDIM steps).
+
+Stages are cached in the output JSON: a rerun skips what is there (``--stage search`` runs the first only).
+Run:  OMP_NUM_THREADS=2 python benchmarks/digits_search.py   (search: about 20 minutes; train: about 90 minutes
+      on 2 cores)
+Writes ``benchmarks/results/digits_search.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import yaml
+from digits_runs import train_export_evaluate
+
+from distill.data import DigitsDataModule
+from distill.provenance import provenance
+from distill.search.importance import DigitsFidProxy, ImportanceReport
+from distill.search.search import search
+from distill.search.space import Candidate, random_removal
+from distill.search.trained import ShortKD
+from teachers import DiffusionTeacher
+
+ROOT = Path(__file__).resolve().parent
+TEACHER = "builtin:digits"
+KD_CONFIG = "configs/digits/kd_efficient.yaml"
+MAC_TOLERANCE = 0.05
+
+
+def robust_report() -> ImportanceReport:
+    data = json.loads((ROOT / "results" / "block_importance.json").read_text())
+    return ImportanceReport.from_dict(data["robust"]["0"])
+
+
+def run_search(budget: float, *, steps: int) -> dict:
+    teacher = DiffusionTeacher.from_pretrained(TEACHER)
+    report = robust_report()
+    scorer = ShortKD(teacher, lambda: DigitsDataModule(batch_size=64), DigitsFidProxy(), steps=steps)
+    result = search(teacher.unet, report, budget_macs=budget * report.total_macs, scorer=scorer, log=print)
+    return result.to_dict()
+
+
+def baseline(searched: dict, *, tries: int = 200) -> dict:
+    """A random-removal candidate of the searched student's shape within MAC_TOLERANCE of its MACs."""
+    shape = searched["candidate"]
+    units = [u.name for u in robust_report().units]
+    target = searched["macs"]
+    for seed in range(tries):
+        result = random_removal(
+            TEACHER,
+            units,
+            budget_macs=target * (1 + MAC_TOLERANCE),
+            width=shape["width"],
+            separable=shape["separable"],
+            seed=seed,
+        )
+        if result.candidate is not None and abs(result.macs - target) <= MAC_TOLERANCE * target:
+            if result.candidate.removed_units != tuple(shape["removed_units"]):
+                return {"candidate": asdict(result.candidate), "macs": result.macs, "seed": seed}
+    raise SystemExit(f"no random removal within {MAC_TOLERANCE:.0%} of {target:.0f} MACs in {tries} seeds")
+
+
+def student_yaml(candidate: dict, path: Path) -> Path:
+    c = Candidate(tuple(candidate["removed_units"]), candidate["width"], candidate["separable"])
+    body = {"class_path": "students.pruned.pruned_unet", "init_args": {"teacher": TEACHER, **c.student_kwargs(TEACHER)}}
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0.25, 0.10])
+    parser.add_argument("--search-steps", type=int, default=200)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--stage", choices=("search", "all"), default="all")
+    parser.add_argument("--num-samples", type=int, default=2000)
+    parser.add_argument("--output", type=Path, default=ROOT / "results" / "digits_search.json")
+    args = parser.parse_args()
+    result = json.loads(args.output.read_text()) if args.output.is_file() else {"budgets": {}}
+    work = Path(tempfile.mkdtemp(prefix="digits_search."))
+
+    def save() -> None:
+        result["meta"] = provenance(configs=[KD_CONFIG, "configs/digits/robust.yaml"])
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+
+    for budget in args.budgets:
+        entry = result["budgets"].setdefault(str(budget), {})
+        if "search" not in entry:
+            entry["search"] = run_search(budget, steps=args.search_steps)
+            entry["baseline"] = baseline(entry["search"]["best"])
+            save()
+    if args.stage == "search":
+        print(f"wrote {args.output}")
+        return
+    for budget in args.budgets:
+        entry = result["budgets"][str(budget)]
+        for label, candidate in (("searched", entry["search"]["best"]["candidate"]), ("random", entry["baseline"]["candidate"])):
+            runs = entry.setdefault("trained", {}).setdefault(label, {})
+            for seed in args.seeds:
+                if str(seed) in runs:
+                    continue
+                out = work / f"{budget}_{label}_{seed}"
+                out.mkdir()
+                config = student_yaml(candidate, out / "student.yaml")
+                runs[str(seed)] = train_export_evaluate(
+                    config=KD_CONFIG,
+                    overrides=[f"--model.init_args.student={config}", f"--seed_everything={seed}"],
+                    out=out,
+                    name=f"{label} {budget}x seed {seed}",
+                    seeds=[0, 1, 2],
+                    num_samples=args.num_samples,
+                    eval_steps=[50],
+                )
+                save()
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
