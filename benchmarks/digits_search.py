@@ -66,21 +66,26 @@ def baseline(searched: dict, *, tries: int = 200) -> dict:
             separable=shape["separable"],
             seed=seed,
         )
-        if result.candidate is not None and abs(result.macs - target) <= MAC_TOLERANCE * target:
-            if result.candidate.removed_units != tuple(shape["removed_units"]):
-                return {"candidate": asdict(result.candidate), "macs": result.macs, "seed": seed}
+        near = result.candidate is not None and abs(result.macs - target) <= MAC_TOLERANCE * target
+        if near and result.candidate.removed_units != tuple(shape["removed_units"]):
+            return {"candidate": asdict(result.candidate), "macs": result.macs, "seed": seed}
     raise SystemExit(f"no random removal within {MAC_TOLERANCE:.0%} of {target:.0f} MACs in {tries} seeds")
 
 
 def student_yaml(candidate: dict, path: Path) -> Path:
     c = Candidate(tuple(candidate["removed_units"]), candidate["width"], candidate["separable"])
-    body = {"class_path": "students.pruned.pruned_unet", "init_args": {"teacher": TEACHER, **c.student_kwargs(TEACHER)}}
+    body = {
+        "class_path": "students.pruned.pruned_unet",
+        "init_args": {"teacher": TEACHER, **c.student_kwargs(TEACHER)},
+    }
     path.write_text(yaml.safe_dump(body, sort_keys=False))
     return path
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.25, 0.10])
     parser.add_argument("--search-steps", type=int, default=200)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -107,7 +112,10 @@ def main() -> None:
         return
     for budget in args.budgets:
         entry = result["budgets"][str(budget)]
-        for label, candidate in (("searched", entry["search"]["best"]["candidate"]), ("random", entry["baseline"]["candidate"])):
+        for label, candidate in (
+            ("searched", entry["search"]["best"]["candidate"]),
+            ("random", entry["baseline"]["candidate"]),
+        ):
             runs = entry.setdefault("trained", {}).setdefault(label, {})
             for seed in args.seeds:
                 if str(seed) in runs:
