@@ -3,8 +3,8 @@
 1. search: the robust-trained digits teacher's importance report (benchmarks/results/block_importance.json, robust
    seed 0); `distill prune`'s search at each budget (fraction of the teacher's MACs), every candidate scored by a
    short KD run from the teacher and the FID proxy.
-2. train: at each budget, the searched student and a random-removal baseline of the same shape whose MACs are
-   within 5% of the searched one's, each trained with configs/digits/kd_efficient.yaml's budget (the hand-designed
+2. train: at each budget, the searched student and a random baseline from the same space (a seeded random shape,
+   then units removed in a seeded random order, MACs within 5% of the searched student's), each trained with configs/digits/kd_efficient.yaml's budget (the hand-designed
    students' recipe: 1,000 steps of KD) at seeds 0/1/2, exported and scored by the protocol
    (configs/digits/teacher_eval.yaml: 2,000 samples x 3 evaluation seeds, 50 DDIM steps).
 
@@ -52,24 +52,44 @@ def run_search(budget: float, *, steps: int) -> dict:
     return result.to_dict()
 
 
-def baseline(searched: dict, *, tries: int = 200) -> dict:
-    """A random-removal candidate of the searched student's shape within MAC_TOLERANCE of its MACs."""
-    shape = searched["candidate"]
+def baseline(searched: dict, *, tries: int = 400) -> dict:
+    """A random architecture from the same search space at the searched student's MACs (within MAC_TOLERANCE):
+    a seeded random shape (width, separable) from the grid, then units removed in a seeded random order until the
+    MACs are in the window; at least one unit removed, and not the searched candidate."""
+    import random
+
+    from distill.search.search import DEFAULT_WIDTHS
+    from distill.search.space import candidate_macs
+
     units = [u.name for u in robust_report().units]
     target = searched["macs"]
+    shapes = [(w, sep) for w in DEFAULT_WIDTHS for sep in (False, True)]
+    reachable = [
+        s for s in shapes if candidate_macs(TEACHER, Candidate((), *s)) >= (1 - MAC_TOLERANCE) * target
+    ]
+    chosen = (
+        tuple(searched["candidate"]["removed_units"]),
+        searched["candidate"]["width"],
+        searched["candidate"]["separable"],
+    )
     for seed in range(tries):
+        width, separable = random.Random(seed).choice(reachable)
         result = random_removal(
             TEACHER,
             units,
             budget_macs=target * (1 + MAC_TOLERANCE),
-            width=shape["width"],
-            separable=shape["separable"],
+            width=width,
+            separable=separable,
             seed=seed,
         )
-        near = result.candidate is not None and abs(result.macs - target) <= MAC_TOLERANCE * target
-        if near and result.candidate.removed_units != tuple(shape["removed_units"]):
-            return {"candidate": asdict(result.candidate), "macs": result.macs, "seed": seed}
-    raise SystemExit(f"no random removal within {MAC_TOLERANCE:.0%} of {target:.0f} MACs in {tries} seeds")
+        c = result.candidate
+        if c is None or not c.removed_units or (c.removed_units, c.width, c.separable) == chosen:
+            continue
+        if abs(result.macs - target) <= MAC_TOLERANCE * target:
+            return {"candidate": asdict(c), "macs": result.macs, "seed": seed}
+    raise SystemExit(
+        f"no random architecture within {MAC_TOLERANCE:.0%} of {target:.0f} MACs in {tries} seeds"
+    )
 
 
 def student_yaml(candidate: dict, path: Path) -> Path:
@@ -90,6 +110,9 @@ def main() -> None:
     parser.add_argument("--search-steps", type=int, default=200)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--stage", choices=("search", "all"), default="all")
+    parser.add_argument(
+        "--redo-baseline", action="store_true", help="draw the baselines again (drops their runs)"
+    )
     parser.add_argument("--num-samples", type=int, default=2000)
     parser.add_argument("--output", type=Path, default=ROOT / "results" / "digits_search.json")
     args = parser.parse_args()
@@ -105,7 +128,10 @@ def main() -> None:
         entry = result["budgets"].setdefault(str(budget), {})
         if "search" not in entry:
             entry["search"] = run_search(budget, steps=args.search_steps)
+            save()
+        if "baseline" not in entry or args.redo_baseline:
             entry["baseline"] = baseline(entry["search"]["best"])
+            entry.pop("trained", None)
             save()
     if args.stage == "search":
         print(f"wrote {args.output}")
