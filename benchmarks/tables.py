@@ -657,3 +657,59 @@ def block_importance(result: Mapping[str, Any]) -> str:
         f"| robust (seed {seeds[0]}) vs shipped | {rho['robust_vs_shipped']:.2f} |",
     ]
     return "\n".join(lines) + "\n"
+
+
+# -- the search on digits (benchmarks/results/digits_search.json) --------------------------------------------------
+def digits_search(result: Mapping[str, Any]) -> str:
+    """Per budget: every candidate the search scored (the frontier marked), the chosen one and the random baseline;
+    then, where trained, the searched vs random students by the protocol."""
+    lines: list[str] = []
+    for budget in sorted(result["budgets"], key=float, reverse=True):
+        entry = result["budgets"][budget]
+        found = entry["search"]
+        front = {json_key(e["candidate"]) for e in found["frontier"]}
+        best = json_key(found["best"]["candidate"])
+        lines += [
+            f"Budget {float(budget):.2f}x of the teacher's MACs ({found['scorer']}):",
+            "",
+            "| width | separable | units removed | MACs (x teacher) | predicted FID change | score | |",
+            "| ---: | :---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for e in sorted(found["entries"], key=lambda e: e["score"]):
+            c = e["candidate"]
+            mark = "chosen" if json_key(c) == best else ("frontier" if json_key(c) in front else "")
+            lines.append(
+                f"| {c['width']} | {'yes' if c['separable'] else 'no'} | {len(c['removed_units'])} | "
+                f"{e['macs_ratio']:.3f} | {e['predicted_delta']:+.3f} | {e['score']:.3f} | {mark} |"
+            )
+        base = entry["baseline"]
+        bc = base["candidate"]
+        lines += [
+            "",
+            f"Chosen: width {found['best']['candidate']['width']}, "
+            f"{'separable' if found['best']['candidate']['separable'] else 'plain'} convolutions, removed "
+            + (", ".join(f"`{n}`" for n in found["best"]["candidate"]["removed_units"]) or "nothing")
+            + f". Random baseline (seed {base['seed']}): width {bc['width']}, "
+            f"{'separable' if bc['separable'] else 'plain'}, {len(bc['removed_units'])} random units removed, "
+            f"{base['macs'] / found['teacher_macs']:.3f}x MACs.",
+            "",
+        ]
+        trained = entry.get("trained")
+        if trained:
+            lines += [
+                "| student (KD, kd_efficient's budget) | training seed | FID vs real | FID vs teacher ref | accuracy (%) |",
+                "| --- | ---: | ---: | ---: | ---: |",
+            ]
+            for label in ("searched", "random"):
+                for seed, run in sorted(trained.get(label, {}).items()):
+                    s = run["rows"][0]["summary"]
+                    lines.append(
+                        f"| {label} | {seed} | {mean_std(s, 'fid_real')} | {mean_std(s, 'fid_ref')} | "
+                        f"{mean_std(s, 'accuracy', scale=100, digits=1)} |"
+                    )
+            lines.append("")
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def json_key(candidate: Mapping[str, Any]) -> tuple:
+    return (tuple(candidate["removed_units"]), candidate["width"], candidate["separable"])

@@ -92,6 +92,7 @@ BLOCKS: dict[str, Block] = {
     "deploy_digits": Block(DEPLOY, tables.deploy_digits),
     "runtime_parity": Block("benchmarks/results/runtime_parity.json", tables.runtime_parity),
     "block_importance": Block("benchmarks/results/block_importance.json", tables.block_importance),
+    "digits_search": Block("benchmarks/results/digits_search.json", tables.digits_search),
     "overhead": Block("benchmarks/results/overhead.json", tables.overhead),
     "speed_features": Block("benchmarks/results/speed_features.json", tables.speed_features),
     "teacher_reuse": Block("benchmarks/results/teacher_reuse.json", tables.teacher_reuse),
