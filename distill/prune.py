@@ -116,6 +116,12 @@ def main(argv: list[str] | None = None) -> None:
     search.add_argument(
         "--out-config", type=Path, default=None, help="write the chosen student as a YAML config"
     )
+    parser.add_argument(
+        "--tensorboard",
+        type=Path,
+        default=None,
+        help="log the importance table and (with --budget-macs) the quality/MAC frontier to this TensorBoard folder",
+    )
     args = parser.parse_args(argv)
     for option in ("out", "out_config"):
         path = getattr(args, option)
@@ -157,12 +163,16 @@ def main(argv: list[str] | None = None) -> None:
         args.out.write_text(json.dumps(record, indent=2) + "\n")
         print(f"wrote {args.out}")
     if args.budget_macs is None:
+        if args.tensorboard is not None:
+            log_tensorboard(args.tensorboard, report, None)
         return
     try:
         result, teacher_source = run_search(args, model, report)
     except ValueError as error:
         parser.error(str(error))
     print(format_search(result))
+    if args.tensorboard is not None:
+        log_tensorboard(args.tensorboard, report, result)
     if args.out_config is not None:
         write_student_config(
             args.out_config, result, teacher=teacher_source, command=provenance(module="distill.cli")
@@ -241,6 +251,29 @@ def format_search(result) -> str:
         f"chosen: width {best.width}, separable {best.separable}, removed {list(best.removed_units)}",
     ]
     return "\n".join(lines)
+
+
+def log_tensorboard(folder: Path, report, result) -> None:
+    """The importance table as text and each unit's quality change and MACs saved as scalars (x: the unit's rank);
+    with a search, every candidate's score against its MACs (x: MACs in thousands, so TensorBoard draws the
+    frontier as a curve: ``search/score`` all candidates, ``search/frontier`` the Pareto front)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(folder))
+    try:
+        writer.add_text("prune/importance", format_report(report))
+        by_name = {u.name: u for u in report.units}
+        for rank, name in enumerate(report.ranking()):
+            writer.add_scalar("prune/quality_change_by_rank", by_name[name].delta, rank)
+            writer.add_scalar("prune/macs_saved_by_rank", by_name[name].macs_saved, rank)
+        if result is not None:
+            writer.add_text("search/candidates", format_search(result))
+            for entry in sorted(result.entries, key=lambda e: e.macs):
+                writer.add_scalar("search/score", entry.score, int(entry.macs // 1000))
+            for entry in result.frontier():
+                writer.add_scalar("search/frontier", entry.score, int(entry.macs // 1000))
+    finally:
+        writer.close()
 
 
 def write_student_config(path: Path, result, *, teacher: str, command: dict) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 
@@ -133,7 +134,9 @@ def test_distill_prune_searches_under_a_budget_and_writes_a_student_config_a_met
     main(["prune", "--model", str(root), "--num-samples", "2", "--steps", "2", "--out", str(report)])
     config = tmp_path / "student.yaml"
     search = ["--budget-macs", "0.3", "--scorer", "predicted", "--widths", "1.0", "0.5", "0.25"]
-    main(["prune", "--model", str(root), "--importance", str(report), *search, "--out-config", str(config)])
+    board = tmp_path / "board"
+    outputs = ["--out-config", str(config), "--tensorboard", str(board)]
+    main(["prune", "--model", str(root), "--importance", str(report), *search, *outputs])
     printed = capsys.readouterr().out
     assert "| width | separable | units removed |" in printed and "chosen:" in printed
     student = yaml.safe_load(config.read_text())
@@ -146,6 +149,18 @@ def test_distill_prune_searches_under_a_budget_and_writes_a_student_config_a_met
     assert count_macs(built, example_inputs(built)).total <= 0.3 * full
     assert candidate.removed_units == tuple(args["removed_units"])
     assert json.loads(report.read_text())["units"]
+    # the frontier and the importance table, read back from the event file
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(board), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    scores = acc.Scalars("search/score")
+    front = acc.Scalars("search/frontier")
+    assert len(scores) >= len(front) >= 1
+    assert [e.step for e in scores] == sorted(e.step for e in scores)
+    assert all(a.value > b.value for a, b in itertools.pairwise(front))  # cheaper points score worse
+    assert len(acc.Scalars("prune/quality_change_by_rank")) == len(json.loads(report.read_text())["units"])
+    assert {"prune/importance/text_summary", "search/candidates/text_summary"} <= set(acc.Tags()["tensors"])
     # a method takes it as its student
     with pytest.raises(SystemExit) as info:
         kd = Path(__file__).resolve().parents[1] / "configs" / "digits" / "kd.yaml"
