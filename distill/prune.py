@@ -87,12 +87,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="unit kinds measured")
     parser.add_argument("--latency", action="store_true", help="also time each unit inside a batch-1 forward")
     parser.add_argument("--out", type=Path, default=None, help="write the report as JSON")
-    search = parser.add_argument_group("search (with --budget-macs)")
-    search.add_argument(
+    search = parser.add_argument_group("search (with --budget-macs or --budget-latency)")
+    budgets = search.add_mutually_exclusive_group()
+    budgets.add_argument(
         "--budget-macs",
         type=float,
         default=None,
         help="the student's MACs per forward as a fraction of the teacher's",
+    )
+    budgets.add_argument(
+        "--budget-latency",
+        type=float,
+        default=None,
+        help="the student's batch-1 latency on this machine as a fraction of the teacher's (measured; idle cores)",
     )
     search.add_argument(
         "--teacher", default=None, help="what the student derives from and learns from (default: --model)"
@@ -127,10 +134,14 @@ def main(argv: list[str] | None = None) -> None:
         path = getattr(args, option)
         if path is not None and path.is_dir():
             parser.error(f"--{option.replace('_', '-')} {path} is a folder; pass a file name")
-    if args.budget_macs is not None and not 0 < args.budget_macs <= 1:
-        parser.error(f"--budget-macs is a fraction of the teacher's MACs in (0, 1], got {args.budget_macs}")
-    if args.budget_macs is None and (args.out_config is not None or args.teacher is not None):
-        parser.error("--out-config and --teacher belong to the search: pass --budget-macs")
+    for option, value in (("budget-macs", args.budget_macs), ("budget-latency", args.budget_latency)):
+        if value is not None and not 0 < value <= 1:
+            parser.error(f"--{option} is a fraction of the teacher's in (0, 1], got {value}")
+    searching = args.budget_macs is not None or args.budget_latency is not None
+    if not searching and (args.out_config is not None or args.teacher is not None):
+        parser.error(
+            "--out-config and --teacher belong to the search: pass --budget-macs or --budget-latency"
+        )
 
     from distill.search.importance import ImportanceReport, measure_importance
     from students.units import removable_units
@@ -153,7 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
     if args.importance is None:
-        report = measure_importance(model, proxy, units=units, latency=args.latency)
+        latency = args.latency or args.budget_latency is not None
+        report = measure_importance(model, proxy, units=units, latency=latency)
     print(format_report(report))
     from distill.provenance import provenance
 
@@ -162,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
         record = {**report.to_dict(), "model": str(args.model), "meta": provenance(module="distill.cli")}
         args.out.write_text(json.dumps(record, indent=2) + "\n")
         print(f"wrote {args.out}")
-    if args.budget_macs is None:
+    if not searching:
         if args.tensorboard is not None:
             log_tensorboard(args.tensorboard, report, None)
         return
@@ -187,10 +199,17 @@ def run_search(args, model, report):
     teacher_source = args.teacher or args.model
     teacher = model if args.teacher is None else DiffusionTeacher.from_pretrained(args.teacher)
     scorer = build_scorer(args.scorer, teacher, report, steps=args.search_steps, seed=args.seed)
+    budgets = {
+        "budget_macs": None if args.budget_macs is None else args.budget_macs * float(report.total_macs)
+    }
+    if args.budget_latency is not None:
+        from distill.search.space import Candidate, candidate_latency
+
+        budgets["budget_latency_ms"] = args.budget_latency * candidate_latency(teacher.unet, Candidate())
     result = search(
         teacher.unet,
         report,
-        budget_macs=args.budget_macs * float(report.total_macs),
+        **budgets,
         scorer=scorer,
         widths=tuple(args.widths or DEFAULT_WIDTHS),
         log=print,
@@ -232,18 +251,25 @@ def build_scorer(kind: str, teacher, report, *, steps: int, seed: int):
     return predicted
 
 
+def budget_text(result) -> str:
+    if result.budget_latency_ms is not None:
+        return f"{result.budget_latency_ms:.2f} ms per batch-1 forward"
+    return f"{result.budget_macs / result.teacher_macs:.3f}x of the teacher's MACs"
+
+
 def format_search(result) -> str:
     lines = [
-        f"search under {result.budget_macs / result.teacher_macs:.3f}x of the teacher's MACs; score: {result.scorer}",
+        f"search under {budget_text(result)}; score: {result.scorer}",
         "",
-        "| width | separable | units removed | MACs (x teacher) | predicted change | score |",
-        "| ---: | :---: | ---: | ---: | ---: | ---: |",
+        "| width | separable | units removed | MACs (x teacher) | latency (ms) | predicted change | score |",
+        "| ---: | :---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for e in sorted(result.entries, key=lambda e: e.score):
         c = e.candidate
+        latency = f"{e.latency_ms:.2f}" if e.latency_ms is not None else "-"
         lines.append(
             f"| {c.width} | {'yes' if c.separable else 'no'} | {len(c.removed_units)} | "
-            f"{e.macs / result.teacher_macs:.3f} | {e.predicted_delta:+.4f} | {e.score:.4f} |"
+            f"{e.macs / result.teacher_macs:.3f} | {latency} | {e.predicted_delta:+.4f} | {e.score:.4f} |"
         )
     best = result.best.candidate
     lines += [
@@ -272,6 +298,9 @@ def log_tensorboard(folder: Path, report, result) -> None:
                 writer.add_scalar("search/score", entry.score, int(entry.macs // 1000))
             for entry in result.frontier():
                 writer.add_scalar("search/frontier", entry.score, int(entry.macs // 1000))
+            if result.budget_latency_ms is not None:  # x: latency in microseconds
+                for entry in sorted(result.entries, key=lambda e: e.latency_ms):
+                    writer.add_scalar("search/score_by_latency", entry.score, int(entry.latency_ms * 1000))
     finally:
         writer.close()
 
@@ -285,7 +314,7 @@ def write_student_config(path: Path, result, *, teacher: str, command: dict) -> 
     init_args = {"teacher": str(teacher), **best.candidate.student_kwargs(teacher)}
     header = [
         f"# distill prune: the searched student at {best.macs / result.teacher_macs:.3f}x of the teacher's MACs "
-        f"(budget {result.budget_macs / result.teacher_macs:.3f}x)",
+        f"(budget {budget_text(result)})",
         f"# score {best.score:.4f} ({result.scorer}); commit {command.get('commit', '')[:10]}",
         "# use: distill fit -c configs/digits/kd.yaml --model.init_args.student=THIS_FILE",
     ]

@@ -167,8 +167,13 @@ def test_distill_prune_searches_under_a_budget_and_writes_a_student_config_a_met
         main(["fit", "-c", str(kd), f"--model.init_args.student={config}", "--print_config"])
     assert info.value.code == 0
     assert "students.pruned.pruned_unet" in capsys.readouterr().out
+    # a latency budget: the units timed, every candidate measured against a fraction of the teacher's latency
+    timed = ["--budget-latency", "0.9", "--scorer", "predicted", "--widths", "1.0", "0.5", "0.25"]
+    main(["prune", "--model", str(root), "--num-samples", "2", "--steps", "2", *timed])
+    assert "ms per batch-1 forward" in capsys.readouterr().out
     for bad, message in (
         (["--budget-macs", "1.5"], "in \\(0, 1\\]"),
+        (["--budget-macs", "0.5", "--budget-latency", "0.5"], "not allowed with argument"),
         (["--out-config", str(tmp_path / "x.yaml")], "pass --budget-macs"),
         (
             ["--budget-macs", "0.3", "--scorer", "short-kd", "--importance", str(report)],

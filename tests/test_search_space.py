@@ -22,7 +22,13 @@ def _report(teacher, deltas: dict[str, float]):
     _, saved = unit_macs_saved(teacher, units)
     return SimpleNamespace(
         units=[
-            SimpleNamespace(name=u.name, kind=u.kind, delta=deltas.get(u.name, 1.0), macs_saved=saved[u.name])
+            SimpleNamespace(
+                name=u.name,
+                kind=u.kind,
+                delta=deltas.get(u.name, 1.0),
+                macs_saved=saved[u.name],
+                latency_ms=None,
+            )
             for u in units
         ]
     )
@@ -140,3 +146,29 @@ def test_random_removal_is_seeded_and_reaches_the_budget_by_other_units():
         random_removal(teacher.config, names, budget_macs=0.8 * full, seed=s).candidate for s in range(2, 6)
     }
     assert len(others | {a.candidate}) > 1
+
+
+def test_a_latency_budget_removes_by_measured_time_and_keeps_every_candidate_within_it():
+    from distill.search.search import search
+    from distill.search.space import candidate_latency
+
+    teacher = tiny_cond_unet(seed=0)
+    report = _report(teacher, {})
+    with pytest.raises(ValueError, match="measure the report with latency"):
+        action_order(report, cost="latency")
+    for unit in report.units:
+        unit.latency_ms = 0.1
+    full = candidate_latency(teacher.config, Candidate())
+    result = search(
+        teacher.config,
+        report,
+        budget_latency_ms=0.8 * full,
+        scorer=lambda c: 1 - c.width,
+        widths=(1.0, 0.5, 0.25),
+    )
+    assert result.entries and all(
+        e.latency_ms is not None and e.latency_ms <= 0.8 * full for e in result.entries
+    )
+    assert result.to_dict()["budget_latency_ms"] == pytest.approx(0.8 * full)
+    with pytest.raises(ValueError, match="one budget"):
+        search(teacher.config, report, budget_macs=1.0, budget_latency_ms=1.0, scorer=lambda c: 0.0)

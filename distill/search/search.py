@@ -25,22 +25,29 @@ class Entry:
     #: the sum of the removed units' measured quality changes
     predicted_delta: float
     score: float
+    #: measured batch-1 latency (ms), under a latency budget
+    latency_ms: float | None = None
 
 
 @dataclass
 class SearchResult:
-    budget_macs: float
+    budget_macs: float | None
     teacher_macs: float
     scorer: str
     entries: list[Entry] = field(default_factory=list)
+    budget_latency_ms: float | None = None
 
     @property
     def best(self) -> Entry:
         return min(self.entries, key=lambda e: e.score)
 
+    def cost(self, entry: Entry) -> float:
+        """What the budget counts: the entry's MACs, or its latency under a latency budget."""
+        return entry.latency_ms if self.budget_latency_ms is not None else entry.macs
+
     def frontier(self) -> list[Entry]:
-        """The entries no other beats on both MACs and score, by MACs."""
-        ordered = sorted(self.entries, key=lambda e: (e.macs, e.score))
+        """The entries no other beats on both cost (MACs, or latency under a latency budget) and score."""
+        ordered = sorted(self.entries, key=lambda e: (self.cost(e), e.score))
         front: list[Entry] = []
         for entry in ordered:
             if not front or entry.score < front[-1].score:
@@ -57,6 +64,7 @@ class SearchResult:
 
         return {
             "budget_macs": self.budget_macs,
+            "budget_latency_ms": self.budget_latency_ms,
             "teacher_macs": self.teacher_macs,
             "scorer": self.scorer,
             "entries": [row(e) for e in self.entries],
@@ -69,42 +77,63 @@ def search(
     teacher: Any,
     report: Any,
     *,
-    budget_macs: float,
+    budget_macs: float | None = None,
+    budget_latency_ms: float | None = None,
     scorer: Callable[[Candidate], float],
     widths: Sequence[float] = DEFAULT_WIDTHS,
     separable: Sequence[bool] = (False, True),
     log: Callable[[str], None] | None = None,
 ) -> SearchResult:
-    """Every shape's greedy candidate under ``budget_macs`` (MACs per batch-1 forward), scored by ``scorer``.
+    """Every shape's greedy candidate under ``budget_macs`` (MACs per batch-1 forward) or ``budget_latency_ms``
+    (measured batch-1 latency on this machine; run with the cores idle), scored by ``scorer``.
 
     ``teacher`` is what :func:`students.pruned.pruned_unet` derives from (a UNet, its config, a folder);
     ``report`` the :class:`~distill.search.importance.ImportanceReport` of the robust-trained network."""
-    if budget_macs <= 0:
-        raise ValueError(f"budget_macs must be > 0, got {budget_macs}")
+    budget = budget_latency_ms if budget_latency_ms is not None else budget_macs
+    if (budget_macs is None) == (budget_latency_ms is None) or budget <= 0:
+        raise ValueError(
+            f"search takes one budget > 0, budget_macs or budget_latency_ms; got {budget_macs}, {budget_latency_ms}"
+        )
     full = candidate_macs(teacher, Candidate())
     result = SearchResult(
-        budget_macs=float(budget_macs), teacher_macs=full, scorer=getattr(scorer, "name", "")
+        budget_macs=budget_macs,
+        budget_latency_ms=budget_latency_ms,
+        teacher_macs=full,
+        scorer=getattr(scorer, "name", ""),
     )
     seen: set[Candidate] = set()
     for width in widths:
         if not 0 < width <= 1:
             raise ValueError(f"widths must be in (0, 1], got {width}")
         for sep in separable:
-            greedy = greedy_removal(teacher, report, budget_macs=budget_macs, width=width, separable=sep)
+            greedy = greedy_removal(
+                teacher,
+                report,
+                budget_macs=budget_macs,
+                budget_latency_ms=budget_latency_ms,
+                width=width,
+                separable=sep,
+            )
             if greedy.candidate is None or greedy.candidate in seen:
                 continue
             seen.add(greedy.candidate)
             score = float(scorer(greedy.candidate))
-            entry = Entry(greedy.candidate, greedy.macs, greedy.predicted_delta, score)
+            entry = Entry(greedy.candidate, greedy.macs, greedy.predicted_delta, score, greedy.latency_ms)
             result.entries.append(entry)
             if log is not None:
+                latency = f", {entry.latency_ms:.2f} ms" if entry.latency_ms is not None else ""
                 log(
                     f"width {width} separable {sep}: {len(entry.candidate.removed_units)} units removed, "
-                    f"{entry.macs / full:.3f}x MACs, score {score:.4f}"
+                    f"{entry.macs / full:.3f}x MACs{latency}, score {score:.4f}"
                 )
     if not result.entries:
+        what = (
+            f"{budget_latency_ms:.2f} ms per forward"
+            if budget_latency_ms is not None
+            else f"{budget_macs / full:.3f}x of the teacher's MACs"
+        )
         raise ValueError(
-            f"no candidate reaches {budget_macs / full:.3f}x of the teacher's MACs in this search space (widths "
-            f"{list(widths)}, separable {list(separable)}); allow narrower widths or a larger budget"
+            f"no candidate reaches {what} in this search space (widths {list(widths)}, separable "
+            f"{list(separable)}); allow narrower widths or a larger budget"
         )
     return result

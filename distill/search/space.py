@@ -58,18 +58,54 @@ def candidate_macs(teacher: TeacherLike, candidate: Candidate) -> float:
     return float(count_macs(network, example_inputs(network)).total)
 
 
+def candidate_latency(
+    teacher: TeacherLike, candidate: Candidate, *, repeats: int = 30, warmup: int = 5
+) -> float:
+    """Median wall time (ms) of the candidate's batch-1 forward on this machine (run it with the cores idle)."""
+    import statistics
+    import time
+
+    import torch
+
+    from distill.flops import example_inputs
+    from teachers.network import call_denoiser
+
+    network = candidate.build(teacher).eval()
+    inputs = example_inputs(network)
+    cond = inputs.class_labels if inputs.class_labels is not None else inputs.encoder_hidden_states
+    times = []
+    with torch.no_grad():
+        for i in range(warmup + repeats):
+            start = time.perf_counter()
+            call_denoiser(network, inputs.sample, inputs.timestep, cond, timestep_cond=inputs.timestep_cond)
+            if i >= warmup:
+                times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
 @dataclass
 class GreedyResult:
     candidate: Candidate | None
     macs: float
-    #: the units removed in order, with the MACs after each removal
+    #: the units removed in order, with the cost (MACs, or ms under a latency budget) after each removal
     path: list[tuple[str, float]] = field(default_factory=list)
     #: the sum of the removed units' measured quality changes (the additive estimate of what removal costs)
     predicted_delta: float = 0.0
+    #: the candidate's measured batch-1 latency (ms), under a latency budget
+    latency_ms: float | None = None
 
 
-def action_order(report: Any) -> list[Any]:
-    """The report's units by measured quality change per MAC saved, cheapest first (ties: more MACs first)."""
+def action_order(report: Any, *, cost: str = "macs") -> list[Any]:
+    """The report's units by measured quality change per MAC (or per ms of latency) saved, cheapest first (ties:
+    more saved first)."""
+    if cost == "latency":
+        if any(u.latency_ms is None for u in report.units):
+            raise ValueError(
+                "a latency budget orders units by their measured latency: measure the report with latency"
+            )
+        return sorted(
+            report.units, key=lambda u: (max(u.delta, 0.0) / max(u.latency_ms, 1e-6), -u.latency_ms)
+        )
     return sorted(report.units, key=lambda u: (max(u.delta, 0.0) / max(u.macs_saved, 1.0), -u.macs_saved))
 
 
@@ -77,19 +113,29 @@ def greedy_removal(
     teacher: TeacherLike,
     report: Any,
     *,
-    budget_macs: float,
+    budget_macs: float | None = None,
+    budget_latency_ms: float | None = None,
     width: float = 1.0,
     separable: bool = False,
     exclude: Sequence[str] = (),
 ) -> GreedyResult:
     """Remove units from the shape (``width``, ``separable``) in :func:`action_order` until the candidate's MACs
-    are within ``budget_macs``; ``candidate`` is None when removing every unit does not get there."""
+    are within ``budget_macs`` (counted) or its batch-1 latency within ``budget_latency_ms`` (measured); one of
+    the two. ``candidate`` is None when removing every unit does not get there."""
+    if (budget_macs is None) == (budget_latency_ms is None):
+        raise ValueError("greedy_removal takes one budget: budget_macs or budget_latency_ms")
+    latency = budget_latency_ms is not None
+    budget = float(budget_latency_ms if latency else budget_macs)
+
+    def cost(candidate: Candidate) -> float:
+        return candidate_latency(teacher, candidate) if latency else candidate_macs(teacher, candidate)
+
     removed: dict[str, float] = {}  # name -> its measured quality change
     current = Candidate((), width, separable)
-    macs = candidate_macs(teacher, current)
+    spent = cost(current)
     path: list[tuple[str, float]] = []
-    for unit in action_order(report):
-        if macs <= budget_macs:
+    for unit in action_order(report, cost="latency" if latency else "macs"):
+        if spent <= budget:
             break
         if unit.name in exclude or any(unit.name.startswith(r + ".") for r in removed):
             continue  # inside a unit already removed: it went with it
@@ -97,13 +143,14 @@ def greedy_removal(
             del removed[inner]  # the outer unit takes its inner ones with it
         removed[unit.name] = max(unit.delta, 0.0)
         current = Candidate(tuple(removed), width, separable)
-        macs = candidate_macs(teacher, current)
-        path.append((unit.name, macs))
+        spent = cost(current)
+        path.append((unit.name, spent))
     return GreedyResult(
-        candidate=current if macs <= budget_macs else None,
-        macs=macs,
+        candidate=current if spent <= budget else None,
+        macs=candidate_macs(teacher, current) if latency else spent,
         path=path,
         predicted_delta=sum(removed.values()),
+        latency_ms=spent if latency else None,
     )
 
 
