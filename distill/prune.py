@@ -30,11 +30,17 @@ PROXIES = ("auto", "fid", "distance")
 SCORERS = ("auto", "short-kd", "predicted")
 
 
-def build_proxy(kind: str, model, *, num_samples: int | None, steps: int | None, seed: int, prompts):
+def is_digits_teacher(model) -> bool:
+    """Whether the shipped digits evaluator and data fit this sampler (class-conditional 1x16x16, 10 classes)."""
     from distill.onnx_export import is_digits_shaped
+
+    return model.cond_kind == "class" and is_digits_shaped(model.unet.config)
+
+
+def build_proxy(kind: str, model, *, num_samples: int | None, steps: int | None, seed: int, prompts):
     from distill.search.importance import DigitsFidProxy, SampleDistanceProxy
 
-    digits = model.cond_kind == "class" and is_digits_shaped(model.unet.config)
+    digits = is_digits_teacher(model)
     if kind == "auto":
         kind = "fid" if digits else "distance"
     if kind == "fid":
@@ -220,9 +226,7 @@ def run_search(args, model, report):
 def build_scorer(kind: str, teacher, report, *, steps: int, seed: int):
     """``short-kd`` (digits: a short KD run per candidate, then FID vs the teacher reference) or ``predicted``
     (the removed units' summed measured quality changes; wider shapes first on ties)."""
-    from distill.onnx_export import is_digits_shaped
-
-    digits = teacher.cond_kind == "class" and is_digits_shaped(teacher.unet.config)
+    digits = is_digits_teacher(teacher)
     if kind == "auto":
         kind = "short-kd" if digits else "predicted"
     if kind == "short-kd":
