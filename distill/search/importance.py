@@ -173,11 +173,21 @@ def unit_macs_saved(network: nn.Module, units: Sequence[Unit]) -> tuple[float, d
     return float(count.total), saved
 
 
-def unit_latency(network: nn.Module, units: Sequence[Unit], *, repeats: int = 30, warmup: int = 3) -> dict:
-    """Each unit's own median wall time (ms) inside batch-1 forwards of ``network``, and the whole forward's."""
+def batch1_forward(network: nn.Module):
+    """A no-argument call of ``network``'s forward at batch 1 on :func:`distill.flops.example_inputs` (what the
+    latency measurements time)."""
     from distill.flops import example_inputs
     from teachers.network import call_denoiser
 
+    inputs = example_inputs(network)
+    cond = inputs.class_labels if inputs.class_labels is not None else inputs.encoder_hidden_states
+    return lambda: call_denoiser(
+        network, inputs.sample, inputs.timestep, cond, timestep_cond=inputs.timestep_cond
+    )
+
+
+def unit_latency(network: nn.Module, units: Sequence[Unit], *, repeats: int = 30, warmup: int = 3) -> dict:
+    """Each unit's own median wall time (ms) inside batch-1 forwards of ``network``, and the whole forward's."""
     modules = dict(network.named_modules())
     started: dict[str, float] = {}
     times: dict[str, list[float]] = {u.name: [] for u in units}
@@ -196,16 +206,13 @@ def unit_latency(network: nn.Module, units: Sequence[Unit], *, repeats: int = 30
                 )
             )
         )
-    inputs = example_inputs(network)
-    cond = inputs.class_labels if inputs.class_labels is not None else inputs.encoder_hidden_states
+    forward = batch1_forward(network)
     total: list[float] = []
     try:
         with torch.no_grad():
             for i in range(warmup + repeats):
                 start = time.perf_counter()
-                call_denoiser(
-                    network, inputs.sample, inputs.timestep, cond, timestep_cond=inputs.timestep_cond
-                )
+                forward()
                 total.append((time.perf_counter() - start) * 1e3)
                 if i < warmup:
                     for values in times.values():

@@ -67,17 +67,14 @@ def candidate_latency(
 
     import torch
 
-    from distill.flops import example_inputs
-    from teachers.network import call_denoiser
+    from distill.search.importance import batch1_forward
 
-    network = candidate.build(teacher).eval()
-    inputs = example_inputs(network)
-    cond = inputs.class_labels if inputs.class_labels is not None else inputs.encoder_hidden_states
+    forward = batch1_forward(candidate.build(teacher).eval())
     times = []
     with torch.no_grad():
         for i in range(warmup + repeats):
             start = time.perf_counter()
-            call_denoiser(network, inputs.sample, inputs.timestep, cond, timestep_cond=inputs.timestep_cond)
+            forward()
             if i >= warmup:
                 times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
