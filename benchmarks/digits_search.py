@@ -2,7 +2,8 @@
 
 1. search: the robust-trained digits teacher's importance report (benchmarks/results/block_importance.json, robust
    seed 0); `distill prune`'s search at each budget (fraction of the teacher's MACs), every candidate scored by a
-   short KD run from the teacher and the FID proxy.
+   short KD run from the teacher and the FID proxy, the best three scored again by longer runs at two seeds (the
+   finalists); the searched student is the finalist with the best refined score.
 2. train: at each budget, the searched student and a random baseline from the same space (a seeded random shape,
    then units removed in a seeded random order, MACs within 5% of the searched student's), each trained with configs/digits/kd_efficient.yaml's budget (the hand-designed
    students' recipe: 1,000 steps of KD) at seeds 0/1/2, exported and scored by the protocol
@@ -28,7 +29,7 @@ from digits_runs import train_export_evaluate
 from distill.data import DigitsDataModule
 from distill.provenance import provenance
 from distill.search.importance import DigitsFidProxy, ImportanceReport
-from distill.search.search import search
+from distill.search.search import SearchResult, refine_finalists, search
 from distill.search.space import Candidate, random_removal
 from distill.search.trained import ShortKD
 from teachers import DiffusionTeacher
@@ -49,6 +50,17 @@ def run_search(budget: float, *, steps: int) -> dict:
     report = robust_report()
     scorer = ShortKD(teacher, lambda: DigitsDataModule(batch_size=64), DigitsFidProxy(), steps=steps)
     result = search(teacher.unet, report, budget_macs=budget * report.total_macs, scorer=scorer, log=print)
+    return result.to_dict()
+
+
+def run_refine(record: dict, *, steps: int, repeats: int, finalists: int) -> dict:
+    """The finalists of a search record scored again (longer runs, ``repeats`` seeds); finalists already
+    refined keep their score."""
+    teacher = DiffusionTeacher.from_pretrained(TEACHER)
+    refine = ShortKD(
+        teacher, lambda: DigitsDataModule(batch_size=64), DigitsFidProxy(), steps=steps, repeats=repeats
+    )
+    result = refine_finalists(SearchResult.from_dict(record), refine, finalists=finalists, log=print)
     return result.to_dict()
 
 
@@ -108,6 +120,9 @@ def main() -> None:
     )
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.25, 0.10])
     parser.add_argument("--search-steps", type=int, default=200)
+    parser.add_argument("--refine-steps", type=int, default=600)
+    parser.add_argument("--refine-repeats", type=int, default=2)
+    parser.add_argument("--finalists", type=int, default=3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--stage", choices=("search", "all"), default="all")
     parser.add_argument(
@@ -129,17 +144,36 @@ def main() -> None:
         if "search" not in entry:
             entry["search"] = run_search(budget, steps=args.search_steps)
             save()
-        if "baseline" not in entry or args.redo_baseline:
-            entry["baseline"] = baseline(entry["search"]["best"])
-            entry.pop("trained", None)
+        # the student trained before (runs from before the finalists were refined: the first score's best)
+        previous = entry.get("searched_candidate") or entry["search"]["best"]["candidate"]
+        refined = [e for e in entry["search"]["entries"] if e.get("refined_score") is not None]
+        if len(refined) < min(args.finalists, len(entry["search"]["entries"])):
+            entry["search"] = run_refine(
+                entry["search"],
+                steps=args.refine_steps,
+                repeats=args.refine_repeats,
+                finalists=args.finalists,
+            )
             save()
+        best = entry["search"]["best"]
+        trained = entry.setdefault("trained", {})
+        if trained.get("searched") and previous != best["candidate"]:
+            # the refined choice differs from the student trained before: keep those runs as what the first
+            # score alone picked, and train the new choice
+            entry["first_score_pick"] = {"candidate": previous, "runs": trained.pop("searched")}
+        entry["searched_candidate"] = best["candidate"]
+        window = abs(entry.get("baseline", {}).get("macs", 0) - best["macs"]) <= MAC_TOLERANCE * best["macs"]
+        if "baseline" not in entry or args.redo_baseline or not window:
+            entry["baseline"] = baseline(best)
+            trained.pop("random", None)
+        save()
     if args.stage == "search":
         print(f"wrote {args.output}")
         return
     for budget in args.budgets:
         entry = result["budgets"][str(budget)]
         for label, candidate in (
-            ("searched", entry["search"]["best"]["candidate"]),
+            ("searched", entry["searched_candidate"]),
             ("random", entry["baseline"]["candidate"]),
         ):
             runs = entry.setdefault("trained", {}).setdefault(label, {})

@@ -124,6 +124,22 @@ def main(argv: list[str] | None = None) -> None:
         "--search-steps", type=positive_int, default=200, help="short-kd: KD steps per candidate"
     )
     search.add_argument(
+        "--finalists",
+        type=int,
+        default=3,
+        help="short-kd: the best candidates scored again by longer runs at several seeds, the student chosen "
+        "among them (0: choose by the first score)",
+    )
+    search.add_argument(
+        "--refine-steps",
+        type=positive_int,
+        default=None,
+        help="short-kd: KD steps per finalist run (default: 3x --search-steps)",
+    )
+    search.add_argument(
+        "--refine-repeats", type=positive_int, default=2, help="short-kd: runs (seeds) per finalist"
+    )
+    search.add_argument(
         "--widths", type=float, nargs="+", default=None, help="stage width multipliers searched"
     )
     search.add_argument(
@@ -140,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
         path = getattr(args, option)
         if path is not None and path.is_dir():
             parser.error(f"--{option.replace('_', '-')} {path} is a folder; pass a file name")
+    if args.finalists < 0:
+        parser.error(f"--finalists is a count >= 0, got {args.finalists}")
     for option, value in (("budget-macs", args.budget_macs), ("budget-latency", args.budget_latency)):
         if value is not None and not 0 < value <= 1:
             parser.error(f"--{option} is a fraction of the teacher's in (0, 1], got {value}")
@@ -200,11 +218,23 @@ def main(argv: list[str] | None = None) -> None:
 
 def run_search(args, model, report):
     from distill.search.search import DEFAULT_WIDTHS, search
+    from distill.search.trained import ShortKD
     from teachers import DiffusionTeacher
 
     teacher_source = args.teacher or args.model
     teacher = model if args.teacher is None else DiffusionTeacher.from_pretrained(args.teacher)
     scorer = build_scorer(args.scorer, teacher, report, steps=args.search_steps, seed=args.seed)
+    refine = None
+    if isinstance(scorer, ShortKD) and args.finalists > 0:
+        refine = ShortKD(
+            scorer.teacher,
+            scorer.datamodule_factory,
+            scorer.proxy,
+            steps=args.refine_steps or 3 * args.search_steps,
+            lr=scorer.lr,
+            seed=scorer.seed,
+            repeats=args.refine_repeats,
+        )
     budgets = {
         "budget_macs": None if args.budget_macs is None else args.budget_macs * float(report.total_macs)
     }
@@ -218,6 +248,8 @@ def run_search(args, model, report):
         **budgets,
         scorer=scorer,
         widths=tuple(args.widths or DEFAULT_WIDTHS),
+        refine=refine,
+        finalists=max(args.finalists, 1),
         log=print,
     )
     return result, teacher_source
@@ -263,17 +295,21 @@ def budget_text(result) -> str:
 
 def format_search(result) -> str:
     lines = [
-        f"search under {budget_text(result)}; score: {result.scorer}",
+        f"search under {budget_text(result)}; score: {result.scorer}"
+        + (f"; finalists: {result.refine_scorer}" if result.refine_scorer else ""),
         "",
-        "| width | separable | units removed | MACs (x teacher) | latency (ms) | predicted change | score |",
-        "| ---: | :---: | ---: | ---: | ---: | ---: | ---: |",
+        "| width | separable | units removed | MACs (x teacher) | latency (ms) | predicted change | score | "
+        "finalist score |",
+        "| ---: | :---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for e in sorted(result.entries, key=lambda e: e.score):
         c = e.candidate
         latency = f"{e.latency_ms:.2f}" if e.latency_ms is not None else "-"
+        refined = f"{e.refined_score:.4f}" if e.refined_score is not None else "-"
         lines.append(
             f"| {c.width} | {'yes' if c.separable else 'no'} | {len(c.removed_units)} | "
-            f"{e.macs / result.teacher_macs:.3f} | {latency} | {e.predicted_delta:+.4f} | {e.score:.4f} |"
+            f"{e.macs / result.teacher_macs:.3f} | {latency} | {e.predicted_delta:+.4f} | {e.score:.4f} | "
+            f"{refined} |"
         )
     best = result.best.candidate
     lines += [
@@ -319,7 +355,9 @@ def write_student_config(path: Path, result, *, teacher: str, command: dict) -> 
     header = [
         f"# distill prune: the searched student at {best.macs / result.teacher_macs:.3f}x of the teacher's MACs "
         f"(budget {budget_text(result)})",
-        f"# score {best.score:.4f} ({result.scorer}); commit {command.get('commit', '')[:10]}",
+        f"# score {best.score:.4f} ({result.scorer})"
+        + (f", finalist score {best.refined_score:.4f}" if best.refined_score is not None else "")
+        + f"; commit {command.get('commit', '')[:10]}",
         "# use: distill fit -c configs/digits/kd.yaml --model.init_args.student=THIS_FILE",
     ]
     body = yaml.safe_dump(

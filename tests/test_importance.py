@@ -175,6 +175,7 @@ def test_distill_prune_searches_under_a_budget_and_writes_a_student_config_a_met
         (["--budget-macs", "1.5"], "in \\(0, 1\\]"),
         (["--budget-macs", "0.5", "--budget-latency", "0.5"], "not allowed with argument"),
         (["--out-config", str(tmp_path / "x.yaml")], "pass --budget-macs"),
+        (["--budget-macs", "0.3", "--finalists", "-1"], "--finalists is a count >= 0"),
         (
             ["--budget-macs", "0.3", "--scorer", "short-kd", "--importance", str(report)],
             "short-kd trains on the digits",

@@ -133,6 +133,43 @@ def test_search_scores_every_distinct_feasible_candidate_and_keeps_the_frontier(
         search(teacher.config, report, budget_macs=1.0, scorer=scorer, widths=(1.0,))
 
 
+def test_the_finalists_are_scored_again_and_the_best_is_chosen_by_the_refined_score():
+    from distill.search.search import SearchResult, refine_finalists, search
+
+    teacher = tiny_cond_unet(seed=0)
+    report = _report(teacher, {})
+    full = candidate_macs(teacher.config, Candidate())
+
+    def first(candidate):  # a noisy first score: prefers the narrowest shape, plain convolutions on ties
+        return candidate.width + 0.1 * len(candidate.removed_units) + (0.01 if candidate.separable else 0)
+
+    refined = []
+
+    def refine(candidate):  # the costlier score disagrees: prefers separable convolutions
+        refined.append(candidate)
+        return 1 - candidate.width + (0 if candidate.separable else 0.5)
+
+    refine.name = "refined stand-in"
+    kwargs = dict(budget_macs=0.5 * full, scorer=first, widths=(1.0, 0.5, 0.25))
+    plain = search(teacher.config, report, **kwargs)
+    result = search(teacher.config, report, **kwargs, refine=refine, finalists=2)
+    assert len(result.entries) > 2  # only the two best by the first score were refined
+    ranked = sorted(result.entries, key=lambda e: e.score)
+    assert refined == [e.candidate for e in ranked[:2]]
+    assert all(e.refined_score is None for e in ranked[2:])
+    assert result.best is min(ranked[:2], key=lambda e: e.refined_score)
+    assert result.best.candidate != plain.best.candidate  # the refined score changed the choice
+    record = result.to_dict()
+    assert record["refine_scorer"] == "refined stand-in"
+    again = SearchResult.from_dict(record)
+    assert again.to_dict() == record
+    # a rerun continues: refined finalists are not scored again; one more finalist is
+    refine_finalists(again, refine, finalists=3)
+    assert len(refined) == 3 and refined[2] == ranked[2].candidate
+    with pytest.raises(ValueError, match="finalists must be >= 1"):
+        refine_finalists(again, refine, finalists=0)
+
+
 def test_random_removal_is_seeded_and_reaches_the_budget_by_other_units():
     from distill.search.space import random_removal
 

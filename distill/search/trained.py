@@ -30,6 +30,8 @@ class ShortKD:
         steps: optimizer steps per candidate.
         lr: AdamW learning rate.
         seed: the seed of every candidate's run (same data order and draws for all).
+        repeats: runs per candidate, at seeds ``seed, seed + 1, ...``; the score is their mean (a costlier,
+            less noisy score, e.g. for the search's finalists).
     """
 
     def __init__(
@@ -41,19 +43,22 @@ class ShortKD:
         steps: int = 200,
         lr: float = 5e-4,
         seed: int = 0,
+        repeats: int = 1,
     ) -> None:
-        if steps < 1:
-            raise ValueError(f"ShortKD needs steps >= 1, got {steps}")
+        if steps < 1 or repeats < 1:
+            raise ValueError(f"ShortKD needs steps >= 1 and repeats >= 1, got {steps}, {repeats}")
         self.teacher, self.datamodule_factory, self.proxy = teacher, datamodule_factory, proxy
-        self.steps, self.lr, self.seed = int(steps), float(lr), int(seed)
-        self.name = f"{proxy.name} after {self.steps} KD steps"
+        self.steps, self.lr, self.seed, self.repeats = int(steps), float(lr), int(seed), int(repeats)
+        runs = f", mean of {self.repeats} seeds" if self.repeats > 1 else ""
+        self.name = f"{proxy.name} after {self.steps} KD steps{runs}"
 
-    def train(self, candidate: Candidate) -> torch.nn.Module:
+    def train(self, candidate: Candidate, *, seed: int | None = None) -> torch.nn.Module:
         import lightning as L
 
         from distill import KnowledgeDistillation
 
-        L.seed_everything(self.seed, verbose=False)
+        seed = self.seed if seed is None else int(seed)
+        L.seed_everything(seed, verbose=False)
         student = candidate.build(self.teacher.unet)
         module = KnowledgeDistillation(
             teacher=self.teacher,
@@ -63,7 +68,7 @@ class ShortKD:
             ema_decay=None,
             evaluator=None,
             samples_per_class=0,
-            seed=self.seed,
+            seed=seed,
             optimizer=functools.partial(torch.optim.AdamW, lr=self.lr, weight_decay=0.0),
         )
         trainer = L.Trainer(
@@ -85,7 +90,10 @@ class ShortKD:
     def __call__(self, candidate: Candidate) -> float:
         from teachers import DiffusionTeacher
 
-        network = self.train(candidate)
-        model = DiffusionTeacher(network, dict(self.teacher.schedule.config))
-        with torch.no_grad():
-            return float(self.proxy(model))
+        scores = []
+        for seed in range(self.seed, self.seed + self.repeats):
+            network = self.train(candidate, seed=seed)
+            model = DiffusionTeacher(network, dict(self.teacher.schedule.config))
+            with torch.no_grad():
+                scores.append(float(self.proxy(model)))
+        return sum(scores) / len(scores)
