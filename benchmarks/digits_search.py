@@ -8,6 +8,8 @@
    then units removed in a seeded random order, MACs within 5% of the searched student's), each trained with configs/digits/kd_efficient.yaml's budget (the hand-designed
    students' recipe: 1,000 steps of KD) at seeds 0/1/2, exported and scored by the protocol
    (configs/digits/teacher_eval.yaml: 2,000 samples x 3 evaluation seeds, 50 DDIM steps).
+3. hand-designed: the registry's students at the nearest MACs, by the same recipe and seeds (configs/digits/
+   kd_efficient.yaml at 0.10x, configs/digits/kd_bk_tiny.yaml at 0.25x: the same recipe, another student).
 
 Stages are cached in the output JSON: a rerun skips what is there (``--stage search`` runs the first only).
 Run:  OMP_NUM_THREADS=2 python benchmarks/digits_search.py   (search: about 20 minutes; train: about 90 minutes
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import yaml
 from digits_runs import train_export_evaluate
+from digits_students import network_costs
 
 from distill.data import DigitsDataModule
 from distill.provenance import provenance
@@ -38,6 +41,11 @@ ROOT = Path(__file__).resolve().parent
 TEACHER = "builtin:digits"
 KD_CONFIG = "configs/digits/kd_efficient.yaml"
 MAC_TOLERANCE = 0.05
+#: per budget, the hand-designed student trained beside the searched one: (name, its KD config)
+HAND = {
+    "0.1": ("kd_efficient", "configs/digits/kd_efficient.yaml"),
+    "0.25": ("kd_bk_tiny", "configs/digits/kd_bk_tiny.yaml"),
+}
 
 
 def robust_report() -> ImportanceReport:
@@ -128,6 +136,9 @@ def main() -> None:
     parser.add_argument(
         "--redo-baseline", action="store_true", help="draw the baselines again (drops their runs)"
     )
+    parser.add_argument(
+        "--skip-hand", action="store_true", help="train only the searched and random students"
+    )
     parser.add_argument("--num-samples", type=int, default=2000)
     parser.add_argument("--output", type=Path, default=ROOT / "results" / "digits_search.json")
     args = parser.parse_args()
@@ -135,7 +146,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="digits_search."))
 
     def save() -> None:
-        result["meta"] = provenance(configs=[KD_CONFIG, "configs/digits/robust.yaml"])
+        configs = [KD_CONFIG, "configs/digits/robust.yaml", *(c for _, c in HAND.values() if c != KD_CONFIG)]
+        result["meta"] = provenance(configs=configs)
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
 
@@ -172,26 +184,34 @@ def main() -> None:
         return
     for budget in args.budgets:
         entry = result["budgets"][str(budget)]
-        for label, candidate in (
-            ("searched", entry["searched_candidate"]),
-            ("random", entry["baseline"]["candidate"]),
-        ):
+        students = [("searched", entry["searched_candidate"]), ("random", entry["baseline"]["candidate"])]
+        if str(budget) in HAND and not args.skip_hand:
+            students.append(("hand-designed", HAND[str(budget)]))
+        for label, student in students:
             runs = entry.setdefault("trained", {}).setdefault(label, {})
             for seed in args.seeds:
                 if str(seed) in runs:
                     continue
                 out = work / f"{budget}_{label}_{seed}"
                 out.mkdir()
-                config = student_yaml(candidate, out / "student.yaml")
+                if label == "hand-designed":
+                    config, overrides = student[1], []
+                    entry["hand_designed"] = {"name": student[0], "config": student[1]}
+                else:
+                    config = KD_CONFIG
+                    overrides = [f"--model.init_args.student={student_yaml(student, out / 'student.yaml')}"]
                 runs[str(seed)] = train_export_evaluate(
-                    config=KD_CONFIG,
-                    overrides=[f"--model.init_args.student={config}", f"--seed_everything={seed}"],
+                    config=config,
+                    overrides=[*overrides, f"--seed_everything={seed}"],
                     out=out,
                     name=f"{label} {budget}x seed {seed}",
                     seeds=[0, 1, 2],
                     num_samples=args.num_samples,
                     eval_steps=[50],
                 )
+                if label == "hand-designed" and "macs" not in entry["hand_designed"]:
+                    costs = network_costs(runs[str(seed)]["student"])
+                    entry["hand_designed"]["macs"] = costs["macs_per_forward"]
                 save()
     print(f"wrote {args.output}")
 

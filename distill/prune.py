@@ -145,6 +145,12 @@ def main(argv: list[str] | None = None) -> None:
     search.add_argument(
         "--out-config", type=Path, default=None, help="write the chosen student as a YAML config"
     )
+    search.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="draw the quality/cost frontier to this image file (needs matplotlib: the bench extra)",
+    )
     parser.add_argument(
         "--tensorboard",
         type=Path,
@@ -152,7 +158,14 @@ def main(argv: list[str] | None = None) -> None:
         help="log the importance table and (with --budget-macs) the quality/MAC frontier to this TensorBoard folder",
     )
     args = parser.parse_args(argv)
-    for option in ("out", "out_config"):
+    if args.plot is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            parser.error(
+                "--plot draws with matplotlib, which is not installed: pip install 'distill-diffusion[bench]'"
+            )
+    for option in ("out", "out_config", "plot"):
         path = getattr(args, option)
         if path is not None and path.is_dir():
             parser.error(f"--{option.replace('_', '-')} {path} is a folder; pass a file name")
@@ -162,9 +175,9 @@ def main(argv: list[str] | None = None) -> None:
         if value is not None and not 0 < value <= 1:
             parser.error(f"--{option} is a fraction of the teacher's in (0, 1], got {value}")
     searching = args.budget_macs is not None or args.budget_latency is not None
-    if not searching and (args.out_config is not None or args.teacher is not None):
+    if not searching and (args.out_config is not None or args.teacher is not None or args.plot is not None):
         parser.error(
-            "--out-config and --teacher belong to the search: pass --budget-macs or --budget-latency"
+            "--out-config, --plot and --teacher belong to the search: pass --budget-macs or --budget-latency"
         )
 
     from distill.search.importance import ImportanceReport, measure_importance
@@ -209,6 +222,11 @@ def main(argv: list[str] | None = None) -> None:
     print(format_search(result))
     if args.tensorboard is not None:
         log_tensorboard(args.tensorboard, report, result)
+    if args.plot is not None:
+        figure = frontier_figure(result)
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(args.plot, dpi=120, bbox_inches="tight")
+        print(f"wrote {args.plot}")
     if args.out_config is not None:
         write_student_config(
             args.out_config, result, teacher=teacher_source, command=provenance(module="distill.cli")
@@ -341,8 +359,60 @@ def log_tensorboard(folder: Path, report, result) -> None:
             if result.budget_latency_ms is not None:  # x: latency in microseconds
                 for entry in sorted(result.entries, key=lambda e: e.latency_ms):
                     writer.add_scalar("search/score_by_latency", entry.score, int(entry.latency_ms * 1000))
+            import importlib.util
+
+            if importlib.util.find_spec("matplotlib") is not None:  # the plot too, where it can be drawn
+                writer.add_figure("search/frontier_plot", frontier_figure(result), global_step=0)
     finally:
         writer.close()
+
+
+def frontier_figure(result):
+    """Every candidate's score against its MACs (and, under a latency budget, its latency): the Pareto front as a
+    line, the budget as a dashed line, the chosen student circled, finalists' refined scores as crosses."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axes_x = [("MACs per forward (x teacher)", lambda e: e.macs / result.teacher_macs)]
+    if result.budget_latency_ms is not None:
+        axes_x.append(("batch-1 latency (ms)", lambda e: e.latency_ms))
+    figure, axes = plt.subplots(1, len(axes_x), figsize=(5.5 * len(axes_x), 4), squeeze=False)
+    best, front = result.best, result.frontier()
+    for ax, (label, x) in zip(axes[0], axes_x, strict=True):
+        ax.scatter(
+            [x(e) for e in result.entries],
+            [e.score for e in result.entries],
+            color="tab:blue",
+            label="candidate",
+        )
+        ax.plot(
+            [x(e) for e in front], [e.score for e in front], color="tab:blue", alpha=0.5, label="frontier"
+        )
+        refined = [e for e in result.entries if e.refined_score is not None]
+        if refined:
+            ax.scatter(
+                [x(e) for e in refined],
+                [e.refined_score for e in refined],
+                marker="x",
+                color="tab:orange",
+                label="finalist (refined score)",
+            )
+        ax.scatter([x(best)], [best.score], s=160, facecolors="none", edgecolors="tab:red", label="chosen")
+        if label.startswith("MACs") and result.budget_macs is not None:
+            ax.axvline(result.budget_macs / result.teacher_macs, color="gray", linestyle="--", label="budget")
+        if label.startswith("batch-1") and result.budget_latency_ms is not None:
+            ax.axvline(result.budget_latency_ms, color="gray", linestyle="--", label="budget")
+        ax.set_xlabel(label)
+        ax.set_ylabel("score (lower is better)")
+        if all(e.score > 0 for e in result.entries):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    axes[0][0].set_title(f"search under {budget_text(result)}", fontsize=9)
+    figure.tight_layout()
+    return figure
 
 
 def write_student_config(path: Path, result, *, teacher: str, command: dict) -> None:

@@ -135,7 +135,8 @@ def test_distill_prune_searches_under_a_budget_and_writes_a_student_config_a_met
     config = tmp_path / "student.yaml"
     search = ["--budget-macs", "0.3", "--scorer", "predicted", "--widths", "1.0", "0.5", "0.25"]
     board = tmp_path / "board"
-    outputs = ["--out-config", str(config), "--tensorboard", str(board)]
+    plot = tmp_path / "frontier.png"
+    outputs = ["--out-config", str(config), "--tensorboard", str(board), "--plot", str(plot)]
     main(["prune", "--model", str(root), "--importance", str(report), *search, *outputs])
     printed = capsys.readouterr().out
     assert "| width | separable | units removed |" in printed and "chosen:" in printed
@@ -161,6 +162,11 @@ def test_distill_prune_searches_under_a_budget_and_writes_a_student_config_a_met
     assert all(a.value > b.value for a, b in itertools.pairwise(front))  # cheaper points score worse
     assert len(acc.Scalars("prune/quality_change_by_rank")) == len(json.loads(report.read_text())["units"])
     assert {"prune/importance/text_summary", "search/candidates/text_summary"} <= set(acc.Tags()["tensors"])
+    assert acc.Tags()["images"] == ["search/frontier_plot"]  # the plot as a TensorBoard figure
+    from PIL import Image
+
+    with Image.open(plot) as image:  # and as a file
+        assert image.format == "PNG" and image.width > 300
     # a method takes it as its student
     with pytest.raises(SystemExit) as info:
         kd = Path(__file__).resolve().parents[1] / "configs" / "digits" / "kd.yaml"
@@ -175,6 +181,7 @@ def test_distill_prune_searches_under_a_budget_and_writes_a_student_config_a_met
         (["--budget-macs", "1.5"], "in \\(0, 1\\]"),
         (["--budget-macs", "0.5", "--budget-latency", "0.5"], "not allowed with argument"),
         (["--out-config", str(tmp_path / "x.yaml")], "pass --budget-macs"),
+        (["--plot", str(tmp_path / "x.png")], "pass --budget-macs"),
         (["--budget-macs", "0.3", "--finalists", "-1"], "--finalists is a count >= 0"),
         (
             ["--budget-macs", "0.3", "--scorer", "short-kd", "--importance", str(report)],
