@@ -14,7 +14,8 @@
 Stages are cached in the output JSON: a rerun skips what is there (``--stage search`` runs the first only).
 Run:  OMP_NUM_THREADS=2 python benchmarks/digits_search.py   (search: about 20 minutes; train: about 90 minutes
       on 2 cores)
-Writes ``benchmarks/results/digits_search.json``.
+Writes ``benchmarks/results/digits_search.json``, and from it the plot ``docs/search_frontier.png`` (also in
+TensorBoard under ``benchmarks/results/tb/search``; ``--plot-only`` redraws it from the JSON).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 import yaml
 from digits_runs import train_export_evaluate
 from digits_students import network_costs
+from figures import save_figure
 
 from distill.data import DigitsDataModule
 from distill.provenance import provenance
@@ -122,6 +124,79 @@ def student_yaml(candidate: dict, path: Path) -> Path:
     return path
 
 
+def plot(result: dict, png: Path, tb_dir: Path) -> None:
+    """Left: every candidate's search score against its MACs, per budget (finalists' refined scores as crosses,
+    the chosen one circled). Right: the trained students' FID vs real against their MACs, the mean over training
+    seeds with the seeds' spread as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
+    colours = {"0.25": "tab:blue", "0.1": "tab:purple"}
+    for budget, entry in sorted(result["budgets"].items(), key=lambda kv: -float(kv[0])):
+        found, colour = entry["search"], colours.get(budget, "tab:gray")
+        rows = found["entries"]
+        left.scatter(
+            [e["macs_ratio"] for e in rows],
+            [e["score"] for e in rows],
+            color=colour,
+            alpha=0.7,
+            label=f"candidates, budget {float(budget):.2f}x",
+        )
+        refined = [e for e in rows if e.get("refined_score") is not None]
+        left.scatter(
+            [e["macs_ratio"] for e in refined],
+            [e["refined_score"] for e in refined],
+            marker="x",
+            color=colour,
+            label=f"finalists' refined score, {float(budget):.2f}x",
+        )
+        best = found["best"]
+        left.scatter([best["macs_ratio"]], [best["score"]], s=180, facecolors="none", edgecolors="tab:red")
+        left.axvline(float(budget), color=colour, linestyle="--", alpha=0.5)
+        teacher_macs = found["teacher_macs"]
+        hand = entry.get("hand_designed", {})
+        for label, runs, cost, marker, tint in (
+            ("searched", entry.get("trained", {}).get("searched"), best["macs"], "o", "tab:red"),
+            ("random", entry.get("trained", {}).get("random"), entry["baseline"]["macs"], "s", "tab:gray"),
+            (
+                hand.get("name", "hand-designed"),
+                entry.get("trained", {}).get("hand-designed"),
+                hand.get("macs"),
+                "^",
+                "tab:green",
+            ),
+        ):
+            if not runs or not cost:
+                continue
+            fids = [run["rows"][0]["summary"]["fid_real"]["mean"] for run in runs.values()]
+            mean = sum(fids) / len(fids)
+            right.errorbar(
+                [cost / teacher_macs],
+                [mean],
+                yerr=[[mean - min(fids)], [max(fids) - mean]],
+                fmt=marker,
+                color=tint,
+                capsize=4,
+                label=f"{label} ({float(budget):.2f}x)",
+            )
+    left.set_yscale("log")
+    left.set_xlabel("MACs per forward (x teacher)")
+    left.set_ylabel("search score (FID proxy, lower is better)")
+    left.set_title("Search: every candidate (red circle: chosen)", fontsize=9)
+    left.legend(fontsize=7)
+    right.set_xlabel("MACs per forward (x teacher)")
+    right.set_ylabel("FID vs real (protocol; bars: training seeds min-max)")
+    right.set_title("Trained with the same KD recipe", fontsize=9)
+    right.legend(fontsize=7)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, png, tb_dir, "bench/search_frontier")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -141,7 +216,13 @@ def main() -> None:
     )
     parser.add_argument("--num-samples", type=int, default=2000)
     parser.add_argument("--output", type=Path, default=ROOT / "results" / "digits_search.json")
+    parser.add_argument("--png", type=Path, default=ROOT.parent / "docs" / "search_frontier.png")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the plot from the JSON")
     args = parser.parse_args()
+    if args.plot_only:
+        plot(json.loads(args.output.read_text()), args.png, ROOT / "results" / "tb" / "search")
+        print(f"wrote {args.png}")
+        return
     result = json.loads(args.output.read_text()) if args.output.is_file() else {"budgets": {}}
     work = Path(tempfile.mkdtemp(prefix="digits_search."))
 
@@ -213,7 +294,8 @@ def main() -> None:
                     costs = network_costs(runs[str(seed)]["student"])
                     entry["hand_designed"]["macs"] = costs["macs_per_forward"]
                 save()
-    print(f"wrote {args.output}")
+    plot(result, args.png, ROOT / "results" / "tb" / "search")
+    print(f"wrote {args.output} and {args.png}")
 
 
 if __name__ == "__main__":

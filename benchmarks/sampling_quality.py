@@ -26,6 +26,7 @@ from pathlib import Path
 
 import tables
 import torch
+from figures import save_figure
 from paired import paired_ratio
 
 from distill.flops import count_macs, example_inputs
@@ -168,16 +169,7 @@ def plot(rows: list[dict], png: Path, tb_dir: Path) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png)
-    from torch.utils.tensorboard import SummaryWriter
-
-    for old in tb_dir.glob("events.out.tfevents.*"):  # the last run's figure only
-        old.unlink()
-    writer = SummaryWriter(str(tb_dir))
-    writer.add_figure("bench/quality_vs_cost", fig, global_step=0)
-    writer.close()
-    plt.close(fig)
+    save_figure(fig, png, tb_dir, "bench/quality_vs_cost")
 
 
 def main() -> None:

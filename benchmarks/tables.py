@@ -661,54 +661,87 @@ def block_importance(result: Mapping[str, Any]) -> str:
 
 # -- the search on digits (benchmarks/results/digits_search.json) --------------------------------------------------
 def digits_search(result: Mapping[str, Any]) -> str:
-    """Per budget: every candidate the search scored (the frontier marked), the chosen one and the random baseline;
-    then, where trained, the searched vs random students by the protocol."""
+    """Per budget: every candidate the search scored (the frontier and the finalists marked), the chosen one and the
+    random baseline; then, where trained, the searched, random and hand-designed students by the protocol, and
+    whether the searched student beat the random one on every training seed."""
     lines: list[str] = []
     for budget in sorted(result["budgets"], key=float, reverse=True):
         entry = result["budgets"][budget]
         found = entry["search"]
         front = {json_key(e["candidate"]) for e in found["frontier"]}
         best = json_key(found["best"]["candidate"])
+        refine = f"; finalists: {found['refine_scorer']}" if found.get("refine_scorer") else ""
         lines += [
-            f"Budget {float(budget):.2f}x of the teacher's MACs ({found['scorer']}):",
+            f"Budget {float(budget):.2f}x of the teacher's MACs (score: {found['scorer']}{refine}):",
             "",
-            "| width | separable | units removed | MACs (x teacher) | predicted FID change | score | |",
-            "| ---: | :---: | ---: | ---: | ---: | ---: | --- |",
+            "| width | separable | units removed | MACs (x teacher) | predicted FID change | score | finalist score | |",
+            "| ---: | :---: | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
         for e in sorted(found["entries"], key=lambda e: e["score"]):
             c = e["candidate"]
             mark = "chosen" if json_key(c) == best else ("frontier" if json_key(c) in front else "")
+            refined = f"{e['refined_score']:.3f}" if e.get("refined_score") is not None else "-"
             lines.append(
                 f"| {c['width']} | {'yes' if c['separable'] else 'no'} | {len(c['removed_units'])} | "
-                f"{e['macs_ratio']:.3f} | {e['predicted_delta']:+.3f} | {e['score']:.3f} | {mark} |"
+                f"{e['macs_ratio']:.3f} | {e['predicted_delta']:+.3f} | {e['score']:.3f} | {refined} | {mark} |"
             )
         base = entry["baseline"]
         bc = base["candidate"]
         lines += [
             "",
-            f"Chosen: width {found['best']['candidate']['width']}, "
-            f"{'separable' if found['best']['candidate']['separable'] else 'plain'} convolutions, removed "
-            + (", ".join(f"`{n}`" for n in found["best"]["candidate"]["removed_units"]) or "nothing")
-            + f". Random baseline (seed {base['seed']}): width {bc['width']}, "
-            f"{'separable' if bc['separable'] else 'plain'}, {len(bc['removed_units'])} random units removed, "
-            f"{base['macs'] / found['teacher_macs']:.3f}x MACs.",
+            f"Chosen: {shape_text(found['best']['candidate'])}. Random baseline (seed {base['seed']}): width "
+            f"{bc['width']}, {'separable' if bc['separable'] else 'plain'}, {len(bc['removed_units'])} random "
+            f"units removed, {base['macs'] / found['teacher_macs']:.3f}x MACs.",
             "",
         ]
         trained = entry.get("trained")
-        if trained:
+        if not trained:
+            continue
+        hand = entry.get("hand_designed", {})
+        students = [
+            ("searched", trained.get("searched", {}), found["best"]["macs"]),
+            ("random", trained.get("random", {}), base["macs"]),
+            (f"hand-designed (`{hand.get('name', '')}`)", trained.get("hand-designed", {}), hand.get("macs")),
+        ]
+        pick = entry.get("first_score_pick")
+        if pick:
+            students.append(("first score's pick", pick["runs"], None))
+        lines += [
+            "| student (same KD recipe) | MACs (x teacher) | training seed | FID vs real | FID vs teacher ref | "
+            "accuracy (%) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for label, runs, cost in students:
+            ratio = f"{cost / found['teacher_macs']:.3f}" if cost else "-"
+            for seed, run in sorted(runs.items()):
+                s = run["rows"][0]["summary"]
+                lines.append(
+                    f"| {label} | {ratio} | {seed} | {mean_std(s, 'fid_real')} | {mean_std(s, 'fid_ref')} | "
+                    f"{mean_std(s, 'accuracy', scale=100, digits=1)} |"
+                )
+        if pick:
+            lines += ["", f"First score's pick: {shape_text(pick['candidate'])}."]
+        searched, random_ = trained.get("searched", {}), trained.get("random", {})
+        common = sorted(set(searched) & set(random_))
+        if common:
+            fid = {k: run["rows"][0]["summary"]["fid_real"]["mean"] for k, run in searched.items()}
+            rand = {k: run["rows"][0]["summary"]["fid_real"]["mean"] for k, run in random_.items()}
+            wins = sum(fid[k] < rand[k] for k in common)
             lines += [
-                "| student (KD, kd_efficient's budget) | training seed | FID vs real | FID vs teacher ref | accuracy (%) |",
-                "| --- | ---: | ---: | ---: | ---: |",
+                "",
+                f"Searched vs random, FID vs real: lower on {wins} of {len(common)} training seeds "
+                f"(mean {sum(fid[k] for k in common) / len(common):.3f} vs {sum(rand[k] for k in common) / len(common):.3f}).",
             ]
-            for label in ("searched", "random"):
-                for seed, run in sorted(trained.get(label, {}).items()):
-                    s = run["rows"][0]["summary"]
-                    lines.append(
-                        f"| {label} | {seed} | {mean_std(s, 'fid_real')} | {mean_std(s, 'fid_ref')} | "
-                        f"{mean_std(s, 'accuracy', scale=100, digits=1)} |"
-                    )
-            lines.append("")
+        lines.append("")
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def shape_text(candidate: Mapping[str, Any]) -> str:
+    removed = ", ".join(f"`{n}`" for n in candidate["removed_units"]) or "nothing"
+    return (
+        f"width {candidate['width']}, {'separable' if candidate['separable'] else 'plain'} convolutions, "
+        f"removed {removed}"
+    )
 
 
 def json_key(candidate: Mapping[str, Any]) -> tuple:
