@@ -705,7 +705,15 @@ def digits_search(result: Mapping[str, Any]) -> str:
         ]
         pick = entry.get("first_score_pick")
         if pick:
-            students.append(("first score's pick", pick["runs"], None))
+            cost = next(
+                (
+                    e["macs"]
+                    for e in found["entries"]
+                    if json_key(e["candidate"]) == json_key(pick["candidate"])
+                ),
+                None,
+            )
+            students.append(("first score's pick", pick["runs"], cost))
         lines += [
             "| student (same KD recipe) | MACs (x teacher) | training seed | FID vs real | FID vs teacher ref | "
             "accuracy (%) |",
@@ -724,13 +732,16 @@ def digits_search(result: Mapping[str, Any]) -> str:
         searched, random_ = trained.get("searched", {}), trained.get("random", {})
         common = sorted(set(searched) & set(random_))
         if common:
-            fid = {k: run["rows"][0]["summary"]["fid_real"]["mean"] for k, run in searched.items()}
-            rand = {k: run["rows"][0]["summary"]["fid_real"]["mean"] for k, run in random_.items()}
-            wins = sum(fid[k] < rand[k] for k in common)
+            fid = {k: run["rows"][0]["summary"]["fid_real"] for k, run in searched.items()}
+            rand = {k: run["rows"][0]["summary"]["fid_real"] for k, run in random_.items()}
+            wins = [k for k in common if fid[k]["mean"] < rand[k]["mean"]]
+            clear = [k for k in wins if rand[k]["mean"] - fid[k]["mean"] > max(fid[k]["std"], rand[k]["std"])]
+            mean = sum(fid[k]["mean"] for k in common) / len(common)
+            mean_random = sum(rand[k]["mean"] for k in common) / len(common)
             lines += [
                 "",
-                f"Searched vs random, FID vs real: lower on {wins} of {len(common)} training seeds "
-                f"(mean {sum(fid[k] for k in common) / len(common):.3f} vs {sum(rand[k] for k in common) / len(common):.3f}).",
+                f"Searched vs random, FID vs real: lower on {len(wins)} of {len(common)} training seeds, by more than "
+                f"both runs' evaluation std on {len(clear)} (mean {mean:.3f} vs {mean_random:.3f}).",
             ]
         lines.append("")
     return "\n".join(lines).rstrip("\n") + "\n"
