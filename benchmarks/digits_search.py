@@ -146,13 +146,14 @@ def plot(result: dict, png: Path, tb_dir: Path) -> None:
             label=f"candidates, budget {float(budget):.2f}x",
         )
         refined = [e for e in rows if e.get("refined_score") is not None]
-        left.scatter(
-            [e["macs_ratio"] for e in refined],
-            [e["refined_score"] for e in refined],
-            marker="x",
-            color=colour,
-            label=f"finalists' refined score, {float(budget):.2f}x",
-        )
+        if refined:
+            left.scatter(
+                [e["macs_ratio"] for e in refined],
+                [e["refined_score"] for e in refined],
+                marker="x",
+                color=colour,
+                label=f"finalists' refined score, {float(budget):.2f}x",
+            )
         best = found["best"]
         left.scatter([best["macs_ratio"]], [best["score"]], s=180, facecolors="none", edgecolors="tab:red")
         left.axvline(float(budget), color=colour, linestyle="--", alpha=0.5)
