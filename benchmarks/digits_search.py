@@ -12,8 +12,8 @@
    kd_efficient.yaml at 0.10x, configs/digits/kd_bk_tiny.yaml at 0.25x: the same recipe, another student).
 
 Stages are cached in the output JSON: a rerun skips what is there (``--stage search`` runs the first only).
-Run:  OMP_NUM_THREADS=2 python benchmarks/digits_search.py   (search: about 20 minutes; train: about 90 minutes
-      on 2 cores)
+Run:  OMP_NUM_THREADS=2 python benchmarks/digits_search.py   (per budget on 2 idle cores: search about 10 minutes,
+      the finalists about 30, each of the nine trained students 4-10)
 Writes ``benchmarks/results/digits_search.json``, and from it the plot ``docs/search_frontier.png`` (also in
 TensorBoard under ``benchmarks/results/tb/search``; ``--plot-only`` redraws it from the JSON).
 """
