@@ -81,6 +81,10 @@ def main() -> None:
             run_dir = Path(runs[weight]) if weight in runs else None
             entry = variant(weight, work=Path(work), run_dir=run_dir)
         entry["meta"] = provenance(configs=[CONFIG, "configs/digits/teacher_eval.yaml"])
+        entry["trained_by"] = f"distill fit -c {CONFIG} --model.init_args.gan_generator_weight={weight}" + (
+            " (a finished run, exported and evaluated here)" if weight in runs else ""
+        )
+        result["meta"] = entry["meta"]
         result["variants"][weight] = entry
         per_seed = [round(s["fid_real"], 4) for s in entry["rows"][0]["per_seed"]]
         print(f"gan_generator_weight {weight}: FID vs real per seed {per_seed}", flush=True)

@@ -83,6 +83,7 @@ BLOCKS: dict[str, Block] = {
     "step_distillation": Block(SHIPPED, tables.step_distillation),
     "teacher_steps": Block(SHIPPED, tables.teacher_steps),
     "dmd2_bar": Block(SHIPPED, tables.dmd2_bar),
+    "dmd2_2step_sweep": Block("benchmarks/results/dmd2_2step_sweep.json", tables.dmd2_2step_sweep),
     "kd_students": Block(SHIPPED, tables.kd_students),
     "digits_flow": Block(DIGITS_FLOW, tables.digits_flow),
     "flops_kd": Block("benchmarks/results/flops_kd.json", tables.flops_pair),
