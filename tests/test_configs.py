@@ -62,6 +62,10 @@ CHEAP = {
         "--model.init_args.evaluator.init_args.kid_subsets=5",
     ],
 }
+# one calibration batch instead of the config's 8 (calibration itself is tested in tests/test_quantization.py)
+CHEAP["configs/digits/consistency_qad.yaml"].append(
+    "--model.init_args.quantize.init_args.calibration_batches=1"
+)
 # the flow-matching digits configs mirror the DDPM ones and are cheapened the same way
 CHEAP.update(
     {
