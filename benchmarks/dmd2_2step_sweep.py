@@ -3,8 +3,8 @@ batches) with ``gan_generator_weight`` overridden, each student exported (EMA) a
 (configs/digits/teacher_eval.yaml: 2,000 samples x seeds 0/1/2, 2 steps), beside the shipped student (weight 0.1)
 and the progressive two-step student it has to beat on every seed.
 
-Run:  OMP_NUM_THREADS=1 python benchmarks/dmd2_2step_sweep.py   (about 90 minutes per weight on one core; run two
-      at once with --only)
+Run:  OMP_NUM_THREADS=1 python benchmarks/dmd2_2step_sweep.py   (one full run of the config per weight, its
+      header gives the cost; run two at once with --only)
       ... --from-run 0.3=RUN_DIR   (export and evaluate a finished ``distill fit`` run of the same config instead
       of training it; RUN_DIR holds config.yaml and checkpoints/last.ckpt)
 Writes ``benchmarks/results/dmd2_2step_sweep.json`` (docs/distribution_matching.md's sweep table is generated from
