@@ -28,11 +28,19 @@ ROOT = Path(__file__).resolve().parent
 CONFIG = "configs/digits/dmd2_2step.yaml"
 SHIPPED = ROOT / "results" / "shipped_students.json"
 SCHEDULER = ROOT.parent / "students" / "weights" / "digits_dmd2_2step" / "scheduler" / "scheduler_config.json"
-# name -> the method arguments overridden (the config's values elsewhere: GAN weight 0.1, original_steps 50)
+# the config's values of what the variants override
+DEFAULTS = {
+    "gan_generator_weight": 0.1,
+    "original_steps": 50,
+    "student.init_args.path": "builtin:digits_dmd2_1step",
+}
+# name -> the method arguments overridden; "0.3-more" is a longer run: 9,000 more batches from the shipped two-step
+# student (its critic and fake score start afresh from the config's networks)
 VARIANTS = {
     "0.3": {"gan_generator_weight": 0.3},
     "1.0": {"gan_generator_weight": 1.0},
     "0.3-t599": {"gan_generator_weight": 0.3, "original_steps": 5},
+    "0.3-more": {"gan_generator_weight": 0.3, "student.init_args.path": "builtin:digits_dmd2_2step"},
 }
 STEPS = [2]
 
@@ -63,11 +71,12 @@ def variant(name: str, *, work: Path, run_dir: Path | None) -> dict:
         num_samples=2000,
         eval_steps=STEPS,
     )
-    settings = {"gan_generator_weight": 0.1, "original_steps": 50, **VARIANTS[name]}
+    settings = {**DEFAULTS, **VARIANTS[name]}
     return {
         "gan_generator_weight": float(settings["gan_generator_weight"]),
         "original_steps": settings["original_steps"],
         "timesteps": timesteps(settings["original_steps"]),
+        "start": settings["student.init_args.path"],
         "fit_minutes": fit_minutes,
         "eval_minutes": round(result["eval_minutes"], 2),
         "rows": result["rows"],
@@ -96,9 +105,10 @@ def main() -> None:
     shipped = json.loads(SHIPPED.read_text())
     # the rows every variant is compared with, copied from the shipped students' protocol results
     result["shipped"] = {
-        "gan_generator_weight": 0.1,
-        "original_steps": 50,
-        "timesteps": timesteps(50),
+        "gan_generator_weight": DEFAULTS["gan_generator_weight"],
+        "original_steps": DEFAULTS["original_steps"],
+        "timesteps": timesteps(DEFAULTS["original_steps"]),
+        "start": DEFAULTS["student.init_args.path"],
         "rows": shipped["digits_dmd2_2step"]["rows"],
     }
     result["progressive"] = {"rows": shipped["digits_progressive_2step"]["rows"]}

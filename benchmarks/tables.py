@@ -153,22 +153,27 @@ def dmd2_bar(shipped: Mapping[str, Any]) -> str:
 
 
 def dmd2_2step_sweep(sweep: Mapping[str, Any]) -> str:
-    """The two-step DMD2 student in each setting (generator GAN weight, sampling times; the shipped one first), per
-    protocol seed, against the progressive two-step student it has to beat on every seed."""
+    """The two-step DMD2 student in each setting (generator GAN weight, sampling times, the generator's starting
+    point; the shipped one first), per protocol seed, against the progressive two-step student it has to beat on
+    every seed."""
     rival = _per_seed(sweep["progressive"], 2)
     lines = [
-        "| generator GAN weight | sampling times | FID vs real per seed (0 / 1 / 2) | below progressive on seeds | "
-        "FID vs real | FID vs teacher ref | accuracy (%) |",
-        "| ---: | --- | --- | --- | ---: | ---: | ---: |",
+        "| generator GAN weight | sampling times | generator starts from | FID vs real per seed (0 / 1 / 2) | "
+        "below progressive on seeds | FID vs real | FID vs teacher ref | accuracy (%) |",
+        "| ---: | --- | --- | --- | --- | ---: | ---: | ---: |",
     ]
 
+    # entries from before the times and the start were recorded ran the config's: LCM's 50-step grid, the one-step
+    # student
     def times(entry: Mapping[str, Any]) -> list[int]:
-        return entry.get(
-            "timesteps", [999, 499]
-        )  # entries from before the times were recorded: LCM's 50-step grid
+        return entry.get("timesteps", [999, 499])
+
+    def start(entry: Mapping[str, Any]) -> str:
+        return entry.get("start", "builtin:digits_dmd2_1step").removeprefix("builtin:")
 
     variants = sorted(
-        sweep["variants"].items(), key=lambda item: (times(item[1]), item[1]["gan_generator_weight"])
+        sweep["variants"].items(),
+        key=lambda item: (start(item[1]), times(item[1]), item[1]["gan_generator_weight"]),
     )
     entries = [("shipped", sweep["shipped"]), *variants]
     for label, entry in entries:
@@ -176,12 +181,12 @@ def dmd2_2step_sweep(sweep: Mapping[str, Any]) -> str:
         wins = [str(k) for k in sorted(rival) if mine[k] < rival[k]]
         weight = f"{entry['gan_generator_weight']:g}" + (" (shipped)" if label == "shipped" else "")
         lines.append(
-            f"| {weight} | {', '.join(map(str, times(entry)))} | {' / '.join(f'{mine[k]:.3f}' for k in sorted(mine))} | "
-            f"{', '.join(wins) or 'none'} | {mean_std(s, 'fid_real')} | {mean_std(s, 'fid_ref')} | "
-            f"{mean_std(s, 'accuracy', scale=100, digits=1)} |"
+            f"| {weight} | {', '.join(map(str, times(entry)))} | `{start(entry)}` | "
+            f"{' / '.join(f'{mine[k]:.3f}' for k in sorted(mine))} | {', '.join(wins) or 'none'} | "
+            f"{mean_std(s, 'fid_real')} | {mean_std(s, 'fid_ref')} | {mean_std(s, 'accuracy', scale=100, digits=1)} |"
         )
     lines.append(
-        f"| progressive two-step | | {' / '.join(f'{rival[k]:.3f}' for k in sorted(rival))} | | "
+        f"| progressive two-step | | | {' / '.join(f'{rival[k]:.3f}' for k in sorted(rival))} | | "
         f"{mean_std(_by_steps(sweep['progressive'])[2], 'fid_real')} | | |"
     )
     return "\n".join(lines) + "\n"
