@@ -18,10 +18,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/python -m distill.demo
 
-# --durations=10: the ten slowest tests, so a test that outgrows the fast suite's budget shows up.
+# One pytest-xdist worker per core (at most 4; tests/conftest.py gives each worker one intra-op thread), which
+# keeps both cores of a small machine busy through the suite's many tiny-model tests. --durations=10: the ten
+# slowest tests, so a test that outgrows the fast suite's budget shows up.
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q --durations=10
+	$(BIN)/python -m pytest -q -n auto --maxprocesses=4 --durations=10
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow -p no:cacheprovider --durations=10
