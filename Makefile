@@ -25,10 +25,9 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n auto --maxprocesses=4 --durations=10
 
-# In workers too; --dist loadgroup keeps each xdist_group's tests (a module-scoped fixture that is costly to build)
-# on one worker.
+# In workers too (each worker builds its own module-scoped fixtures, e.g. tests/test_deploy.py's programs).
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow -n auto --maxprocesses=4 --dist loadgroup -p no:cacheprovider --durations=10
+	$(BIN)/python -m pytest -q -m slow -n auto --maxprocesses=4 -p no:cacheprovider --durations=10
 
 # Benchmarks behind the tables of docs/benchmarks.md: each script timed, every ratio compared with the previous run
 # (benchmarks/results/rerun.json), then every table rendered from the JSON results (benchmarks/update_docs.py).

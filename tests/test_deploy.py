@@ -15,9 +15,8 @@ from distill.pipelines import sample_images
 from teachers import DiffusionTeacher
 
 pytest.importorskip("executorch")
-# lowering to ExecuTorch takes about a minute per program on 2 cores: the slow suite, its tests kept on one
-# pytest-xdist worker (--dist loadgroup) so the module's programs are built once
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deploy")]
+# lowering to ExecuTorch takes about a minute per program on 2 cores: the slow suite
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
