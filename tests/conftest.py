@@ -10,9 +10,9 @@ from diffusers import DDPMScheduler, UNet2DConditionModel, UNet2DModel
 
 os.environ.setdefault("PYTHONHASHSEED", "0")
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # `make test` runs the suite in parallel workers (pytest-xdist), which already use every core: one intra-op
-    # thread each (and in the commands they start), since OpenMP threads spinning against another worker's make
-    # tiny-model calls many times slower
+    # `make test` and `make test-slow` run in parallel workers (pytest-xdist), which already use every core: one
+    # intra-op thread each (and in the commands they start), since OpenMP threads spinning against another
+    # worker's make tiny-model calls many times slower
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
 elif "OMP_NUM_THREADS" not in os.environ:
