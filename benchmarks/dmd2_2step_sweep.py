@@ -1,6 +1,6 @@
 """The two-step DMD2 digits student in other settings: configs/digits/dmd2_2step.yaml (seed 0, 9,000 batches) with
 the generator's GAN weight (``gan_generator_weight``) and the second step's time (``original_steps``: LCM's grid,
-50 -> 999, 499 as shipped; 5 -> 999, 599) overridden, each student exported (EMA) and evaluated by the protocol
+50 -> 999, 499 as shipped; 5 -> 999, 599; or custom ``timesteps`` on the grid of 50, e.g. 999, 299) overridden, each student exported (EMA) and evaluated by the protocol
 (configs/digits/teacher_eval.yaml: 2,000 samples x seeds 0/1/2, 2 steps), beside the shipped student (weight 0.1,
 times 999, 499) and the progressive two-step student it has to beat on every seed.
 
@@ -32,6 +32,7 @@ SCHEDULER = ROOT.parent / "students" / "weights" / "digits_dmd2_2step" / "schedu
 DEFAULTS = {
     "gan_generator_weight": 0.1,
     "original_steps": 50,
+    "timesteps": None,
     "student.init_args.path": "builtin:digits_dmd2_1step",
 }
 # name -> the method arguments overridden; "0.3-more" is a longer run: 9,000 more batches from the shipped two-step
@@ -41,18 +42,26 @@ VARIANTS = {
     "1.0": {"gan_generator_weight": 1.0},
     "0.3-t599": {"gan_generator_weight": 0.3, "original_steps": 5},
     "0.3-more": {"gan_generator_weight": 0.3, "student.init_args.path": "builtin:digits_dmd2_2step"},
+    "0.3-t299": {"gan_generator_weight": 0.3, "timesteps": [999, 299]},
+    "0.3-t199": {"gan_generator_weight": 0.3, "timesteps": [999, 199]},
 }
 STEPS = [2]
 
 
-def timesteps(original_steps: int, num_steps: int = 2) -> list[int]:
-    """The generator's sampling times for an ``original_steps`` LCM grid (what its exported LCMScheduler uses)."""
+def timesteps(original_steps: int, custom: list[int] | None = None, num_steps: int = 2) -> list[int]:
+    """The generator's sampling times: ``custom`` when given, else LCM's on the ``original_steps`` grid (what its
+    exported LCMScheduler uses)."""
+    if custom is not None:
+        return list(custom)
     schedule = NoiseSchedule.from_scheduler_config(json.loads(SCHEDULER.read_text()))
     return [int(t) for t in schedule.consistency_grid(num_steps, original_steps=original_steps)]
 
 
 def overrides(name: str) -> list[str]:
-    return [f"--model.init_args.{key}={value}" for key, value in VARIANTS[name].items()]
+    return [
+        f"--model.init_args.{key}={json.dumps(value) if isinstance(value, list) else value}"
+        for key, value in VARIANTS[name].items()
+    ]
 
 
 def variant(name: str, *, work: Path, run_dir: Path | None) -> dict:
@@ -75,7 +84,7 @@ def variant(name: str, *, work: Path, run_dir: Path | None) -> dict:
     return {
         "gan_generator_weight": float(settings["gan_generator_weight"]),
         "original_steps": settings["original_steps"],
-        "timesteps": timesteps(settings["original_steps"]),
+        "timesteps": timesteps(settings["original_steps"], settings["timesteps"]),
         "start": settings["student.init_args.path"],
         "fit_minutes": fit_minutes,
         "eval_minutes": round(result["eval_minutes"], 2),
@@ -120,6 +129,8 @@ def main() -> None:
         entry["trained_by"] = f"distill fit -c {CONFIG} {' '.join(overrides(name))}" + (
             " (a finished run, exported and evaluated here)" if name in runs else ""
         )
+        if args.out.is_file():  # another variant may have finished meanwhile (two run at once with --only)
+            result["variants"] = {**result["variants"], **json.loads(args.out.read_text())["variants"]}
         result["meta"] = entry["meta"]
         result["variants"][name] = entry
         per_seed = [round(s["fid_real"], 4) for s in entry["rows"][0]["per_seed"]]

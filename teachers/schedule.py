@@ -13,8 +13,9 @@ A negative timestep stands for "after the last step" (clean data) and maps to ``
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,10 @@ import torch
 Spacing = Literal["leading", "trailing", "linspace"]
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 SPACINGS = ("leading", "trailing", "linspace")
+# the scheduler-config key of the custom times a consistency / DMD2 student was trained to sample at (e.g. [999, 299]):
+# diffusers drops keys that begin with "_" when it loads a config, so a stock pipeline takes them as its call's
+# ``timesteps=`` argument; this package's samplers read them from the config
+TRAINED_TIMESTEPS_KEY = "_trained_timesteps"
 # the beta schedules diffusers' discrete schedulers compute (unless the config gives trained_betas)
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
 # diffusers' discrete-time schedulers: all share DDPM's alphas_cumprod, so a teacher saved with any of them loads
@@ -294,14 +299,32 @@ class NoiseSchedule:
             _class_name="DDIMScheduler", timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False
         )
 
-    def consistency_export(self, *, original_steps: int, timestep_scaling: float) -> NoiseSchedule:
-        """The scheduler config a consistency student samples with: LCMScheduler on this run's skipping grid."""
-        return self.with_config(
-            _class_name="LCMScheduler",
-            original_inference_steps=original_steps,
-            timestep_scaling=timestep_scaling,
-            timestep_spacing="leading",
-            clip_sample=False,
+    def consistency_export(
+        self, *, original_steps: int, timestep_scaling: float, timesteps: Sequence[int] | None = None
+    ) -> NoiseSchedule:
+        """The scheduler config a consistency student samples with: LCMScheduler on this run's skipping grid.
+        ``timesteps``: the custom times the student was trained at (on that grid), kept under
+        :data:`TRAINED_TIMESTEPS_KEY`, which :meth:`consistency_grid` samples at for that many steps."""
+        updates: dict[str, Any] = {}
+        if timesteps is not None:
+            grid = check_consistency_timesteps(
+                timesteps=timesteps,
+                num_train_timesteps=self.num_train_timesteps,
+                original_steps=original_steps,
+            )
+            updates[TRAINED_TIMESTEPS_KEY] = [int(t) for t in grid]
+        config = {k: v for k, v in self.config.items() if k != TRAINED_TIMESTEPS_KEY}
+        return dataclasses.replace(
+            self,
+            config={
+                **config,
+                "_class_name": "LCMScheduler",
+                "original_inference_steps": original_steps,
+                "timestep_scaling": timestep_scaling,
+                "timestep_spacing": "leading",
+                "clip_sample": False,
+                **updates,
+            },
         )
 
     def next_times(self, grid: torch.Tensor) -> torch.Tensor:
@@ -317,8 +340,13 @@ class NoiseSchedule:
         self, num_inference_steps: int, *, original_steps: int | None = None
     ) -> torch.Tensor:
         """Decreasing timesteps a consistency model samples at (LCMScheduler's, from the skipping grid of
-        ``original_steps``, default the config's ``original_inference_steps`` or 50)."""
+        ``original_steps``, default the config's ``original_inference_steps`` or 50). Without ``original_steps``, a
+        config that records the times its student was trained at (:data:`TRAINED_TIMESTEPS_KEY`) gives those for
+        their step count, as a pipeline passes them (``pipe(..., timesteps=[999, 299])``)."""
         if original_steps is None:
+            trained = self.config.get(TRAINED_TIMESTEPS_KEY)
+            if trained is not None and len(trained) == num_inference_steps:
+                return torch.tensor([int(t) for t in trained], dtype=torch.long)
             original_steps = int(self.config.get("original_inference_steps", 50))
         return lcm_timesteps(
             num_train_timesteps=self.num_train_timesteps,
@@ -398,6 +426,39 @@ def lcm_skipping_timesteps(*, num_train_timesteps: int, original_steps: int) -> 
         )
     k = num_train_timesteps // original_steps
     return torch.arange(1, original_steps + 1, dtype=torch.long) * k - 1
+
+
+def check_consistency_timesteps(
+    *, timesteps: Sequence[int], num_train_timesteps: int, original_steps: int, key: str = "timesteps"
+) -> torch.Tensor:
+    """``timesteps`` as a decreasing long tensor, refused (naming ``key``) unless they are distinct points of the
+    ``original_steps`` skipping grid in decreasing order: the custom times diffusers' LCMScheduler accepts
+    (``set_timesteps(timesteps=...)``), e.g. ``[999, 299]`` on the grid of 50 over 1000 (``19, 39, ..., 999``)."""
+    if isinstance(timesteps, str | bytes) or not isinstance(timesteps, Sequence) or not timesteps:
+        raise ValueError(
+            f"{key} must be a non-empty list of whole timesteps, e.g. [999, 299]; got {timesteps!r}"
+        )
+    if any(isinstance(t, bool) or not isinstance(t, int | np.integer) for t in timesteps):
+        raise ValueError(f"{key} must be whole numbers (training timesteps), got {list(timesteps)!r}")
+    values = [int(t) for t in timesteps]
+    if any(a <= b for a, b in itertools.pairwise(values)):
+        raise ValueError(
+            f"{key} must be strictly decreasing (the first step at the highest noise), got {values}"
+        )
+    grid = set(
+        lcm_skipping_timesteps(
+            num_train_timesteps=num_train_timesteps, original_steps=original_steps
+        ).tolist()
+    )
+    off = [t for t in values if t not in grid]
+    if off:
+        k = num_train_timesteps // original_steps
+        raise ValueError(
+            f"{key}: {off} not on the consistency grid of original_steps={original_steps} ({k - 1}, {2 * k - 1}, ..., "
+            f"{original_steps * k - 1}), which diffusers' LCMScheduler requires of custom timesteps; pick points of "
+            "that grid or change original_steps"
+        )
+    return torch.tensor(values, dtype=torch.long)
 
 
 def lcm_timesteps(

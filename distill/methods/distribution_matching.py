@@ -15,8 +15,9 @@ refused otherwise, before any step); the Trainer's ``gradient_clip_val`` and ``a
 apply to manual optimisation (this method's own ``gradient_clip_val`` clips both players; accumulation is
 refused); a non-finite loss skips the batch's update (no optimizer, EMA or LR step).
 
-The student samples as a consistency model on its ``num_steps`` grid (LCMScheduler's timesteps, or
-FlowMatchLCMScheduler's for a flow teacher) and exports that scheduler, which stock diffusers loads.
+The student samples as a consistency model on its ``num_steps`` grid (LCMScheduler's timesteps, custom ``timesteps``
+on its grid, or FlowMatchLCMScheduler's for a flow teacher) and exports that scheduler, which stock diffusers loads
+(custom times are recorded in the config and passed as a pipeline's ``timesteps=``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from distill.objectives.distribution_matching import (
     times_in_range,
 )
 from distill.rng import GeneratorRandom, KeyedRandom
+from teachers.schedule import NoiseSchedule, check_consistency_timesteps
 from teachers.teacher import DiffusionTeacher
 
 CRITIC_OPTIMIZER_KEY = "model.init_args.critic_optimizer"
@@ -79,6 +81,10 @@ class DistributionMatchingDistillation(DistillationModule):
             noise (DMD2); false: real data noised to the step's time.
         original_steps: the consistency grid's skipping-step size the steps are taken from (LCMScheduler's
             ``original_inference_steps``: for 1000 timesteps and 50, the 1-step time is 999 and 2 steps 999, 499).
+        timesteps: custom times of the generator's ``num_steps`` steps instead of LCM's evenly spaced ones, points of
+            the ``original_steps`` grid in decreasing order (e.g. ``[999, 299]``: a second step at lower noise, as
+            DMD2's released students are sampled with ``timesteps=``); the exported scheduler config records them
+            and this package's samplers use them (a DDPM-family teacher; None: LCM's grid).
         guidance_scale: the teacher's classifier-free guidance scale in the real score (1: none); the student
             learns the guided distribution and samples it with guidance 1.
         update_ratio: critic updates per generator update (DMD2: 5); at least 1.
@@ -113,6 +119,7 @@ class DistributionMatchingDistillation(DistillationModule):
         num_steps: int = 1,
         backward_simulation: bool = True,
         original_steps: int = 50,
+        timesteps: list[int] | None = None,
         guidance_scale: float = 1.0,
         update_ratio: int = 5,
         dm_time_min: float = 0.02,
@@ -166,6 +173,24 @@ class DistributionMatchingDistillation(DistillationModule):
             raise ValueError(
                 f"num_steps={num_steps} exceeds original_steps={original_steps}: raise original_steps"
             )
+        if timesteps is not None:
+            if not isinstance(schedule, NoiseSchedule):
+                raise ValueError(
+                    "timesteps (custom generator times) applies to a DDPM-family teacher's LCM grid; a flow teacher's "
+                    "generator samples on FlowMatchLCMScheduler's grid: drop model.init_args.timesteps"
+                )
+            grid = check_consistency_timesteps(
+                timesteps=timesteps,
+                num_train_timesteps=max_t,
+                original_steps=original_steps,
+                key="model.init_args.timesteps",
+            )
+            if len(grid) != num_steps:
+                raise ValueError(
+                    f"model.init_args.timesteps has {len(grid)} times but num_steps={num_steps}: give one time per "
+                    "generator step"
+                )
+            timesteps = [int(t) for t in grid]
         self.options = DistributionMatchingOptions(
             guidance_scale=float(guidance_scale),
             dm_time_min=dm_time_min,
@@ -219,7 +244,12 @@ class DistributionMatchingDistillation(DistillationModule):
         self.critic_lr_scheduler = critic_lr_scheduler
         self.gradient_clip_val = gradient_clip_val
         self.timestep_scaling = timestep_scaling
-        grid = schedule.consistency_grid(self.num_steps, original_steps=original_steps)
+        self.timesteps = timesteps
+        grid = (
+            torch.tensor(timesteps, dtype=torch.long)
+            if timesteps is not None
+            else schedule.consistency_grid(self.num_steps, original_steps=original_steps)
+        )
         self.register_buffer("generator_grid", grid.clone(), persistent=False)
         self._saturated = 0
         self._collapse_warned = False
@@ -471,7 +501,14 @@ class DistributionMatchingDistillation(DistillationModule):
     def sampling_schedule(self):
         """The consistency scheduler config on the generator's grid: LCMScheduler (this run's skipping grid and
         scaling) or FlowMatchLCMScheduler for a flow teacher."""
-        return self.teacher.schedule.consistency_export(
+        schedule = self.teacher.schedule
+        if self.timesteps is not None:
+            return schedule.consistency_export(
+                original_steps=self.original_steps,
+                timestep_scaling=self.timestep_scaling,
+                timesteps=self.timesteps,
+            )
+        return schedule.consistency_export(
             original_steps=self.original_steps, timestep_scaling=self.timestep_scaling
         )
 
