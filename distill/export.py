@@ -21,6 +21,7 @@ import torch
 
 from students.common import denoiser_folder
 from students.provenance import RECORD_NAME, read_teacher_record
+from teachers.schedule import TRAINED_TIMESTEPS_KEY
 from teachers.transformer import takes_guidance, transformer_family
 
 WEIGHTS = ("ema", "raw")
@@ -117,6 +118,13 @@ def model_card(
         else "as trained (DDIM, trailing spacing)"
     )
     steps = "1-4 (multistep consistency sampling)" if consistency else deterministic
+    trained_times = schedule.config.get(TRAINED_TIMESTEPS_KEY) if consistency else None
+    if trained_times:
+        steps = (
+            f"{len(trained_times)} (multistep consistency sampling) at the timesteps it was trained at, "
+            f"{list(trained_times)}, recorded in the scheduler config as `{TRAINED_TIMESTEPS_KEY}`: this package's "
+            f"samplers use them; a diffusers pipeline takes them as `timesteps={list(trained_times)}`"
+        )
     if takes_guidance(student):
         guidance = "the guidance scale goes in as the transformer's `guidance` input (FLUX-dev), one forward per step"
     elif transformer_family(student) == "flux":
@@ -162,6 +170,8 @@ def model_card(
             if consistency
             else 'images = pipe("a photo of a cat", num_inference_steps=25).images'
         )
+        if trained_times:
+            call = f'images = pipe("a photo of a cat", timesteps={list(trained_times)}, guidance_scale=1.0).images'
         family = getattr(module.teacher, "transformer_family", None)
         if family is not None:
             size = module.teacher.image_size

@@ -27,8 +27,9 @@ Spacing = Literal["leading", "trailing", "linspace"]
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 SPACINGS = ("leading", "trailing", "linspace")
 # the scheduler-config key of the custom times a consistency / DMD2 student was trained to sample at (e.g. [999, 299]):
-# diffusers drops keys that begin with "_" when it loads a config, so a stock pipeline takes them as its call's
-# ``timesteps=`` argument; this package's samplers read them from the config
+# diffusers keeps a key that begins with "_" in a loaded scheduler's config (and saves it again) without passing it
+# to the constructor, so a stock pipeline samples at them when given ``timesteps=scheduler.config[KEY]``; this
+# package's samplers read them from the config
 TRAINED_TIMESTEPS_KEY = "_trained_timesteps"
 # the beta schedules diffusers' discrete schedulers compute (unless the config gives trained_betas)
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")

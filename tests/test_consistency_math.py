@@ -12,7 +12,13 @@ from diffusers import LCMScheduler
 from teachers import DiffusionTeacher
 from teachers.parameterization import consistency_output, consistency_scalings, guidance_scale_embedding
 from teachers.sampling import consistency_sample
-from teachers.schedule import NoiseSchedule, lcm_skipping_timesteps, lcm_timesteps
+from teachers.schedule import (
+    TRAINED_TIMESTEPS_KEY,
+    NoiseSchedule,
+    check_consistency_timesteps,
+    lcm_skipping_timesteps,
+    lcm_timesteps,
+)
 
 
 def _lcm_scheduler(**overrides) -> LCMScheduler:
@@ -111,3 +117,63 @@ def test_consistency_sampler_agrees_with_lcm_scheduler_on_the_same_model(steps, 
         step_noise=lambda i: torch.randn(noise.shape, generator=ours_gen),
     )
     torch.testing.assert_close(ours, z, rtol=1e-4, atol=1e-4)
+
+
+def test_custom_timesteps_sample_as_lcm_scheduler_with_timesteps_and_are_recorded_in_the_export(
+    tiny_teacher_dir, tmp_path
+):
+    """A config that records the student's trained times (e.g. DMD2's [999, 299]) samples at them for that many
+    steps, exactly as a stock LCMScheduler given ``timesteps=``; other step counts keep LCM's grid."""
+    teacher = DiffusionTeacher.from_pretrained(tiny_teacher_dir)
+    export = NoiseSchedule.from_scheduler_config(SCHEDULER).consistency_export(
+        original_steps=50, timestep_scaling=10.0, timesteps=[999, 299]
+    )
+    assert export.config[TRAINED_TIMESTEPS_KEY] == [999, 299]
+    assert export.consistency_grid(2).tolist() == [999, 299]
+    assert export.consistency_grid(1).tolist() == [999]
+    assert export.consistency_grid(2, original_steps=50).tolist() == [999, 499]  # an explicit grid wins
+    export.save_pretrained(tmp_path / "scheduler")
+    # stock diffusers keeps the private key in the config (not a constructor argument) and saves it again
+    stock = LCMScheduler.from_pretrained(tmp_path / "scheduler")
+    stock.save_pretrained(tmp_path / "again")
+    assert LCMScheduler.from_pretrained(tmp_path / "again").config[TRAINED_TIMESTEPS_KEY] == [999, 299]
+    stock.set_timesteps(timesteps=stock.config[TRAINED_TIMESTEPS_KEY])
+    assert stock.timesteps.tolist() == [999, 299]
+
+    labels = torch.tensor([1, 4, 7])
+    noise = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(5)
+    z = noise
+    with torch.no_grad():
+        for t in stock.timesteps:
+            out = teacher.unet(z, t, None, class_labels=labels).sample
+            z = stock.step(out, t, z, generator=gen).prev_sample
+    ours_gen = torch.Generator().manual_seed(5)
+    ours = consistency_sample(
+        denoiser=partial(teacher.predict, cond=labels),
+        noise=noise,
+        timesteps=export.consistency_grid(2),
+        alphas_cumprod=export.alphas_cumprod,
+        step_noise=lambda i: torch.randn(noise.shape, generator=ours_gen),
+    )
+    torch.testing.assert_close(ours, z, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "timesteps, match",
+    [
+        ([299, 999], "strictly decreasing"),
+        ([999, 999], "strictly decreasing"),
+        ([999, 250], r"\[250\] not on the consistency grid of original_steps=50 \(19, 39, ..., 999\)"),
+        ([999.0, 299], "whole numbers"),
+        ([], "non-empty list"),
+        ("999", "non-empty list"),
+    ],
+)
+def test_bad_custom_timesteps_are_refused_naming_the_grid(timesteps, match):
+    with pytest.raises(ValueError, match=match):
+        check_consistency_timesteps(timesteps=timesteps, num_train_timesteps=1000, original_steps=50)
+    # on the grid of 4 (249, 499, 749, 999) a time the grid of 50 lacks is fine
+    assert check_consistency_timesteps(
+        timesteps=[999, 249], num_train_timesteps=1000, original_steps=4
+    ).tolist() == [999, 249]

@@ -182,6 +182,40 @@ def test_export_is_an_lcm_folder_that_samples_as_the_method(teacher, tmp_path):
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
 
+def test_custom_timesteps_train_the_generator_there_and_travel_with_the_export(teacher, tmp_path):
+    from teachers.sampling import per_sample_noise
+    from teachers.schedule import TRAINED_TIMESTEPS_KEY
+
+    module = _method(teacher, num_steps=2, timesteps=[999, 299]).eval()
+    assert module.generator_grid.tolist() == [999, 299]
+    draws = draw_distribution_matching(
+        GeneratorRandom(torch.Generator().manual_seed(0)),
+        x0=torch.zeros(64, 1, 8, 8),
+        num_steps=2,
+        schedule=teacher.schedule,
+    )
+    assert set(module.generator_grid[draws.step].tolist()) == {999, 299}  # the generator trains at both times
+    module.save_pretrained(tmp_path / "export")
+    loaded = DiffusionTeacher.from_pretrained(tmp_path / "export")
+    assert loaded.schedule.config[TRAINED_TIMESTEPS_KEY] == [999, 299]
+    assert loaded.schedule.consistency_grid(2).tolist() == [999, 299]
+    seeds, indices, labels = torch.zeros(3, dtype=torch.long), torch.arange(3), torch.tensor([2, 5, 8])
+    noise = per_sample_noise(seeds=seeds, indices=indices, shape=(1, 8, 8))
+    expected = module.sample(labels, noise, steps=2, seeds=seeds, indices=indices)
+    torch.testing.assert_close(
+        loaded.sample(labels, noise, steps=2, seeds=seeds, indices=indices), expected, rtol=0, atol=1e-6
+    )
+    from distill.export import model_card
+
+    card = model_card(module, {"global_step": 0}, weights="ema")
+    assert "[999, 299], recorded in the scheduler config as `_trained_timesteps`" in card
+    assert "`timesteps=[999, 299]`" in card
+    at_499 = _method(teacher, num_steps=2).eval()
+    at_499.student.load_state_dict(module.student.state_dict())
+    at_499.ema.load_state_dict(module.ema.state_dict())
+    assert not torch.allclose(at_499.sample(labels, noise, steps=2, seeds=seeds, indices=indices), expected)
+
+
 def test_a_flow_teacher_trains_and_exports_a_flow_lcm_scheduler(tmp_path):
     from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -191,6 +225,8 @@ def test_a_flow_teacher_trains_and_exports_a_flow_lcm_scheduler(tmp_path):
     flow = DiffusionTeacher.from_pretrained(path)
     module = _method(flow, num_steps=2)
     assert float(module.generator_grid[0]) == 1000.0  # the first step starts at pure noise (s = 1)
+    with pytest.raises(ValueError, match="applies to a DDPM-family teacher"):
+        _method(flow, num_steps=2, timesteps=[999, 299])
     before = _params(module.student)
     cpu_trainer(max_steps=3).fit(module, train_dataloaders=random_digits_loader())
     assert _changed(before, module.student)
@@ -275,6 +311,12 @@ def test_a_saturated_critic_is_warned_about_once(teacher):
         ({"num_steps": 0}, "num_steps must be a whole number"),
         ({"num_steps": 8, "original_steps": 4}, "num_steps=8 exceeds original_steps=4"),
         ({"gradient_clip_val": float("nan")}, "gradient_clip_val must be a finite number"),
+        (
+            {"num_steps": 2, "timesteps": [999, 250]},
+            "model.init_args.timesteps: \\[250\\] not on the consistency grid",
+        ),
+        ({"num_steps": 2, "timesteps": [299, 999]}, "model.init_args.timesteps must be strictly decreasing"),
+        ({"num_steps": 1, "timesteps": [999, 299]}, "has 2 times but num_steps=1"),
         ({"critic_optimizer": lambda p: torch.optim.AdamW(p, lr=-1.0)}, "model.init_args.critic_optimizer"),
     ],
 )
