@@ -33,6 +33,7 @@ DEFAULTS = {
     "gan_generator_weight": 0.1,
     "original_steps": 50,
     "timesteps": None,
+    "optimizer.init_args.lr": 5e-5,
     "student.init_args.path": "builtin:digits_dmd2_1step",
 }
 # name -> the method arguments overridden; "0.3-more" is a longer run: 9,000 more batches from the shipped two-step
@@ -44,6 +45,8 @@ VARIANTS = {
     "0.3-more": {"gan_generator_weight": 0.3, "student.init_args.path": "builtin:digits_dmd2_2step"},
     "0.3-t299": {"gan_generator_weight": 0.3, "timesteps": [999, 299]},
     "0.3-t199": {"gan_generator_weight": 0.3, "timesteps": [999, 199]},
+    "0.3-lr2.5e-5": {"gan_generator_weight": 0.3, "optimizer.init_args.lr": 2.5e-5},
+    "0.3-lr1.25e-5": {"gan_generator_weight": 0.3, "optimizer.init_args.lr": 1.25e-5},
 }
 STEPS = [2]
 
