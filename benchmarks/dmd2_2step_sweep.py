@@ -86,6 +86,7 @@ def variant(name: str, *, work: Path, run_dir: Path | None) -> dict:
     settings = {**DEFAULTS, **VARIANTS[name]}
     return {
         "gan_generator_weight": float(settings["gan_generator_weight"]),
+        "generator_lr": float(settings["optimizer.init_args.lr"]),
         "original_steps": settings["original_steps"],
         "timesteps": timesteps(settings["original_steps"], settings["timesteps"]),
         "start": settings["student.init_args.path"],

@@ -8,6 +8,7 @@ Formatting only: nothing here imports torch or the library.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -158,9 +159,9 @@ def dmd2_2step_sweep(sweep: Mapping[str, Any]) -> str:
     every seed."""
     rival = _per_seed(sweep["progressive"], 2)
     lines = [
-        "| generator GAN weight | sampling times | generator starts from | FID vs real per seed (0 / 1 / 2) | "
-        "below progressive on seeds | FID vs real | FID vs teacher ref | accuracy (%) |",
-        "| ---: | --- | --- | --- | --- | ---: | ---: | ---: |",
+        "| generator GAN weight | generator lr | sampling times | generator starts from | FID vs real per seed "
+        "(0 / 1 / 2) | below progressive on seeds | FID vs real | FID vs teacher ref | accuracy (%) |",
+        "| ---: | ---: | --- | --- | --- | --- | ---: | ---: | ---: |",
     ]
 
     # entries from before the times and the start were recorded ran the config's: LCM's 50-step grid, the one-step
@@ -171,9 +172,19 @@ def dmd2_2step_sweep(sweep: Mapping[str, Any]) -> str:
     def start(entry: Mapping[str, Any]) -> str:
         return entry.get("start", "builtin:digits_dmd2_1step").removeprefix("builtin:")
 
+    def lr_text(value: float) -> str:
+        return f"{value:.3g}".replace("e-0", "e-")
+
+    # the generator's lr: recorded, else the override in the entry's command, else the config's 5e-5
+    def lr(entry: Mapping[str, Any]) -> float:
+        if "generator_lr" in entry:
+            return float(entry["generator_lr"])
+        found = re.search(r"--model\.init_args\.optimizer\.init_args\.lr=(\S+)", entry.get("trained_by", ""))
+        return float(found.group(1)) if found else 5e-5
+
     variants = sorted(
         sweep["variants"].items(),
-        key=lambda item: (start(item[1]), times(item[1]), item[1]["gan_generator_weight"]),
+        key=lambda item: (start(item[1]), times(item[1]), -lr(item[1]), item[1]["gan_generator_weight"]),
     )
     entries = [("shipped", sweep["shipped"]), *variants]
     for label, entry in entries:
@@ -181,12 +192,12 @@ def dmd2_2step_sweep(sweep: Mapping[str, Any]) -> str:
         wins = [str(k) for k in sorted(rival) if mine[k] < rival[k]]
         weight = f"{entry['gan_generator_weight']:g}" + (" (shipped)" if label == "shipped" else "")
         lines.append(
-            f"| {weight} | {', '.join(map(str, times(entry)))} | `{start(entry)}` | "
+            f"| {weight} | {lr_text(lr(entry))} | {', '.join(map(str, times(entry)))} | `{start(entry)}` | "
             f"{' / '.join(f'{mine[k]:.3f}' for k in sorted(mine))} | {', '.join(wins) or 'none'} | "
             f"{mean_std(s, 'fid_real')} | {mean_std(s, 'fid_ref')} | {mean_std(s, 'accuracy', scale=100, digits=1)} |"
         )
     lines.append(
-        f"| progressive two-step | | | {' / '.join(f'{rival[k]:.3f}' for k in sorted(rival))} | | "
+        f"| progressive two-step | | | | {' / '.join(f'{rival[k]:.3f}' for k in sorted(rival))} | | "
         f"{mean_std(_by_steps(sweep['progressive'])[2], 'fid_real')} | | |"
     )
     return "\n".join(lines) + "\n"
