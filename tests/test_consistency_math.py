@@ -92,31 +92,38 @@ def test_guidance_embedding_matches_the_lcm_pipeline(dim):
         guidance_scale_embedding(w=w[:, None], dim=dim)
 
 
-@pytest.mark.parametrize("steps", [1, 2, 4])
-def test_consistency_sampler_agrees_with_lcm_scheduler_on_the_same_model(steps, tiny_teacher_dir):
-    teacher = DiffusionTeacher.from_pretrained(tiny_teacher_dir)
-    schedule = NoiseSchedule.from_scheduler_config(SCHEDULER)
+def _assert_sampler_matches_stepping(teacher, scheduler, *, timesteps, alphas_cumprod) -> None:
+    """Stepping ``scheduler`` (timesteps already set) on the teacher's network gives what ``consistency_sample``
+    gives at ``timesteps``, from the same noise and the same re-noising draws."""
     labels = torch.tensor([1, 4, 7])
     noise = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-
-    scheduler = _lcm_scheduler()
-    scheduler.set_timesteps(steps)
     gen = torch.Generator().manual_seed(5)
     z = noise
     with torch.no_grad():
         for t in scheduler.timesteps:
             out = teacher.unet(z, t, None, class_labels=labels).sample
             z = scheduler.step(out, t, z, generator=gen).prev_sample
-
     ours_gen = torch.Generator().manual_seed(5)
     ours = consistency_sample(
         denoiser=partial(teacher.predict, cond=labels),
         noise=noise,
-        timesteps=lcm_timesteps(num_train_timesteps=1000, num_inference_steps=steps),
-        alphas_cumprod=schedule.alphas_cumprod,
+        timesteps=timesteps,
+        alphas_cumprod=alphas_cumprod,
         step_noise=lambda i: torch.randn(noise.shape, generator=ours_gen),
     )
     torch.testing.assert_close(ours, z, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_consistency_sampler_agrees_with_lcm_scheduler_on_the_same_model(steps, tiny_teacher_dir):
+    scheduler = _lcm_scheduler()
+    scheduler.set_timesteps(steps)
+    _assert_sampler_matches_stepping(
+        DiffusionTeacher.from_pretrained(tiny_teacher_dir),
+        scheduler,
+        timesteps=lcm_timesteps(num_train_timesteps=1000, num_inference_steps=steps),
+        alphas_cumprod=NoiseSchedule.from_scheduler_config(SCHEDULER).alphas_cumprod,
+    )
 
 
 def test_custom_timesteps_sample_as_lcm_scheduler_with_timesteps_and_are_recorded_in_the_export(
@@ -140,23 +147,9 @@ def test_custom_timesteps_sample_as_lcm_scheduler_with_timesteps_and_are_recorde
     stock.set_timesteps(timesteps=stock.config[TRAINED_TIMESTEPS_KEY])
     assert stock.timesteps.tolist() == [999, 299]
 
-    labels = torch.tensor([1, 4, 7])
-    noise = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    gen = torch.Generator().manual_seed(5)
-    z = noise
-    with torch.no_grad():
-        for t in stock.timesteps:
-            out = teacher.unet(z, t, None, class_labels=labels).sample
-            z = stock.step(out, t, z, generator=gen).prev_sample
-    ours_gen = torch.Generator().manual_seed(5)
-    ours = consistency_sample(
-        denoiser=partial(teacher.predict, cond=labels),
-        noise=noise,
-        timesteps=export.consistency_grid(2),
-        alphas_cumprod=export.alphas_cumprod,
-        step_noise=lambda i: torch.randn(noise.shape, generator=ours_gen),
+    _assert_sampler_matches_stepping(
+        teacher, stock, timesteps=export.consistency_grid(2), alphas_cumprod=export.alphas_cumprod
     )
-    torch.testing.assert_close(ours, z, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize(
