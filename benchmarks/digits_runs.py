@@ -10,6 +10,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# the scripts' own imports of this package (provenance included) come from this checkout, as the runs they start do
+# (``python -m`` in ROOT), even where the environment installed another checkout
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 
 def run(args: list[str], log: Path) -> float:
