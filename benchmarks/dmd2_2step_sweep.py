@@ -34,6 +34,8 @@ DEFAULTS = {
     "original_steps": 50,
     "timesteps": None,
     "optimizer.init_args.lr": 5e-5,
+    "gan_critic_weight": 0.3,
+    "gan_time_max": 0.5,
     "student.init_args.path": "builtin:digits_dmd2_1step",
 }
 # name -> the method arguments overridden; "0.3-more" is a longer run: 9,000 more batches from the shipped two-step
@@ -47,6 +49,8 @@ VARIANTS = {
     "0.3-t199": {"gan_generator_weight": 0.3, "timesteps": [999, 199]},
     "0.3-lr2.5e-5": {"gan_generator_weight": 0.3, "optimizer.init_args.lr": 2.5e-5},
     "0.3-lr1.25e-5": {"gan_generator_weight": 0.3, "optimizer.init_args.lr": 1.25e-5},
+    "0.3-gt0.25": {"gan_generator_weight": 0.3, "gan_time_max": 0.25},
+    "0.3-critic1": {"gan_generator_weight": 0.3, "gan_critic_weight": 1.0},
 }
 STEPS = [2]
 
@@ -87,6 +91,8 @@ def variant(name: str, *, work: Path, run_dir: Path | None) -> dict:
     return {
         "gan_generator_weight": float(settings["gan_generator_weight"]),
         "generator_lr": float(settings["optimizer.init_args.lr"]),
+        "gan_critic_weight": float(settings["gan_critic_weight"]),
+        "gan_time_max": float(settings["gan_time_max"]),
         "original_steps": settings["original_steps"],
         "timesteps": timesteps(settings["original_steps"], settings["timesteps"]),
         "start": settings["student.init_args.path"],
