@@ -159,13 +159,14 @@ def dmd2_2step_sweep(sweep: Mapping[str, Any]) -> str:
     every seed."""
     rival = _per_seed(sweep["progressive"], 2)
     lines = [
-        "| generator GAN weight | generator lr | sampling times | generator starts from | FID vs real per seed "
-        "(0 / 1 / 2) | below progressive on seeds | FID vs real | FID vs teacher ref | accuracy (%) |",
-        "| ---: | ---: | --- | --- | --- | --- | ---: | ---: | ---: |",
+        "| generator GAN weight | critic GAN weight | GAN noise up to | generator lr | sampling times | generator "
+        "starts from | FID vs real per seed (0 / 1 / 2) | below progressive on seeds | FID vs real | FID vs teacher ref "
+        "| accuracy (%) |",
+        "| ---: | ---: | ---: | ---: | --- | --- | --- | --- | ---: | ---: | ---: |",
     ]
 
-    # entries from before the times and the start were recorded ran the config's: LCM's 50-step grid, the one-step
-    # student
+    # entries from before the times, the start and the critic's settings were recorded ran the config's: LCM's
+    # 50-step grid, the one-step student, critic GAN weight 0.3 on inputs noised up to half the training times
     def times(entry: Mapping[str, Any]) -> list[int]:
         return entry.get("timesteps", [999, 499])
 
@@ -184,7 +185,14 @@ def dmd2_2step_sweep(sweep: Mapping[str, Any]) -> str:
 
     variants = sorted(
         sweep["variants"].items(),
-        key=lambda item: (start(item[1]), times(item[1]), -lr(item[1]), item[1]["gan_generator_weight"]),
+        key=lambda item: (
+            start(item[1]),
+            times(item[1]),
+            -lr(item[1]),
+            item[1]["gan_generator_weight"],
+            item[1].get("gan_critic_weight", 0.3),
+            -item[1].get("gan_time_max", 0.5),
+        ),
     )
     entries = [("shipped", sweep["shipped"]), *variants]
     for label, entry in entries:
@@ -192,12 +200,13 @@ def dmd2_2step_sweep(sweep: Mapping[str, Any]) -> str:
         wins = [str(k) for k in sorted(rival) if mine[k] < rival[k]]
         weight = f"{entry['gan_generator_weight']:g}" + (" (shipped)" if label == "shipped" else "")
         lines.append(
-            f"| {weight} | {lr_text(lr(entry))} | {', '.join(map(str, times(entry)))} | `{start(entry)}` | "
+            f"| {weight} | {entry.get('gan_critic_weight', 0.3):g} | {entry.get('gan_time_max', 0.5):g} | "
+            f"{lr_text(lr(entry))} | {', '.join(map(str, times(entry)))} | `{start(entry)}` | "
             f"{' / '.join(f'{mine[k]:.3f}' for k in sorted(mine))} | {', '.join(wins) or 'none'} | "
             f"{mean_std(s, 'fid_real')} | {mean_std(s, 'fid_ref')} | {mean_std(s, 'accuracy', scale=100, digits=1)} |"
         )
     lines.append(
-        f"| progressive two-step | | | | {' / '.join(f'{rival[k]:.3f}' for k in sorted(rival))} | | "
+        f"| progressive two-step | | | | | | {' / '.join(f'{rival[k]:.3f}' for k in sorted(rival))} | | "
         f"{mean_std(_by_steps(sweep['progressive'])[2], 'fid_real')} | | |"
     )
     return "\n".join(lines) + "\n"

@@ -151,7 +151,7 @@ def test_reproduce_plan_runs_existing_configs_and_scripts(tmp_path):
             assert option in usage, f"{script} does not accept {option}"
 
 
-def test_the_dmd2_sweep_table_shows_each_runs_generator_lr():
+def test_the_dmd2_sweep_table_shows_each_runs_generator_lr():  # its fourth column
     """The lr recorded with a variant, else the override in its command, else the config's 5e-5."""
     sweep = json.loads((Path(__file__).parents[1] / "benchmarks/results/dmd2_2step_sweep.json").read_text())
     entry = next(iter(sweep["variants"].values()))
@@ -164,6 +164,6 @@ def test_the_dmd2_sweep_table_shows_each_runs_generator_lr():
     default = {**entry, "gan_generator_weight": 9.0, "trained_by": "distill fit"}
     table = tables.dmd2_2step_sweep({**sweep, "variants": {"a": recorded, "b": command, "c": default}})
     rows = {
-        line.split(" | ")[0]: line.split(" | ")[1] for line in table.splitlines() if line.startswith("| ")
+        line.split(" | ")[0]: line.split(" | ")[3] for line in table.splitlines() if line.startswith("| ")
     }
     assert rows["| 7"] == "2.5e-5" and rows["| 8"] == "1.25e-5" and rows["| 9"] == "5e-5"
