@@ -1,8 +1,9 @@
 """The two-step DMD2 digits student in other settings: configs/digits/dmd2_2step.yaml (seed 0, 9,000 batches) with
-the generator's GAN weight (``gan_generator_weight``) and the second step's time (``original_steps``: LCM's grid,
-50 -> 999, 499 as shipped; 5 -> 999, 599; or custom ``timesteps`` on the grid of 50, e.g. 999, 299) overridden, each student exported (EMA) and evaluated by the protocol
-(configs/digits/teacher_eval.yaml: 2,000 samples x seeds 0/1/2, 2 steps), beside the shipped student (weight 0.1,
-times 999, 499) and the progressive two-step student it has to beat on every seed.
+some of its arguments overridden (``VARIANTS``: the generator's GAN weight and lr, the critic's GAN weight and noise
+range, the generator's start, the second step's time: ``original_steps`` picks LCM's grid, 50 -> 999, 499 as shipped,
+5 -> 999, 599, or custom ``timesteps`` on the grid of 50, e.g. 999, 299), each student exported (EMA) and evaluated
+by the protocol (configs/digits/teacher_eval.yaml: 2,000 samples x seeds 0/1/2, 2 steps), beside the shipped student
+(weight 0.1, times 999, 499) and the progressive two-step student it has to beat on every seed.
 
 Run:  OMP_NUM_THREADS=1 python benchmarks/dmd2_2step_sweep.py   (one full run of the config per variant, its
       header gives the cost; run two at once with --only)

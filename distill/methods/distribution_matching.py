@@ -500,16 +500,10 @@ class DistributionMatchingDistillation(DistillationModule):
     # -- sampling and export ------------------------------------------------------------------------------
     def sampling_schedule(self):
         """The consistency scheduler config on the generator's grid: LCMScheduler (this run's skipping grid and
-        scaling) or FlowMatchLCMScheduler for a flow teacher."""
-        schedule = self.teacher.schedule
-        if self.timesteps is not None:
-            return schedule.consistency_export(
-                original_steps=self.original_steps,
-                timestep_scaling=self.timestep_scaling,
-                timesteps=self.timesteps,
-            )
-        return schedule.consistency_export(
-            original_steps=self.original_steps, timestep_scaling=self.timestep_scaling
+        scaling, and its custom ``timesteps`` when given) or FlowMatchLCMScheduler for a flow teacher."""
+        custom = {} if self.timesteps is None else {"timesteps": self.timesteps}
+        return self.teacher.schedule.consistency_export(
+            original_steps=self.original_steps, timestep_scaling=self.timestep_scaling, **custom
         )
 
     def sampler_options(self) -> dict[str, Any]:
