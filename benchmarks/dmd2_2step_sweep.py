@@ -52,6 +52,8 @@ VARIANTS = {
     "0.3-lr1.25e-5": {"gan_generator_weight": 0.3, "optimizer.init_args.lr": 1.25e-5},
     "0.3-gt0.25": {"gan_generator_weight": 0.3, "gan_time_max": 0.25},
     "0.3-critic1": {"gan_generator_weight": 0.3, "gan_critic_weight": 1.0},
+    "0.3-gt0.1": {"gan_generator_weight": 0.3, "gan_time_max": 0.1},
+    "0.3-gt0.25-critic1": {"gan_generator_weight": 0.3, "gan_time_max": 0.25, "gan_critic_weight": 1.0},
 }
 STEPS = [2]
 
