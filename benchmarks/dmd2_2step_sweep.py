@@ -1,9 +1,10 @@
 """The two-step DMD2 digits student in other settings: configs/digits/dmd2_2step.yaml (seed 0, 9,000 batches) with
 some of its arguments overridden (``VARIANTS``: the generator's GAN weight and lr, the critic's GAN weight and noise
 range, the generator's start, the second step's time: ``original_steps`` picks LCM's grid, 50 -> 999, 499 as shipped,
-5 -> 999, 599, or custom ``timesteps`` on the grid of 50, e.g. 999, 299), each student exported (EMA) and evaluated
-by the protocol (configs/digits/teacher_eval.yaml: 2,000 samples x seeds 0/1/2, 2 steps), beside the shipped student
-(weight 0.1, times 999, 499) and the progressive two-step student it has to beat on every seed.
+5 -> 999, 599, or custom ``timesteps`` on the grid of 50, e.g. 999, 299; and the training seed), each student
+exported (EMA) and evaluated by the protocol (configs/digits/teacher_eval.yaml: 2,000 samples x seeds 0/1/2, 2
+steps), beside the shipped student (weight 0.1, times 999, 499) and the progressive two-step student it has to beat
+on every seed.
 
 Run:  OMP_NUM_THREADS=1 python benchmarks/dmd2_2step_sweep.py   (one full run of the config per variant, its
       header gives the cost; run two at once with --only)
@@ -38,6 +39,7 @@ DEFAULTS = {
     "gan_critic_weight": 0.3,
     "gan_time_max": 0.5,
     "student.init_args.path": "builtin:digits_dmd2_1step",
+    "seed_everything": 0,
 }
 # name -> the method arguments overridden; "0.3-more" is a longer run: 9,000 more batches from the shipped two-step
 # student (its critic and fake score start afresh from the config's networks)
@@ -54,6 +56,9 @@ VARIANTS = {
     "0.3-critic1": {"gan_generator_weight": 0.3, "gan_critic_weight": 1.0},
     "0.3-gt0.1": {"gan_generator_weight": 0.3, "gan_time_max": 0.1},
     "0.3-gt0.25-critic1": {"gan_generator_weight": 0.3, "gan_time_max": 0.25, "gan_critic_weight": 1.0},
+    # the same run with other training seeds: how far two runs of one config differ
+    "0.3-gt0.25-seed1": {"gan_generator_weight": 0.3, "gan_time_max": 0.25, "seed_everything": 1},
+    "0.3-gt0.25-seed2": {"gan_generator_weight": 0.3, "gan_time_max": 0.25, "seed_everything": 2},
 }
 STEPS = [2]
 
@@ -68,8 +73,10 @@ def timesteps(original_steps: int, custom: list[int] | None = None, num_steps: i
 
 
 def overrides(name: str) -> list[str]:
+    """The ``distill fit`` arguments of variant ``name`` (the training seed is top level, the rest method arguments)."""
     return [
-        f"--model.init_args.{key}={json.dumps(value) if isinstance(value, list) else value}"
+        f"--{key if key == 'seed_everything' else 'model.init_args.' + key}="
+        + (json.dumps(value) if isinstance(value, list) else str(value))
         for key, value in VARIANTS[name].items()
     ]
 
@@ -99,6 +106,7 @@ def variant(name: str, *, work: Path, run_dir: Path | None) -> dict:
         "original_steps": settings["original_steps"],
         "timesteps": timesteps(settings["original_steps"], settings["timesteps"]),
         "start": settings["student.init_args.path"],
+        "seed": int(settings["seed_everything"]),
         "fit_minutes": fit_minutes,
         "eval_minutes": round(result["eval_minutes"], 2),
         "rows": result["rows"],
