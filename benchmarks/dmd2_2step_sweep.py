@@ -3,13 +3,14 @@ some of its arguments overridden (``VARIANTS``: the generator's GAN weight and l
 range, the generator's start, the second step's time: ``original_steps`` picks LCM's grid, 50 -> 999, 499 as shipped,
 5 -> 999, 599, or custom ``timesteps`` on the grid of 50, e.g. 999, 299; and the training seed), each student
 exported (EMA) and evaluated by the protocol (configs/digits/teacher_eval.yaml: 2,000 samples x seeds 0/1/2, 2
-steps), beside the shipped student (weight 0.1, times 999, 499) and the progressive two-step student it has to beat
-on every seed.
+steps), beside the shipped student (the config's settings: GAN weights 0.3 / 0.3 on inputs noised up to a quarter of
+the training times, times 999, 499) and the progressive two-step student it has to beat on every seed.
 
 Run:  OMP_NUM_THREADS=1 python benchmarks/dmd2_2step_sweep.py   (one full run of the config per variant, its
       header gives the cost; run two at once with --only)
       ... --only 0.3-t599 --from-run 0.3-t599=RUN_DIR   (export and evaluate a finished ``distill fit`` run of the
       variant instead of training it; RUN_DIR holds config.yaml and checkpoints/last.ckpt)
+      ... --only 0.1 --from-student 0.1=DIR   (evaluate an exported student of the variant)
 Writes ``benchmarks/results/dmd2_2step_sweep.json`` (docs/distribution_matching.md's sweep table is generated from
 it by ``python benchmarks/update_docs.py``); entries for variants not run are kept.
 """
@@ -32,28 +33,32 @@ SHIPPED = ROOT / "results" / "shipped_students.json"
 SCHEDULER = ROOT.parent / "students" / "weights" / "digits_dmd2_2step" / "scheduler" / "scheduler_config.json"
 # the config's values of what the variants override
 DEFAULTS = {
-    "gan_generator_weight": 0.1,
+    "gan_generator_weight": 0.3,
     "original_steps": 50,
     "timesteps": None,
     "optimizer.init_args.lr": 5e-5,
     "gan_critic_weight": 0.3,
-    "gan_time_max": 0.5,
+    "gan_time_max": 0.25,
     "student.init_args.path": "builtin:digits_dmd2_1step",
     "seed_everything": 0,
 }
-# name -> the method arguments overridden; "0.3-more" is a longer run: 9,000 more batches from the shipped two-step
-# student (its critic and fake score start afresh from the config's networks)
+# name -> the arguments overridden. Until the config took "0.3-gt0.25"'s settings its GAN weight was 0.1 and its
+# noise range 0.5 (variant "0.1", the student shipped before); the variants run then are written against today's
+# config. "0.3-more" is a longer run: 9,000 more batches from the two-step student shipped then, "0.1" (its critic
+# and fake score start afresh from the config's networks).
+HALF = {"gan_time_max": 0.5}
 VARIANTS = {
-    "0.3": {"gan_generator_weight": 0.3},
-    "1.0": {"gan_generator_weight": 1.0},
-    "0.3-t599": {"gan_generator_weight": 0.3, "original_steps": 5},
-    "0.3-more": {"gan_generator_weight": 0.3, "student.init_args.path": "builtin:digits_dmd2_2step"},
-    "0.3-t299": {"gan_generator_weight": 0.3, "timesteps": [999, 299]},
-    "0.3-t199": {"gan_generator_weight": 0.3, "timesteps": [999, 199]},
-    "0.3-lr2.5e-5": {"gan_generator_weight": 0.3, "optimizer.init_args.lr": 2.5e-5},
-    "0.3-lr1.25e-5": {"gan_generator_weight": 0.3, "optimizer.init_args.lr": 1.25e-5},
-    "0.3-gt0.25": {"gan_generator_weight": 0.3, "gan_time_max": 0.25},
-    "0.3-critic1": {"gan_generator_weight": 0.3, "gan_critic_weight": 1.0},
+    "0.1": {"gan_generator_weight": 0.1, **HALF},
+    "0.3": {"gan_generator_weight": 0.3, **HALF},
+    "1.0": {"gan_generator_weight": 1.0, **HALF},
+    "0.3-t599": {"gan_generator_weight": 0.3, "original_steps": 5, **HALF},
+    "0.3-more": {"gan_generator_weight": 0.3, "student.init_args.path": "builtin:digits_dmd2_2step", **HALF},
+    "0.3-t299": {"gan_generator_weight": 0.3, "timesteps": [999, 299], **HALF},
+    "0.3-t199": {"gan_generator_weight": 0.3, "timesteps": [999, 199], **HALF},
+    "0.3-lr2.5e-5": {"gan_generator_weight": 0.3, "optimizer.init_args.lr": 2.5e-5, **HALF},
+    "0.3-lr1.25e-5": {"gan_generator_weight": 0.3, "optimizer.init_args.lr": 1.25e-5, **HALF},
+    "0.3-critic1": {"gan_generator_weight": 0.3, "gan_critic_weight": 1.0, **HALF},
+    "0.3-gt0.25": {"gan_generator_weight": 0.3, "gan_time_max": 0.25},  # the config's own settings since then
     "0.3-gt0.1": {"gan_generator_weight": 0.3, "gan_time_max": 0.1},
     "0.3-gt0.25-critic1": {"gan_generator_weight": 0.3, "gan_time_max": 0.25, "gan_critic_weight": 1.0},
     # the same run with other training seeds: how far two runs of one config differ
@@ -81,13 +86,32 @@ def overrides(name: str) -> list[str]:
     ]
 
 
-def variant(name: str, *, work: Path, run_dir: Path | None) -> dict:
-    """Train (unless ``run_dir`` is given), export and evaluate the config with variant ``name``'s arguments."""
+def settings(overridden: dict) -> dict:
+    """What the sweep table shows of a run of the config with ``overridden`` arguments."""
+    merged = {**DEFAULTS, **overridden}
+    return {
+        "gan_generator_weight": float(merged["gan_generator_weight"]),
+        "generator_lr": float(merged["optimizer.init_args.lr"]),
+        "gan_critic_weight": float(merged["gan_critic_weight"]),
+        "gan_time_max": float(merged["gan_time_max"]),
+        "original_steps": merged["original_steps"],
+        "timesteps": timesteps(merged["original_steps"], merged["timesteps"]),
+        "start": merged["student.init_args.path"],
+        "seed": int(merged["seed_everything"]),
+    }
+
+
+def variant(name: str, *, work: Path, run_dir: Path | None = None, student: Path | None = None) -> dict:
+    """Train (unless a finished ``run_dir`` or an exported ``student`` is given), export and evaluate the config with
+    variant ``name``'s arguments."""
     fit_minutes = None
-    if run_dir is None:
-        fit_minutes = fit(config=CONFIG, overrides=overrides(name), out=work)
-        run_dir = work / "fit" / "version_0"
-    student = export(run_dir, run_dir / "checkpoints" / "last.ckpt", work / "student", work / "export.log")
+    if student is None:
+        if run_dir is None:
+            fit_minutes = fit(config=CONFIG, overrides=overrides(name), out=work)
+            run_dir = work / "fit" / "version_0"
+        student = export(
+            run_dir, run_dir / "checkpoints" / "last.ckpt", work / "student", work / "export.log"
+        )
     result = evaluate(
         student,
         out=work,
@@ -97,16 +121,8 @@ def variant(name: str, *, work: Path, run_dir: Path | None) -> dict:
         num_samples=2000,
         eval_steps=STEPS,
     )
-    settings = {**DEFAULTS, **VARIANTS[name]}
     return {
-        "gan_generator_weight": float(settings["gan_generator_weight"]),
-        "generator_lr": float(settings["optimizer.init_args.lr"]),
-        "gan_critic_weight": float(settings["gan_critic_weight"]),
-        "gan_time_max": float(settings["gan_time_max"]),
-        "original_steps": settings["original_steps"],
-        "timesteps": timesteps(settings["original_steps"], settings["timesteps"]),
-        "start": settings["student.init_args.path"],
-        "seed": int(settings["seed_everything"]),
+        **settings(VARIANTS[name]),
         "fit_minutes": fit_minutes,
         "eval_minutes": round(result["eval_minutes"], 2),
         "rows": result["rows"],
@@ -126,29 +142,39 @@ def main() -> None:
         metavar="VARIANT=RUN_DIR",
         help="evaluate a finished run of the config with this variant's arguments instead of training it",
     )
+    parser.add_argument(
+        "--from-student",
+        nargs="+",
+        default=[],
+        metavar="VARIANT=DIR",
+        help="evaluate an exported student (a diffusers folder) trained with this variant's arguments",
+    )
     args = parser.parse_args()
     runs = dict(item.split("=", 1) for item in args.from_run)
-    unknown = set(runs) - set(args.only)
-    if unknown:
-        parser.error(f"--from-run names variants not in --only: {sorted(unknown)}")
+    students = dict(item.split("=", 1) for item in args.from_student)
+    for flag, named in (("--from-run", runs), ("--from-student", students)):
+        unknown = set(named) - set(args.only)
+        if unknown:
+            parser.error(f"{flag} names variants not in --only: {sorted(unknown)}")
+    if set(runs) & set(students):
+        parser.error(f"--from-run and --from-student both name {sorted(set(runs) & set(students))}")
     result = json.loads(args.out.read_text()) if args.out.is_file() else {"variants": {}}
     shipped = json.loads(SHIPPED.read_text())
     # the rows every variant is compared with, copied from the shipped students' protocol results
-    result["shipped"] = {
-        "gan_generator_weight": DEFAULTS["gan_generator_weight"],
-        "original_steps": DEFAULTS["original_steps"],
-        "timesteps": timesteps(DEFAULTS["original_steps"]),
-        "start": DEFAULTS["student.init_args.path"],
-        "rows": shipped["digits_dmd2_2step"]["rows"],
-    }
+    result["shipped"] = {**settings({}), "rows": shipped["digits_dmd2_2step"]["rows"]}
     result["progressive"] = {"rows": shipped["digits_progressive_2step"]["rows"]}
     for name in args.only:
         with tempfile.TemporaryDirectory() as work:
             run_dir = Path(runs[name]) if name in runs else None
-            entry = variant(name, work=Path(work), run_dir=run_dir)
+            student = Path(students[name]) if name in students else None
+            entry = variant(name, work=Path(work), run_dir=run_dir, student=student)
         entry["meta"] = provenance(configs=[CONFIG, "configs/digits/teacher_eval.yaml"])
         entry["trained_by"] = f"distill fit -c {CONFIG} {' '.join(overrides(name))}" + (
-            " (a finished run, exported and evaluated here)" if name in runs else ""
+            " (a finished run, exported and evaluated here)"
+            if name in runs
+            else " (its exported student, evaluated here)"
+            if name in students
+            else ""
         )
         if args.out.is_file():  # another variant may have finished meanwhile (two run at once with --only)
             result["variants"] = {**result["variants"], **json.loads(args.out.read_text())["variants"]}

@@ -154,19 +154,20 @@ def dmd2_bar(shipped: Mapping[str, Any]) -> str:
 
 
 def dmd2_2step_sweep(sweep: Mapping[str, Any]) -> str:
-    """The two-step DMD2 student in each setting (generator GAN weight, sampling times, the generator's starting
-    point; the shipped one first), per protocol seed, against the progressive two-step student it has to beat on
-    every seed."""
+    """The two-step DMD2 student in each setting (GAN weights and noise range, generator lr, sampling times, the
+    generator's starting point, training seed; the shipped one first), per protocol seed, against the progressive
+    two-step student it has to beat on every seed."""
     rival = _per_seed(sweep["progressive"], 2)
     lines = [
         "| generator GAN weight | critic GAN weight | GAN noise up to | generator lr | sampling times | generator "
-        "starts from | FID vs real per seed (0 / 1 / 2) | below progressive on seeds | FID vs real | FID vs teacher ref "
-        "| accuracy (%) |",
-        "| ---: | ---: | ---: | ---: | --- | --- | --- | --- | ---: | ---: | ---: |",
+        "starts from | training seed | FID vs real per seed (0 / 1 / 2) | below progressive on seeds | FID vs real "
+        "| FID vs teacher ref | accuracy (%) |",
+        "| ---: | ---: | ---: | ---: | --- | --- | ---: | --- | --- | ---: | ---: | ---: |",
     ]
 
-    # entries from before the times, the start and the critic's settings were recorded ran the config's: LCM's
-    # 50-step grid, the one-step student, critic GAN weight 0.3 on inputs noised up to half the training times
+    # entries from before the times, the start, the critic's settings and the seed were recorded ran the config's
+    # of then: LCM's 50-step grid, the one-step student, critic GAN weight 0.3 on inputs noised up to half the
+    # training times, seed 0
     def times(entry: Mapping[str, Any]) -> list[int]:
         return entry.get("timesteps", [999, 499])
 
@@ -183,30 +184,41 @@ def dmd2_2step_sweep(sweep: Mapping[str, Any]) -> str:
         found = re.search(r"--model\.init_args\.optimizer\.init_args\.lr=(\S+)", entry.get("trained_by", ""))
         return float(found.group(1)) if found else 5e-5
 
-    variants = sorted(
-        sweep["variants"].items(),
-        key=lambda item: (
-            start(item[1]),
-            times(item[1]),
-            -lr(item[1]),
-            item[1]["gan_generator_weight"],
-            item[1].get("gan_critic_weight", 0.3),
-            -item[1].get("gan_time_max", 0.5),
-        ),
+    def setting(entry: Mapping[str, Any]) -> tuple:
+        return (
+            start(entry),
+            times(entry),
+            -lr(entry),
+            entry["gan_generator_weight"],
+            entry.get("gan_critic_weight", 0.3),
+            -entry.get("gan_time_max", 0.5),
+            entry.get("seed", 0),
+        )
+
+    variants = sorted(sweep["variants"].items(), key=lambda item: setting(item[1]))
+    # a variant that is the shipped student's own run (its settings, its protocol numbers) stands for it, first
+    ship = sweep["shipped"]
+    same = [
+        item
+        for item in variants
+        if setting(item[1]) == setting(ship) and _per_seed(item[1], 2) == _per_seed(ship, 2)
+    ][:1]
+    entries = (
+        [*same, *(item for item in variants if item not in same)] if same else [("shipped", ship), *variants]
     )
-    entries = [("shipped", sweep["shipped"]), *variants]
     for label, entry in entries:
         mine, s = _per_seed(entry, 2), _by_steps(entry)[2]
         wins = [str(k) for k in sorted(rival) if mine[k] < rival[k]]
-        weight = f"{entry['gan_generator_weight']:g}" + (" (shipped)" if label == "shipped" else "")
+        shipped = label == "shipped" or (label, entry) in same
+        weight = f"{entry['gan_generator_weight']:g}" + (" (shipped)" if shipped else "")
         lines.append(
             f"| {weight} | {entry.get('gan_critic_weight', 0.3):g} | {entry.get('gan_time_max', 0.5):g} | "
-            f"{lr_text(lr(entry))} | {', '.join(map(str, times(entry)))} | `{start(entry)}` | "
+            f"{lr_text(lr(entry))} | {', '.join(map(str, times(entry)))} | `{start(entry)}` | {entry.get('seed', 0)} | "
             f"{' / '.join(f'{mine[k]:.3f}' for k in sorted(mine))} | {', '.join(wins) or 'none'} | "
             f"{mean_std(s, 'fid_real')} | {mean_std(s, 'fid_ref')} | {mean_std(s, 'accuracy', scale=100, digits=1)} |"
         )
     lines.append(
-        f"| progressive two-step | | | | | | {' / '.join(f'{rival[k]:.3f}' for k in sorted(rival))} | | "
+        f"| progressive two-step | | | | | | | {' / '.join(f'{rival[k]:.3f}' for k in sorted(rival))} | | "
         f"{mean_std(_by_steps(sweep['progressive'])[2], 'fid_real')} | | |"
     )
     return "\n".join(lines) + "\n"

@@ -167,3 +167,22 @@ def test_the_dmd2_sweep_table_shows_each_runs_generator_lr():  # its fourth colu
         line.split(" | ")[0]: line.split(" | ")[3] for line in table.splitlines() if line.startswith("| ")
     }
     assert rows["| 7"] == "2.5e-5" and rows["| 8"] == "1.25e-5" and rows["| 9"] == "5e-5"
+
+
+def test_the_dmd2_sweep_table_marks_the_variant_that_is_the_shipped_run():
+    """A variant with the shipped student's settings and protocol numbers is its run: one row, marked, first; a
+    variant with the same settings but other numbers (another training seed's run) is not."""
+    sweep = json.loads((Path(__file__).parents[1] / "benchmarks/results/dmd2_2step_sweep.json").read_text())
+    ship = {**sweep["shipped"], "gan_generator_weight": 7.0, "seed": 0}
+    same = {**ship, "trained_by": "distill fit"}
+    other = json.loads(json.dumps({**same, "seed": 0}))
+    other["rows"][0]["per_seed"][0]["fid_real"] += 0.01
+    reseeded = {**same, "seed": 3}
+    table = tables.dmd2_2step_sweep(
+        {**sweep, "shipped": ship, "variants": {"b": other, "a": same, "c": reseeded}}
+    )
+    rows = [line.split(" | ") for line in table.splitlines()[2:]]
+    assert [(row[0], row[6]) for row in rows[:3]] == [("| 7 (shipped)", "0"), ("| 7", "0"), ("| 7", "3")]
+    assert len(rows) == 4  # no separate shipped row
+    unmatched = tables.dmd2_2step_sweep({**sweep, "shipped": ship, "variants": {"b": other}})
+    assert [line.split(" | ")[0] for line in unmatched.splitlines()[2:4]] == ["| 7 (shipped)", "| 7"]
