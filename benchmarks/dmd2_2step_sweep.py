@@ -64,6 +64,14 @@ VARIANTS = {
     # the same run with other training seeds: how far two runs of one config differ
     "0.3-gt0.25-seed1": {"gan_generator_weight": 0.3, "gan_time_max": 0.25, "seed_everything": 1},
     "0.3-gt0.25-seed2": {"gan_generator_weight": 0.3, "gan_time_max": 0.25, "seed_everything": 2},
+    # the generator starting from the progressive two-step student (the bar itself; the same network and times,
+    # sampled by DDIM rather than re-noised), at the config's lr and at half of it
+    "0.3-gt0.25-prog2": {"gan_time_max": 0.25, "student.init_args.path": "builtin:digits_progressive_2step"},
+    "0.3-gt0.25-prog2-lr2.5e-5": {
+        "gan_time_max": 0.25,
+        "student.init_args.path": "builtin:digits_progressive_2step",
+        "optimizer.init_args.lr": 2.5e-5,
+    },
 }
 STEPS = [2]
 
