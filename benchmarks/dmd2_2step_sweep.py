@@ -1,4 +1,4 @@
-"""The two-step DMD2 digits student in other settings: configs/digits/dmd2_2step.yaml (seed 0, 9,000 batches) with
+"""The two-step DMD2 digits student in other settings: configs/digits/dmd2_2step.yaml (9,000 batches) with
 some of its arguments overridden (``VARIANTS``: the generator's GAN weight and lr, the critic's GAN weight and noise
 range, the generator's start, the second step's time: ``original_steps`` picks LCM's grid, 50 -> 999, 499 as shipped,
 5 -> 999, 599, or custom ``timesteps`` on the grid of 50, e.g. 999, 299; and the training seed), each student
