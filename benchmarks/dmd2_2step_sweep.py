@@ -1,6 +1,6 @@
 """The two-step DMD2 digits student in other settings: configs/digits/dmd2_2step.yaml (9,000 batches) with
 some of its arguments overridden (``VARIANTS``: the generator's GAN weight and lr, the critic's GAN weight and noise
-range, the generator's start, the second step's time: ``original_steps`` picks LCM's grid, 50 -> 999, 499 as shipped,
+range, the generator's start and lr schedule, the second step's time: ``original_steps`` picks LCM's grid, 50 -> 999, 499 as shipped,
 5 -> 999, 599, or custom ``timesteps`` on the grid of 50, e.g. 999, 299; and the training seed), each student
 exported (EMA) and evaluated by the protocol (configs/digits/teacher_eval.yaml: 2,000 samples x seeds 0/1/2, 2
 steps), beside the shipped student (the config's settings: GAN weights 0.3 / 0.3 on inputs noised up to a quarter of
@@ -41,6 +41,11 @@ DEFAULTS = {
     "gan_time_max": 0.25,
     "student.init_args.path": "builtin:digits_dmd2_1step",
     "seed_everything": 0,
+    "lr_scheduler.class_path": None,
+}
+COSINE = {  # the generator's lr annealed to 0 along its 1,500 updates (the scheduler steps per generator update)
+    "lr_scheduler.class_path": "torch.optim.lr_scheduler.CosineAnnealingLR",
+    "lr_scheduler.init_args.T_max": 1500,
 }
 # name -> the arguments overridden. Until the config took "0.3-gt0.25"'s settings its GAN weight was 0.1 and its
 # noise range 0.5 (variant "0.1", the student shipped before); the variants run then are written against today's
@@ -72,6 +77,10 @@ VARIANTS = {
         "student.init_args.path": "builtin:digits_progressive_2step",
         "optimizer.init_args.lr": 2.5e-5,
     },
+    # the generator's lr annealed to 0 (cosine) instead of constant, at two training seeds: does a settled end
+    # narrow the spread between seeds?
+    "0.3-gt0.25-cos": {"gan_time_max": 0.25, **COSINE},
+    "0.3-gt0.25-cos-seed1": {"gan_time_max": 0.25, "seed_everything": 1, **COSINE},
 }
 STEPS = [2]
 
@@ -106,6 +115,7 @@ def settings(overridden: dict) -> dict:
         "timesteps": timesteps(merged["original_steps"], merged["timesteps"]),
         "start": merged["student.init_args.path"],
         "seed": int(merged["seed_everything"]),
+        "generator_lr_schedule": "constant" if merged["lr_scheduler.class_path"] is None else "cosine",
     }
 
 

@@ -184,11 +184,15 @@ def dmd2_2step_sweep(sweep: Mapping[str, Any]) -> str:
         found = re.search(r"--model\.init_args\.optimizer\.init_args\.lr=(\S+)", entry.get("trained_by", ""))
         return float(found.group(1)) if found else 5e-5
 
+    def schedule(entry: Mapping[str, Any]) -> str:
+        return "" if entry.get("generator_lr_schedule", "constant") == "constant" else ", cosine to 0"
+
     def setting(entry: Mapping[str, Any]) -> tuple:
         return (
             start(entry),
             times(entry),
             -lr(entry),
+            entry.get("generator_lr_schedule", "constant"),
             entry["gan_generator_weight"],
             entry.get("gan_critic_weight", 0.3),
             -entry.get("gan_time_max", 0.5),
@@ -213,7 +217,7 @@ def dmd2_2step_sweep(sweep: Mapping[str, Any]) -> str:
         weight = f"{entry['gan_generator_weight']:g}" + (" (shipped)" if shipped else "")
         lines.append(
             f"| {weight} | {entry.get('gan_critic_weight', 0.3):g} | {entry.get('gan_time_max', 0.5):g} | "
-            f"{lr_text(lr(entry))} | {', '.join(map(str, times(entry)))} | `{start(entry)}` | {entry.get('seed', 0)} | "
+            f"{lr_text(lr(entry))}{schedule(entry)} | {', '.join(map(str, times(entry)))} | `{start(entry)}` | {entry.get('seed', 0)} | "
             f"{' / '.join(f'{mine[k]:.3f}' for k in sorted(mine))} | {', '.join(wins) or 'none'} | "
             f"{mean_std(s, 'fid_real')} | {mean_std(s, 'fid_ref')} | {mean_std(s, 'accuracy', scale=100, digits=1)} |"
         )
