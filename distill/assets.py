@@ -1,7 +1,8 @@
 """Build the shipped digits assets from training runs: the teacher, the classifier, the teacher reference.
 
     python -m distill.assets teacher    --config RUN/config.yaml --ckpt CKPT --out teachers/digits
-    python -m distill.assets student    --config RUN/config.yaml --ckpt CKPT --out DIR   (EMA student + schedule)
+    python -m distill.assets student    --config RUN/config.yaml --ckpt CKPT --out DIR   (EMA student + schedule;
+                                        --average CKPT ...: the mean of these checkpoints' EMA weights and CKPT's)
     python -m distill.assets classifier --config RUN/config.yaml --ckpt CKPT --out distill/assets/digits_classifier
     python -m distill.assets sweep      --teacher builtin:digits --guidance 1 1.5 2 3 --steps 50 --num-samples 300
     python -m distill.assets reference  --teacher builtin:digits --guidance SCALE --steps 50 --out distill/assets/digits_reference
@@ -36,8 +37,14 @@ def export_teacher(args) -> None:
 
     _check_out(args.out, args.overwrite)
     module, state = module_from_run(args.config, args.ckpt)
+    what = f"step {state['global_step']}"
+    if getattr(args, "average", None):
+        from distill.export import average_checkpoints
+
+        steps = average_checkpoints(module, args.ckpt, args.average)
+        what = f"the mean of steps {', '.join(map(str, steps))}"
     module.save_pretrained(args.out, use_ema=True)
-    print(f"wrote the EMA weights of step {state['global_step']} to {args.out}")
+    print(f"wrote the EMA weights of {what} to {args.out}")
 
 
 def export_classifier(args) -> None:
@@ -190,6 +197,15 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--ckpt", type=Path, required=True)
         p.add_argument("--out", type=Path, required=True)
         p.add_argument("--overwrite", action="store_true")
+        if name == "student":
+            p.add_argument(
+                "--average",
+                type=Path,
+                nargs="+",
+                default=[],
+                metavar="CKPT",
+                help="more checkpoints of the run: write the uniform mean of their EMA weights and --ckpt's",
+            )
         p.set_defaults(fn=fn)
     p = sub.add_parser("sweep")
     p.add_argument("--teacher", default="builtin:digits")

@@ -13,7 +13,7 @@ import contextlib
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,29 +58,81 @@ def ptq_from_folder(directory: Path):
     return converted
 
 
-def load_checkpoint(module: torch.nn.Module, ckpt_path: str | Path) -> dict[str, Any]:
-    """Load a Lightning checkpoint's weights into ``module`` (tensors only: ``weights_only=True``), through the
-    method's own checks (the frozen teacher is never in a checkpoint); returns the checkpoint."""
+def read_checkpoint(ckpt_path: str | Path, *, argument: str = "ckpt_path") -> dict[str, Any]:
+    """A Lightning checkpoint read as tensors only (``weights_only=True``: one carrying pickled code is refused, not
+    run), its weights checked finite; ``argument`` names the option in the errors."""
     path = Path(ckpt_path)
     if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path {path} does not exist")
+        raise FileNotFoundError(f"{argument} {path} does not exist")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unreadable, truncated, or carrying pickled code: refuse, say why
         raise ValueError(
-            f"ckpt_path {path} cannot be read as a checkpoint of tensors ({type(err).__name__}: {err}); pass a "
+            f"{argument} {path} cannot be read as a checkpoint of tensors ({type(err).__name__}: {err}); pass a "
             "checkpoint written by `distill fit`"
         ) from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ValueError(f"ckpt_path {path} is not a Lightning checkpoint (no state_dict)")
+        raise ValueError(f"{argument} {path} is not a Lightning checkpoint (no state_dict)")
     from students.common import check_finite_weights
 
     state = checkpoint["state_dict"]
     check_finite_weights(((k, v) for k, v in state.items() if isinstance(v, torch.Tensor)), source=path)
+    return checkpoint
+
+
+def load_checkpoint(module: torch.nn.Module, ckpt_path: str | Path) -> dict[str, Any]:
+    """Load a Lightning checkpoint's weights into ``module`` (tensors only: ``weights_only=True``), through the
+    method's own checks (the frozen teacher is never in a checkpoint); returns the checkpoint."""
+    checkpoint = read_checkpoint(ckpt_path)
     if hasattr(module, "on_load_checkpoint"):
         module.on_load_checkpoint(checkpoint)
     module.load_state_dict(checkpoint["state_dict"])
     return checkpoint
+
+
+def average_checkpoints(
+    module, ckpt_path: str | Path, average: Sequence[str | Path], *, weights: str = "ema"
+) -> list[int]:
+    """Set the weights ``module`` exports (its EMA copy, or the raw student with ``weights="raw"``) to their uniform
+    mean over ``ckpt_path`` and the checkpoints in ``average`` (the same run's, as timm's ``avg_checkpoints`` and
+    fairseq's ``average_checkpoints`` do); integer buffers keep ``ckpt_path``'s values. The module holds
+    ``ckpt_path``'s weights already (:func:`load_checkpoint`). Returns the averaged checkpoints' global steps, in
+    the order given. A checkpoint of another network (other names or shapes) or one named twice is refused."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    paths = [Path(ckpt_path), *(Path(p) for p in average)]
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        if path.resolve() in seen:
+            raise ValueError(
+                f"average: checkpoint {path} is given twice (ckpt_path and average together name each checkpoint "
+                "once; a repeated one would weigh double)"
+            )
+        seen[path.resolve()] = path
+    if weights == "ema" and getattr(module, "ema", None) is None:
+        raise ValueError("this run kept no EMA weights: average with --weights raw")
+    target = module.ema.module if weights == "ema" else module.student
+    prefix = "ema.module." if weights == "ema" else "student."
+    mine = target.state_dict()
+    sums = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in mine.items() if v.is_floating_point()}
+    steps = []
+    for index, path in enumerate(paths):
+        checkpoint = read_checkpoint(path, argument="ckpt_path" if index == 0 else "average")
+        theirs = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+        missing, extra = sorted(set(mine) - set(theirs)), sorted(set(theirs) - set(mine))
+        shapes = [k for k in set(mine) & set(theirs) if theirs[k].shape != mine[k].shape]
+        if missing or extra or shapes:
+            raise ValueError(
+                f"average: {path} does not hold this run's {'EMA ' if weights == 'ema' else ''}student "
+                f"({len(missing)} tensors missing, e.g. {missing[:2]}; {len(extra)} unexpected, e.g. {extra[:2]}; "
+                f"{len(shapes)} of another shape, e.g. {sorted(shapes)[:2]}): average checkpoints of one run"
+            )
+        for key, total in sums.items():
+            total += theirs[key].to(torch.float64)
+        steps.append(int(checkpoint.get("global_step", -1)))
+    mean = {k: (sums[k] / len(paths)).to(v.dtype) if k in sums else v for k, v in mine.items()}
+    target.load_state_dict(mean)
+    return steps
 
 
 def _student_and_schedule(module) -> tuple[torch.nn.Module, Any]:
@@ -98,6 +150,7 @@ def model_card(
     weights: str,
     metrics: dict | None = None,
     output_dir: Path | None = None,
+    averaged_steps: Sequence[int] | None = None,
 ) -> str:
     """README.md for the export: what it is, how to sample it, what it costs, what it scored."""
     from distill.flops import count_macs, example_inputs
@@ -146,6 +199,12 @@ def model_card(
         f"- teacher: `{checkpoint.get('teacher_source') or module.teacher.source}`" + recorded,
         f"- method: `{type(module).__module__}.{type(module).__name__}`, trained {checkpoint.get('global_step')} steps",
         f"- weights: {'EMA' if weights == 'ema' else 'raw (non-EMA)'}"
+        + (
+            f"; the uniform mean of {len(averaged_steps)} checkpoints' weights, at steps "
+            f"{', '.join(map(str, averaged_steps))}"
+            if averaged_steps
+            else ""
+        )
         + (
             "; trained for int8 (quantization-aware distillation): float weights in the denoiser folder, the int8 "
             "scales in `quantization/` (`distill.quantization.load_int8(THIS_FOLDER)` rebuilds the int8 graph)"
@@ -232,8 +291,12 @@ def export_module(
     quantize: str | None = None,
     max_batch: int = 16,
     int4w_group_size: int = 32,
+    average: Sequence[str | Path] = (),
 ) -> Path:
     """Write ``output`` from ``module`` (built from the run's config) and the checkpoint's weights.
+
+    ``average`` names more checkpoints of the same run: the exported weights are then the uniform mean of theirs
+    and ``ckpt_path``'s (:func:`average_checkpoints`; the model card lists the steps).
 
     ``quantize="int8"`` adds the static int8 graph (weights and activations) in the on-device format: from a
     quantization-aware run its trained scales, otherwise post-training quantization calibrated on the student's own
@@ -261,10 +324,18 @@ def export_module(
         raise ValueError("this run kept no EMA weights: export with --weights raw")
     metrics_data = json.loads(Path(metrics).read_text()) if metrics is not None else None
     checkpoint = load_checkpoint(module, ckpt_path)
+    averaged = average_checkpoints(module, ckpt_path, average, weights=weights) if average else None
     module.eval()
     with staged_folder(output) as staging:
         module.save_pretrained(staging, use_ema=weights == "ema")  # unet/ + the method's scheduler/
-        card = model_card(module, checkpoint, weights=weights, metrics=metrics_data, output_dir=staging)
+        card = model_card(
+            module,
+            checkpoint,
+            weights=weights,
+            metrics=metrics_data,
+            output_dir=staging,
+            averaged_steps=averaged,
+        )
         quantized = _int8_student(module, staging, weights=weights) if quantize == "int8" else None
         card += runtime_sections(
             staging,

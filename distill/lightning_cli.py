@@ -85,6 +85,7 @@ class DistillTrainer(L.Trainer):
         quantize: str | None = None,
         max_batch: int = 16,
         int4w_group_size: int = 32,
+        average: list[Path] | None = None,
     ) -> Path | None:
         """Write the trained student as a diffusers-format folder (unet/, scheduler/, README.md model card).
 
@@ -111,6 +112,8 @@ class DistillTrainer(L.Trainer):
             onnx_opset: the ONNX opset to export with.
             int8_eval_samples: digits students only: samples for the int8-vs-fp32 FID/accuracy in the card
                 (0 skips it).
+            average: more checkpoints of the same run (e.g. ``'[.../step=6000.ckpt, .../step=7500.ckpt]'``): the
+                exported weights are the uniform mean of theirs and ``ckpt_path``'s (EMA or raw, per ``weights``).
         """
         from distill.export import export_module
 
@@ -130,6 +133,7 @@ class DistillTrainer(L.Trainer):
             quantize=quantize,
             max_batch=max_batch,
             int4w_group_size=int4w_group_size,
+            average=average or (),
         )
         rank_zero_info(f"exported to {path}")
         return path

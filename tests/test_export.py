@@ -23,10 +23,10 @@ def _loader(n=32):
     return random_digits_loader(n)
 
 
-def _train(module, tmp_path, steps=2):
+def _train(module, tmp_path, steps=2, name="run.ckpt"):
     trainer = cpu_trainer(steps)
     trainer.fit(module, train_dataloaders=_loader())
-    path = tmp_path / "run.ckpt"
+    path = tmp_path / name
     trainer.save_checkpoint(path)
     return path
 
@@ -106,6 +106,51 @@ def test_existing_output_is_never_touched_unless_asked(tiny_teacher_dir, tmp_pat
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export.")]  # no staging left behind
 
 
+def test_export_averages_checkpoints_of_one_run_and_refuses_others(tiny_teacher_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    module = _kd(tiny_teacher_dir)
+    first = _train(module, tmp_path, steps=1, name="a.ckpt")
+    second = _train(module, tmp_path, steps=2, name="b.ckpt")  # the same run, one step on
+    states = [torch.load(p, map_location="cpu", weights_only=True)["state_dict"] for p in (first, second)]
+    for weights, prefix in (("ema", "ema.module."), ("raw", "student.")):
+        out = export_module(
+            _kd(tiny_teacher_dir),
+            ckpt_path=second,
+            output=tmp_path / weights,
+            weights=weights,
+            average=[first],
+        )
+        exported = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+        moved = 0
+        for key, value in exported.items():
+            a, b = (state[prefix + key] for state in states)
+            assert torch.allclose(value, (a.double() + b.double()).div(2).float(), rtol=0, atol=1e-7), key
+            moved += not torch.equal(a, b)
+        assert moved > 0  # the two checkpoints differ, so the mean is neither of them
+        assert "the uniform mean of 2 checkpoints' weights, at steps 2, 1" in (out / "README.md").read_text()
+    with pytest.raises(ValueError, match="is given twice"):
+        export_module(_kd(tiny_teacher_dir), ckpt_path=second, output=tmp_path / "x", average=[first, second])
+    other = KnowledgeDistillation(
+        DiffusionTeacher.from_pretrained(tiny_teacher_dir),
+        tiny_cond_unet(seed=4, block_out_channels=[16, 32]),
+        samples_per_class=0,
+    )
+    foreign = _train(other, tmp_path, steps=1, name="other.ckpt")
+    with pytest.raises(
+        ValueError, match=r"average: .*other.ckpt does not hold this run's EMA student .* of another shape"
+    ):
+        export_module(_kd(tiny_teacher_dir), ckpt_path=second, output=tmp_path / "y", average=[foreign])
+    with pytest.raises(FileNotFoundError, match=r"average .*missing\.ckpt does not exist"):
+        export_module(
+            _kd(tiny_teacher_dir),
+            ckpt_path=second,
+            output=tmp_path / "z",
+            average=[tmp_path / "missing.ckpt"],
+        )
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
+
+
 class _Payload:
     def __reduce__(self):
         return (os.system, ("touch pwned",))
@@ -147,6 +192,25 @@ def test_distill_export_and_sample_commands(tmp_path, monkeypatch):
         ]
     )
     assert (tmp_path / "export" / "unet" / "config.json").is_file()
+    twin = tmp_path / "twin.ckpt"  # a second file with the same weights: their mean is those weights
+    twin.write_bytes(ckpt.read_bytes())
+    mean = tmp_path / "mean"
+    main(
+        [
+            "export",
+            "-c",
+            str(run / "config.yaml"),
+            "--ckpt_path",
+            str(ckpt),
+            "--output",
+            str(mean),
+            "--average",
+            f"[{twin}]",
+        ]
+    )
+    assert "the uniform mean of 2 checkpoints' weights" in (mean / "README.md").read_text()
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    assert (mean / weights).read_bytes() == (tmp_path / "export" / weights).read_bytes()
     main(
         [
             "sample",
