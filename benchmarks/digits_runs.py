@@ -52,8 +52,9 @@ def fit(*, config: str, overrides: list[str], out: Path) -> float:
     return seconds / 60
 
 
-def export(run_dir: Path, ckpt: Path, student: Path, log: Path) -> Path:
-    """The EMA student of ``ckpt`` (with the method's scheduler) as a diffusers folder."""
+def export(run_dir: Path, ckpt: Path, student: Path, log: Path, average: list[Path] | None = None) -> Path:
+    """The EMA student of ``ckpt`` (with the method's scheduler) as a diffusers folder; with ``average``, the
+    uniform mean of those checkpoints' EMA weights and ``ckpt``'s."""
     run(
         [
             "-m",
@@ -66,6 +67,7 @@ def export(run_dir: Path, ckpt: Path, student: Path, log: Path) -> Path:
             "--out",
             str(student),
             "--overwrite",
+            *(["--average", *map(str, average)] if average else []),
         ],
         log,
     )

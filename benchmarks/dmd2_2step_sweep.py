@@ -11,6 +11,8 @@ Run:  OMP_NUM_THREADS=1 python benchmarks/dmd2_2step_sweep.py   (one full run of
       ... --only 0.3-t599 --from-run 0.3-t599=RUN_DIR   (export and evaluate a finished ``distill fit`` run of the
       variant instead of training it; RUN_DIR holds config.yaml and checkpoints/last.ckpt)
       ... --only 0.1 --from-student 0.1=DIR   (evaluate an exported student of the variant)
+Where the run folder is at hand (trained here or ``--from-run``) the student whose weights are the mean of the last
+four checkpoints' EMA weights (batches 4,500 to 9,000; ``distill export --average``) is evaluated too.
 Writes ``benchmarks/results/dmd2_2step_sweep.json`` (docs/distribution_matching.md's sweep table is generated from
 it by ``python benchmarks/update_docs.py``); entries for variants not run are kept.
 """
@@ -22,6 +24,7 @@ import json
 import tempfile
 from pathlib import Path
 
+import torch
 from digits_runs import evaluate, export, fit
 
 from distill.provenance import provenance
@@ -83,6 +86,19 @@ VARIANTS = {
     "0.3-gt0.25-cos-seed1": {"gan_time_max": 0.25, "seed_everything": 1, **COSINE},
 }
 STEPS = [2]
+# the config keeps a checkpoint every 1,500 batches; besides the last one's EMA student, the mean of the last four's
+# (``distill export --average``) is evaluated wherever the run folder is at hand
+AVERAGED = [4500, 6000, 7500]
+
+
+def checkpoint_at(run_dir: Path, step: int) -> Path:
+    """The run's checkpoint written at batch ``step`` (Lightning names it ``epoch=E-step=S.ckpt``)."""
+    found = sorted((run_dir / "checkpoints").glob(f"epoch=*-step={step}.ckpt"))
+    if len(found) != 1:
+        raise SystemExit(
+            f"{run_dir / 'checkpoints'} holds {len(found)} checkpoints of step {step}, expected one"
+        )
+    return found[0]
 
 
 def timesteps(original_steps: int, custom: list[int] | None = None, num_steps: int = 2) -> list[int]:
@@ -130,21 +146,29 @@ def variant(name: str, *, work: Path, run_dir: Path | None = None, student: Path
         student = export(
             run_dir, run_dir / "checkpoints" / "last.ckpt", work / "student", work / "export.log"
         )
-    result = evaluate(
-        student,
-        out=work,
-        tag="eval",
-        name=f"dmd2_2step_{name}",
-        seeds=[0, 1, 2],
-        num_samples=2000,
-        eval_steps=STEPS,
-    )
-    return {
+    protocol = dict(seeds=[0, 1, 2], num_samples=2000, eval_steps=STEPS)
+    result = evaluate(student, out=work, tag="eval", name=f"dmd2_2step_{name}", **protocol)
+    entry = {
         **settings(VARIANTS[name]),
         "fit_minutes": fit_minutes,
         "eval_minutes": round(result["eval_minutes"], 2),
         "rows": result["rows"],
     }
+    if run_dir is not None:
+        extra = [checkpoint_at(run_dir, step) for step in AVERAGED]
+        averaged = export(
+            run_dir,
+            run_dir / "checkpoints" / "last.ckpt",
+            work / "student_averaged",
+            work / "export_averaged.log",
+            average=extra,
+        )
+        mean = evaluate(
+            averaged, out=work, tag="eval_averaged", name=f"dmd2_2step_{name}_averaged", **protocol
+        )
+        last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        entry["averaged"] = {"steps": [*AVERAGED, int(last["global_step"])], "rows": mean["rows"]}
+    return entry
 
 
 def main() -> None:

@@ -153,6 +153,47 @@ def dmd2_bar(shipped: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# entries from before the times, the start, the critic's settings, the seed and the lr schedule were recorded ran the
+# config's of then: LCM's 50-step grid, the one-step student, critic GAN weight 0.3 on inputs noised up to half the
+# training times, seed 0, a constant lr
+def _sweep_times(entry: Mapping[str, Any]) -> list[int]:
+    return entry.get("timesteps", [999, 499])
+
+
+def _sweep_start(entry: Mapping[str, Any]) -> str:
+    return entry.get("start", "builtin:digits_dmd2_1step").removeprefix("builtin:")
+
+
+def _lr_text(value: float) -> str:
+    return f"{value:.3g}".replace("e-0", "e-")
+
+
+def _sweep_lr(entry: Mapping[str, Any]) -> float:
+    """The generator's lr: recorded, else the override in the entry's command, else the config's 5e-5."""
+    if "generator_lr" in entry:
+        return float(entry["generator_lr"])
+    found = re.search(r"--model\.init_args\.optimizer\.init_args\.lr=(\S+)", entry.get("trained_by", ""))
+    return float(found.group(1)) if found else 5e-5
+
+
+def _sweep_lr_cell(entry: Mapping[str, Any]) -> str:
+    cosine = entry.get("generator_lr_schedule", "constant") != "constant"
+    return _lr_text(_sweep_lr(entry)) + (", cosine to 0" if cosine else "")
+
+
+def _sweep_setting(entry: Mapping[str, Any], *, seed: bool = True) -> tuple:
+    return (
+        _sweep_start(entry),
+        tuple(_sweep_times(entry)),
+        -_sweep_lr(entry),
+        entry.get("generator_lr_schedule", "constant"),
+        entry["gan_generator_weight"],
+        entry.get("gan_critic_weight", 0.3),
+        -entry.get("gan_time_max", 0.5),
+        *((entry.get("seed", 0),) if seed else ()),
+    )
+
+
 def dmd2_2step_sweep(sweep: Mapping[str, Any]) -> str:
     """The two-step DMD2 student in each setting (GAN weights and noise range, generator lr, sampling times, the
     generator's starting point, training seed; the shipped one first), per protocol seed, against the progressive
@@ -164,48 +205,13 @@ def dmd2_2step_sweep(sweep: Mapping[str, Any]) -> str:
         "| FID vs teacher ref | accuracy (%) |",
         "| ---: | ---: | ---: | ---: | --- | --- | ---: | --- | --- | ---: | ---: | ---: |",
     ]
-
-    # entries from before the times, the start, the critic's settings and the seed were recorded ran the config's
-    # of then: LCM's 50-step grid, the one-step student, critic GAN weight 0.3 on inputs noised up to half the
-    # training times, seed 0
-    def times(entry: Mapping[str, Any]) -> list[int]:
-        return entry.get("timesteps", [999, 499])
-
-    def start(entry: Mapping[str, Any]) -> str:
-        return entry.get("start", "builtin:digits_dmd2_1step").removeprefix("builtin:")
-
-    def lr_text(value: float) -> str:
-        return f"{value:.3g}".replace("e-0", "e-")
-
-    # the generator's lr: recorded, else the override in the entry's command, else the config's 5e-5
-    def lr(entry: Mapping[str, Any]) -> float:
-        if "generator_lr" in entry:
-            return float(entry["generator_lr"])
-        found = re.search(r"--model\.init_args\.optimizer\.init_args\.lr=(\S+)", entry.get("trained_by", ""))
-        return float(found.group(1)) if found else 5e-5
-
-    def schedule(entry: Mapping[str, Any]) -> str:
-        return "" if entry.get("generator_lr_schedule", "constant") == "constant" else ", cosine to 0"
-
-    def setting(entry: Mapping[str, Any]) -> tuple:
-        return (
-            start(entry),
-            times(entry),
-            -lr(entry),
-            entry.get("generator_lr_schedule", "constant"),
-            entry["gan_generator_weight"],
-            entry.get("gan_critic_weight", 0.3),
-            -entry.get("gan_time_max", 0.5),
-            entry.get("seed", 0),
-        )
-
-    variants = sorted(sweep["variants"].items(), key=lambda item: setting(item[1]))
+    variants = sorted(sweep["variants"].items(), key=lambda item: _sweep_setting(item[1]))
     # a variant that is the shipped student's own run (its settings, its protocol numbers) stands for it, first
     ship = sweep["shipped"]
     same = [
         item
         for item in variants
-        if setting(item[1]) == setting(ship) and _per_seed(item[1], 2) == _per_seed(ship, 2)
+        if _sweep_setting(item[1]) == _sweep_setting(ship) and _per_seed(item[1], 2) == _per_seed(ship, 2)
     ][:1]
     entries = (
         [*same, *(item for item in variants if item not in same)] if same else [("shipped", ship), *variants]
@@ -217,13 +223,72 @@ def dmd2_2step_sweep(sweep: Mapping[str, Any]) -> str:
         weight = f"{entry['gan_generator_weight']:g}" + (" (shipped)" if shipped else "")
         lines.append(
             f"| {weight} | {entry.get('gan_critic_weight', 0.3):g} | {entry.get('gan_time_max', 0.5):g} | "
-            f"{lr_text(lr(entry))}{schedule(entry)} | {', '.join(map(str, times(entry)))} | `{start(entry)}` | {entry.get('seed', 0)} | "
+            f"{_sweep_lr_cell(entry)} | {', '.join(map(str, _sweep_times(entry)))} | `{_sweep_start(entry)}` | "
+            f"{entry.get('seed', 0)} | "
             f"{' / '.join(f'{mine[k]:.3f}' for k in sorted(mine))} | {', '.join(wins) or 'none'} | "
             f"{mean_std(s, 'fid_real')} | {mean_std(s, 'fid_ref')} | {mean_std(s, 'accuracy', scale=100, digits=1)} |"
         )
     lines.append(
         f"| progressive two-step | | | | | | | {' / '.join(f'{rival[k]:.3f}' for k in sorted(rival))} | | "
         f"{mean_std(_by_steps(sweep['progressive'])[2], 'fid_real')} | | |"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def dmd2_2step_average(sweep: Mapping[str, Any]) -> str:
+    """The sweep's runs whose folders were at hand, exported two ways: the last checkpoint's EMA student and the mean
+    of the last four checkpoints' EMA weights (``distill export --average``); then, for each setting run at more
+    than one training seed, the mean and range of the runs' FID over those seeds, both ways."""
+    rival = _per_seed(sweep["progressive"], 2)
+    runs = sorted(
+        ((name, e) for name, e in sweep["variants"].items() if "averaged" in e),
+        key=lambda item: _sweep_setting(item[1]),
+    )
+    lines = [
+        "| generator GAN weight | critic GAN weight | GAN noise up to | generator lr | sampling times | generator "
+        "starts from | training seed | last checkpoint: FID vs real per seed (0 / 1 / 2) | mean | mean of the last 4 "
+        "checkpoints: FID vs real per seed | mean | below progressive on seeds (mean of 4) |",
+        "| ---: | ---: | ---: | ---: | --- | --- | --- | --- | ---: | --- | ---: | --- |",
+    ]
+
+    def head(entry: Mapping[str, Any], seeds: str) -> str:
+        return (
+            f"| {entry['gan_generator_weight']:g} | {entry.get('gan_critic_weight', 0.3):g} | "
+            f"{entry.get('gan_time_max', 0.5):g} | {_sweep_lr_cell(entry)} | "
+            f"{', '.join(map(str, _sweep_times(entry)))} | `{_sweep_start(entry)}` | {seeds} | "
+        )
+
+    def means(entry: Mapping[str, Any]) -> tuple[float, float]:
+        return (
+            _by_steps(entry)[2]["fid_real"]["mean"],
+            _by_steps(entry["averaged"])[2]["fid_real"]["mean"],
+        )
+
+    for _, entry in runs:
+        last, mean = _per_seed(entry, 2), _per_seed(entry["averaged"], 2)
+        wins = [str(k) for k in sorted(rival) if mean[k] < rival[k]]
+        lines.append(
+            head(entry, str(entry.get("seed", 0)))
+            + f"{' / '.join(f'{last[k]:.3f}' for k in sorted(last))} | {means(entry)[0]:.3f} | "
+            f"{' / '.join(f'{mean[k]:.3f}' for k in sorted(mean))} | {means(entry)[1]:.3f} | "
+            f"{', '.join(wins) or 'none'} |"
+        )
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for _, entry in runs:
+        groups.setdefault(_sweep_setting(entry, seed=False), []).append(entry)
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        seeds = ", ".join(str(e.get("seed", 0)) for e in group)
+        cells = []
+        for way in (0, 1):
+            values = [means(e)[way] for e in group]
+            average = sum(values) / len(values)
+            cells.append(f"{average:.3f} ({min(values):.3f} to {max(values):.3f})")
+        lines.append(head(group[0], f"{seeds}: mean over seeds (range)") + f"| {cells[0]} | | {cells[1]} | |")
+    lines.append(
+        f"| progressive two-step | | | | | | | {' / '.join(f'{rival[k]:.3f}' for k in sorted(rival))} | "
+        f"{_by_steps(sweep['progressive'])[2]['fid_real']['mean']:.3f} | | | |"
     )
     return "\n".join(lines) + "\n"
 

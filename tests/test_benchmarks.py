@@ -186,3 +186,43 @@ def test_the_dmd2_sweep_table_marks_the_variant_that_is_the_shipped_run():
     assert len(rows) == 4  # no separate shipped row
     unmatched = tables.dmd2_2step_sweep({**sweep, "shipped": ship, "variants": {"b": other}})
     assert [line.split(" | ")[0] for line in unmatched.splitlines()[2:4]] == ["| 7 (shipped)", "| 7"]
+
+
+def test_the_dmd2_average_table_pairs_each_run_with_its_checkpoint_mean_and_groups_training_seeds():
+    """One row per run that has an averaged export (last checkpoint beside the mean of four), then per setting run
+    at several training seeds the mean and range of the runs' means, both ways; runs without one are left out."""
+    sweep = json.loads((Path(__file__).parents[1] / "benchmarks/results/dmd2_2step_sweep.json").read_text())
+    base = next(iter(sweep["variants"].values()))
+
+    def run(seed: int, last: float, mean: float, **settings) -> dict:
+        entry = json.loads(json.dumps({**base, **settings, "seed": seed}))
+        averaged = json.loads(json.dumps({"steps": [4500, 6000, 7500, 9000], "rows": entry["rows"]}))
+        for rows, value in ((entry["rows"], last), (averaged["rows"], mean)):
+            rows[0]["summary"]["fid_real"]["mean"] = value
+            for offset, item in zip((-0.001, 0.0, 0.001), rows[0]["per_seed"], strict=True):
+                item["fid_real"] = value + offset
+        return {**entry, "averaged": averaged}
+
+    variants = {
+        "s0": run(0, 0.070, 0.080, gan_time_max=0.25, generator_lr_schedule="constant"),
+        "s1": run(1, 0.100, 0.084, gan_time_max=0.25, generator_lr_schedule="constant"),
+        "cos": run(0, 0.090, 0.060, gan_time_max=0.25, generator_lr_schedule="cosine"),
+        "none": {k: v for k, v in base.items() if k != "averaged"},
+    }
+    table = tables.dmd2_2step_average({**sweep, "variants": variants})
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in table.splitlines()[2:]]
+    assert len(rows) == 5  # three runs, one group of two seeds, the progressive student
+    assert [(r[3], r[6], r[8], r[10]) for r in rows[:3]] == [
+        ("5e-5", "0", "0.070", "0.080"),
+        ("5e-5", "1", "0.100", "0.084"),
+        ("5e-5, cosine to 0", "0", "0.090", "0.060"),
+    ]
+    assert rows[0][9] == "0.079 / 0.080 / 0.081"
+    assert rows[2][11] == "0, 1, 2"  # below the progressive student's 0.075 / 0.065 / 0.084 on every seed
+    assert rows[1][11] == "none"
+    assert (rows[3][6], rows[3][8], rows[3][10]) == (
+        "0, 1: mean over seeds (range)",
+        "0.085 (0.070 to 0.100)",
+        "0.082 (0.080 to 0.084)",
+    )
+    assert rows[4][0] == "progressive two-step"
