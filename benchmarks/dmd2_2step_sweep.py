@@ -11,6 +11,8 @@ Run:  OMP_NUM_THREADS=1 python benchmarks/dmd2_2step_sweep.py   (one full run of
       ... --only 0.3-t599 --from-run 0.3-t599=RUN_DIR   (export and evaluate a finished ``distill fit`` run of the
       variant instead of training it; RUN_DIR holds config.yaml and checkpoints/last.ckpt)
       ... --only 0.1 --from-student 0.1=DIR   (evaluate an exported student of the variant)
+      ... --average-only 0.3-gt0.25=RUN_DIR   (add the mean of that finished run's last four checkpoints to the
+      variant's recorded entry)
 Where the run folder is at hand (trained here or ``--from-run``) the student whose weights are the mean of the last
 four checkpoints' EMA weights (batches 4,500 to 9,000; ``distill export --average``) is evaluated too.
 Writes ``benchmarks/results/dmd2_2step_sweep.json`` (docs/distribution_matching.md's sweep table is generated from
@@ -146,8 +148,15 @@ def variant(name: str, *, work: Path, run_dir: Path | None = None, student: Path
         student = export(
             run_dir, run_dir / "checkpoints" / "last.ckpt", work / "student", work / "export.log"
         )
-    protocol = dict(seeds=[0, 1, 2], num_samples=2000, eval_steps=STEPS)
-    result = evaluate(student, out=work, tag="eval", name=f"dmd2_2step_{name}", **protocol)
+    result = evaluate(
+        student,
+        out=work,
+        tag="eval",
+        name=f"dmd2_2step_{name}",
+        seeds=[0, 1, 2],
+        num_samples=2000,
+        eval_steps=STEPS,
+    )
     entry = {
         **settings(VARIANTS[name]),
         "fit_minutes": fit_minutes,
@@ -155,20 +164,68 @@ def variant(name: str, *, work: Path, run_dir: Path | None = None, student: Path
         "rows": result["rows"],
     }
     if run_dir is not None:
-        extra = [checkpoint_at(run_dir, step) for step in AVERAGED]
-        averaged = export(
-            run_dir,
-            run_dir / "checkpoints" / "last.ckpt",
-            work / "student_averaged",
-            work / "export_averaged.log",
-            average=extra,
-        )
-        mean = evaluate(
-            averaged, out=work, tag="eval_averaged", name=f"dmd2_2step_{name}_averaged", **protocol
-        )
-        last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-        entry["averaged"] = {"steps": [*AVERAGED, int(last["global_step"])], "rows": mean["rows"]}
+        entry["averaged"] = averaged(name, run_dir=run_dir, work=work)
     return entry
+
+
+def averaged(name: str, *, run_dir: Path, work: Path) -> dict:
+    """Export the mean of the run's last four checkpoints' EMA weights and evaluate it by the protocol."""
+    extra = [checkpoint_at(run_dir, step) for step in AVERAGED]
+    student = export(
+        run_dir,
+        run_dir / "checkpoints" / "last.ckpt",
+        work / "student_averaged",
+        work / "export_averaged.log",
+        average=extra,
+    )
+    result = evaluate(
+        student,
+        out=work,
+        tag="eval_averaged",
+        name=f"dmd2_2step_{name}_averaged",
+        seeds=[0, 1, 2],
+        num_samples=2000,
+        eval_steps=STEPS,
+    )
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    return {"steps": [*AVERAGED, int(last["global_step"])], "rows": result["rows"]}
+
+
+def differences(name: str, config: Path) -> dict[str, tuple]:
+    """The arguments the variant sets (the config's where it does not) that the run's saved config has otherwise:
+    ``{key: (variant's, run's)}``."""
+    import yaml
+
+    saved = yaml.safe_load(config.read_text())
+    found = {}
+    for key, value in {**DEFAULTS, **VARIANTS[name]}.items():
+        node = saved if key == "seed_everything" else saved["model"]["init_args"]
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node != value:
+            found[key] = (value, node)
+    return found
+
+
+def add_averages(out: Path, runs: dict[str, str], parser: argparse.ArgumentParser) -> None:
+    """Attach ``averaged`` (with its own provenance and command) to recorded variants, from their run folders."""
+    recorded = json.loads(out.read_text())["variants"] if out.is_file() else {}
+    missing = sorted(set(runs) - set(recorded))
+    if missing:
+        parser.error(f"--average-only names variants with no recorded entry in {out}: {missing}")
+    for name, run_dir in runs.items():
+        differ = differences(name, Path(run_dir) / "config.yaml")
+        if differ:
+            parser.error(f"{run_dir}/config.yaml is not a run of variant {name}: {differ}")
+        with tempfile.TemporaryDirectory() as work:
+            entry = averaged(name, run_dir=Path(run_dir), work=Path(work))
+        entry["meta"] = provenance(configs=[CONFIG, "configs/digits/teacher_eval.yaml"])
+        entry["made_by"] = f"python benchmarks/dmd2_2step_sweep.py --average-only {name}=RUN_DIR"
+        result = json.loads(out.read_text())  # re-read: another process may have written meanwhile
+        result["variants"][name]["averaged"] = entry
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        per_seed = [round(s["fid_real"], 4) for s in entry["rows"][0]["per_seed"]]
+        print(f"{name}: mean of the last four checkpoints, FID vs real per seed {per_seed}", flush=True)
 
 
 def main() -> None:
@@ -191,7 +248,17 @@ def main() -> None:
         metavar="VARIANT=DIR",
         help="evaluate an exported student (a diffusers folder) trained with this variant's arguments",
     )
+    parser.add_argument(
+        "--average-only",
+        nargs="+",
+        default=[],
+        metavar="VARIANT=RUN_DIR",
+        help="add the averaged student of a finished run to the variant's recorded entry (the rest is kept)",
+    )
     args = parser.parse_args()
+    if args.average_only:
+        add_averages(args.out, dict(item.split("=", 1) for item in args.average_only), parser)
+        return
     runs = dict(item.split("=", 1) for item in args.from_run)
     students = dict(item.split("=", 1) for item in args.from_student)
     for flag, named in (("--from-run", runs), ("--from-student", students)):

@@ -226,3 +226,25 @@ def test_the_dmd2_average_table_pairs_each_run_with_its_checkpoint_mean_and_grou
         "0.082 (0.080 to 0.084)",
     )
     assert rows[4][0] == "progressive two-step"
+
+
+def test_the_dmd2_sweep_refuses_a_run_folder_of_another_variant(tmp_path):
+    """--average-only reads a run's saved config: the variant's arguments (the config's where it sets none) must be
+    the run's, else the averaged numbers would land on the wrong row."""
+    import dmd2_2step_sweep as sweep
+    import yaml
+
+    saved = yaml.safe_load((BENCH.parent / sweep.CONFIG).read_text())
+    saved["model"]["init_args"]["lr_scheduler"] = None
+    saved["model"]["init_args"]["timesteps"] = None
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert sweep.differences("0.3-gt0.25", tmp_path / "config.yaml") == {}
+    assert sweep.differences("0.3-gt0.25-seed1", tmp_path / "config.yaml") == {"seed_everything": (1, 0)}
+    assert sweep.differences("0.3-gt0.25-cos", tmp_path / "config.yaml") == {
+        "lr_scheduler.class_path": ("torch.optim.lr_scheduler.CosineAnnealingLR", None),
+        "lr_scheduler.init_args.T_max": (1500, None),
+    }
+    assert sweep.differences("0.3-t299", tmp_path / "config.yaml") == {
+        "timesteps": ([999, 299], None),
+        "gan_time_max": (0.5, 0.25),
+    }
