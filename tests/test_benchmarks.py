@@ -235,8 +235,8 @@ def test_the_dmd2_sweep_refuses_a_run_folder_of_another_variant(tmp_path):
     import yaml
 
     saved = yaml.safe_load((BENCH.parent / sweep.CONFIG).read_text())
-    saved["model"]["init_args"]["lr_scheduler"] = None
-    saved["model"]["init_args"]["timesteps"] = None
+    # a run's saved config prints every argument, the defaults the config leaves out included
+    saved["model"]["init_args"].update(lr_scheduler=None, timesteps=None, original_steps=50)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
     assert sweep.differences("0.3-gt0.25", tmp_path / "config.yaml") == {}
     assert sweep.differences("0.3-gt0.25-seed1", tmp_path / "config.yaml") == {"seed_everything": (1, 0)}
