@@ -223,6 +223,7 @@ def add_averages(out: Path, runs: dict[str, str], parser: argparse.ArgumentParse
         entry["made_by"] = f"python benchmarks/dmd2_2step_sweep.py --average-only {name}=RUN_DIR"
         result = json.loads(out.read_text())  # re-read: another process may have written meanwhile
         result["variants"][name]["averaged"] = entry
+        result["meta"] = entry["meta"]
         out.write_text(json.dumps(result, indent=2) + "\n")
         per_seed = [round(s["fid_real"], 4) for s in entry["rows"][0]["per_seed"]]
         print(f"{name}: mean of the last four checkpoints, FID vs real per seed {per_seed}", flush=True)
