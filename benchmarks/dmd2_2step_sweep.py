@@ -86,6 +86,9 @@ VARIANTS = {
     # narrow the spread between seeds?
     "0.3-gt0.25-cos": {"gan_time_max": 0.25, **COSINE},
     "0.3-gt0.25-cos-seed1": {"gan_time_max": 0.25, "seed_everything": 1, **COSINE},
+    "0.3-gt0.25-cos-seed2": {"gan_time_max": 0.25, "seed_everything": 2, **COSINE},
+    # annealed from twice the peak lr
+    "0.3-gt0.25-cos-lr1e-4": {"gan_time_max": 0.25, "optimizer.init_args.lr": 1e-4, **COSINE},
 }
 STEPS = [2]
 # the config keeps a checkpoint every 1,500 batches; besides the last one's EMA student, the mean of the last four's
