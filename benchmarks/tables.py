@@ -153,6 +153,26 @@ def dmd2_bar(shipped: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def seed_pattern(shipped: Mapping[str, Any]) -> str:
+    """FID vs real per protocol seed of the teacher's DDIM and every shipped step-distilled student, and which seed is
+    the lowest: students that follow the teacher's noise-to-image map inherit its per-seed pattern."""
+    lines = [
+        "| model | steps | FID vs real per seed (0 / 1 / 2) | lowest on seed |",
+        "| --- | ---: | --- | ---: |",
+    ]
+    models = [("teacher, DDIM", "teacher"), *((f"{m} (`{n}`)", n) for m, n in STEP_STUDENTS)]
+    for label, name in models:
+        if name not in shipped:
+            continue
+        for steps in sorted(_by_steps(shipped[name]), reverse=name == "teacher"):
+            seeds = _per_seed(shipped[name], steps)
+            lowest = min(seeds, key=seeds.get)
+            lines.append(
+                f"| {label} | {steps} | {' / '.join(f'{seeds[k]:.3f}' for k in sorted(seeds))} | {lowest} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 # entries from before the times, the start, the critic's settings, the seed and the lr schedule were recorded ran the
 # config's of then: LCM's 50-step grid, the one-step student, critic GAN weight 0.3 on inputs noised up to half the
 # training times, seed 0, a constant lr
