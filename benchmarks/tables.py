@@ -185,7 +185,9 @@ def _sweep_start(entry: Mapping[str, Any]) -> str:
 
 
 def _lr_text(value: float) -> str:
-    return f"{value:.3g}".replace("e-0", "e-")
+    """An lr as the tables write it: 5e-5, 2.5e-5, 1e-4."""
+    mantissa, exponent = f"{value:.3e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def _sweep_lr(entry: Mapping[str, Any]) -> float:
