@@ -140,6 +140,13 @@ def settings(overridden: dict) -> dict:
     }
 
 
+def protocol(student: Path, *, work: Path, tag: str, name: str) -> dict:
+    """The protocol (2,000 samples x seeds 0/1/2) on an exported student at the sweep's step count."""
+    return evaluate(
+        student, out=work, tag=tag, name=name, seeds=[0, 1, 2], num_samples=2000, eval_steps=STEPS
+    )
+
+
 def variant(name: str, *, work: Path, run_dir: Path | None = None, student: Path | None = None) -> dict:
     """Train (unless a finished ``run_dir`` or an exported ``student`` is given), export and evaluate the config with
     variant ``name``'s arguments."""
@@ -151,15 +158,7 @@ def variant(name: str, *, work: Path, run_dir: Path | None = None, student: Path
         student = export(
             run_dir, run_dir / "checkpoints" / "last.ckpt", work / "student", work / "export.log"
         )
-    result = evaluate(
-        student,
-        out=work,
-        tag="eval",
-        name=f"dmd2_2step_{name}",
-        seeds=[0, 1, 2],
-        num_samples=2000,
-        eval_steps=STEPS,
-    )
+    result = protocol(student, work=work, tag="eval", name=f"dmd2_2step_{name}")
     entry = {
         **settings(VARIANTS[name]),
         "fit_minutes": fit_minutes,
@@ -181,15 +180,7 @@ def averaged(name: str, *, run_dir: Path, work: Path) -> dict:
         work / "export_averaged.log",
         average=extra,
     )
-    result = evaluate(
-        student,
-        out=work,
-        tag="eval_averaged",
-        name=f"dmd2_2step_{name}_averaged",
-        seeds=[0, 1, 2],
-        num_samples=2000,
-        eval_steps=STEPS,
-    )
+    result = protocol(student, work=work, tag="eval_averaged", name=f"dmd2_2step_{name}_averaged")
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     return {"steps": [*AVERAGED, int(last["global_step"])], "rows": result["rows"]}
 

@@ -180,34 +180,13 @@ def test_distill_export_and_sample_commands(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     run, ckpt = fit_config_one_step("kd.yaml", tmp_path)
-    main(
-        [
-            "export",
-            "-c",
-            str(run / "config.yaml"),
-            "--ckpt_path",
-            str(ckpt),
-            "--output",
-            str(tmp_path / "export"),
-        ]
-    )
+    export = ["export", "-c", str(run / "config.yaml"), "--ckpt_path", str(ckpt), "--output"]
+    main([*export, str(tmp_path / "export")])
     assert (tmp_path / "export" / "unet" / "config.json").is_file()
     twin = tmp_path / "twin.ckpt"  # a second file with the same weights: their mean is those weights
     twin.write_bytes(ckpt.read_bytes())
     mean = tmp_path / "mean"
-    main(
-        [
-            "export",
-            "-c",
-            str(run / "config.yaml"),
-            "--ckpt_path",
-            str(ckpt),
-            "--output",
-            str(mean),
-            "--average",
-            f"[{twin}]",
-        ]
-    )
+    main([*export, str(mean), "--average", f"[{twin}]"])
     assert "the uniform mean of 2 checkpoints' weights" in (mean / "README.md").read_text()
     weights = "unet/diffusion_pytorch_model.safetensors"
     assert (mean / weights).read_bytes() == (tmp_path / "export" / weights).read_bytes()
