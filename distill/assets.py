@@ -41,7 +41,7 @@ def export_teacher(args) -> None:
     if getattr(args, "average", None):
         from distill.export import average_checkpoints
 
-        steps = average_checkpoints(module, args.ckpt, args.average)
+        steps = average_checkpoints(module, args.ckpt, args.average, loaded=state)
         what = f"the mean of steps {', '.join(map(str, steps))}"
     module.save_pretrained(args.out, use_ema=True)
     print(f"wrote the EMA weights of {what} to {args.out}")

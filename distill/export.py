@@ -91,13 +91,19 @@ def load_checkpoint(module: torch.nn.Module, ckpt_path: str | Path) -> dict[str,
 
 
 def average_checkpoints(
-    module, ckpt_path: str | Path, average: Sequence[str | Path], *, weights: str = "ema"
+    module,
+    ckpt_path: str | Path,
+    average: Sequence[str | Path],
+    *,
+    weights: str = "ema",
+    loaded: dict[str, Any] | None = None,
 ) -> list[int]:
     """Set the weights ``module`` exports (its EMA copy, or the raw student with ``weights="raw"``) to their uniform
     mean over ``ckpt_path`` and the checkpoints in ``average`` (the same run's, as timm's ``avg_checkpoints`` and
     fairseq's ``average_checkpoints`` do); integer buffers keep ``ckpt_path``'s values. The module holds
     ``ckpt_path``'s weights already (:func:`load_checkpoint`). Returns the averaged checkpoints' global steps, in
-    the order given. A checkpoint of another network (other names or shapes) or one named twice is refused."""
+    the order given. A checkpoint of another network (other names or shapes) or one named twice is refused.
+    ``loaded``: ``ckpt_path``'s checkpoint as already read (:func:`load_checkpoint` returns it), not read again."""
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
     paths = [Path(ckpt_path), *(Path(p) for p in average)]
@@ -117,7 +123,10 @@ def average_checkpoints(
     sums = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in mine.items() if v.is_floating_point()}
     steps = []
     for index, path in enumerate(paths):
-        checkpoint = read_checkpoint(path, argument="ckpt_path" if index == 0 else "average")
+        if index == 0 and loaded is not None:
+            checkpoint = loaded
+        else:
+            checkpoint = read_checkpoint(path, argument="ckpt_path" if index == 0 else "average")
         theirs = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
         missing, extra = sorted(set(mine) - set(theirs)), sorted(set(theirs) - set(mine))
         shapes = [k for k in set(mine) & set(theirs) if theirs[k].shape != mine[k].shape]
@@ -324,7 +333,11 @@ def export_module(
         raise ValueError("this run kept no EMA weights: export with --weights raw")
     metrics_data = json.loads(Path(metrics).read_text()) if metrics is not None else None
     checkpoint = load_checkpoint(module, ckpt_path)
-    averaged = average_checkpoints(module, ckpt_path, average, weights=weights) if average else None
+    averaged = (
+        average_checkpoints(module, ckpt_path, average, weights=weights, loaded=checkpoint)
+        if average
+        else None
+    )
     module.eval()
     with staged_folder(output) as staging:
         module.save_pretrained(staging, use_ema=weights == "ema")  # unet/ + the method's scheduler/
