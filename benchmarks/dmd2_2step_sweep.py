@@ -47,11 +47,14 @@ DEFAULTS = {
     "student.init_args.path": "builtin:digits_dmd2_1step",
     "seed_everything": 0,
     "lr_scheduler.class_path": None,
+    "regression_weight": 0.0,
+    "regression_batch_size": None,
 }
 COSINE = {  # the generator's lr annealed to 0 along its 1,500 updates (the scheduler steps per generator update)
     "lr_scheduler.class_path": "torch.optim.lr_scheduler.CosineAnnealingLR",
     "lr_scheduler.init_args.T_max": 1500,
 }
+REGRESSION = {"regression_batch_size": 16}  # of the batch of 64 (25 teacher forwards per pair)
 # name -> the arguments overridden. Until the config took "0.3-gt0.25"'s settings its GAN weight was 0.1 and its
 # noise range 0.5 (variant "0.1", the student shipped before); the variants run then are written against today's
 # config. "0.3-more" is a longer run: 9,000 more batches from the two-step student shipped then, "0.1" (its critic
@@ -89,6 +92,11 @@ VARIANTS = {
     "0.3-gt0.25-cos-seed2": {"gan_time_max": 0.25, "seed_everything": 2, **COSINE},
     # annealed from twice the peak lr
     "0.3-gt0.25-cos-lr1e-4": {"gan_time_max": 0.25, "optimizer.init_args.lr": 1e-4, **COSINE},
+    # DMD's regression loss: the generator's first step pulled towards the teacher's 25-step sample from the same
+    # noise (a quarter of each batch, the teacher's sampler being the cost), at two weights: does following the
+    # teacher's noise-to-image map help?
+    "0.3-gt0.25-reg0.25": {"gan_time_max": 0.25, **REGRESSION, "regression_weight": 0.25},
+    "0.3-gt0.25-reg1": {"gan_time_max": 0.25, **REGRESSION, "regression_weight": 1.0},
 }
 STEPS = [2]
 # the config keeps a checkpoint every 1,500 batches; besides the last one's EMA student, the mean of the last four's
@@ -137,6 +145,8 @@ def settings(overridden: dict) -> dict:
         "start": merged["student.init_args.path"],
         "seed": int(merged["seed_everything"]),
         "generator_lr_schedule": "constant" if merged["lr_scheduler.class_path"] is None else "cosine",
+        "regression_weight": float(merged["regression_weight"]),
+        "regression_batch_size": merged["regression_batch_size"],
     }
 
 

@@ -86,6 +86,15 @@ def expand_cond(cond: Cond, batch: int) -> Cond:
     return cond.expand(batch, *cond.shape[1:])
 
 
+def head_cond(cond: Cond, rows: int) -> Cond:
+    """The first ``rows`` rows of a condition (all of it where it has fewer)."""
+    if cond is None:
+        return None
+    if isinstance(cond, dict):
+        return {k: v[:rows] for k, v in cond.items()}
+    return cond[:rows]
+
+
 def cond_to(
     cond: Cond, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
 ) -> Cond:

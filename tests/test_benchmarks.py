@@ -236,7 +236,13 @@ def test_the_dmd2_sweep_refuses_a_run_folder_of_another_variant(tmp_path):
 
     saved = yaml.safe_load((BENCH.parent / sweep.CONFIG).read_text())
     # a run's saved config prints every argument, the defaults the config leaves out included
-    saved["model"]["init_args"].update(lr_scheduler=None, timesteps=None, original_steps=50)
+    saved["model"]["init_args"].update(
+        lr_scheduler=None,
+        timesteps=None,
+        original_steps=50,
+        regression_weight=0.0,
+        regression_batch_size=None,
+    )
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
     assert sweep.differences("0.3-gt0.25", tmp_path / "config.yaml") == {}
     assert sweep.differences("0.3-gt0.25-seed1", tmp_path / "config.yaml") == {"seed_everything": (1, 0)}

@@ -114,6 +114,34 @@ def test_backward_simulation_runs_the_generator_itself_to_the_drawn_step(teacher
     assert torch.equal(z_real[0], draws.noise[0])
 
 
+@pytest.mark.parametrize("rows", [None, 3])
+def test_the_regression_loss_pairs_the_generators_first_step_with_the_teachers_sample(teacher, rows):
+    """DMD's regression term: the generator's one-step sample from a draw's noise against the teacher's
+    deterministic sample from the same noise, on the first ``regression_batch_size`` images of the batch."""
+    module = _method(
+        teacher, num_steps=2, regression_weight=1.0, regression_steps=3, regression_batch_size=rows
+    )
+    x0, cond = next(iter(random_digits_loader(n=8, batch_size=8)))
+    out = module.generator_losses((x0, cond), rng=GeneratorRandom(torch.Generator().manual_seed(5)))
+    draws = draw_distribution_matching(
+        GeneratorRandom(torch.Generator().manual_seed(5)), x0=x0, num_steps=2, schedule=teacher.schedule
+    )
+    n = 8 if rows is None else rows
+    with torch.no_grad():
+        target = teacher.sample(cond[:n], draws.noise[:n], steps=3)
+        first = module.generator_grid[:1].expand(n)
+        sample = generator_x0(
+            module.student, teacher.schedule, draws.noise[:n], first, cond[:n], module.options
+        )
+    expected = torch.nn.functional.mse_loss(sample, target)
+    torch.testing.assert_close(out["regression"], expected, rtol=1e-5, atol=1e-7)
+    # the term reaches the generator's loss with its weight
+    without = _method(teacher, num_steps=2).generator_losses(
+        (x0, cond), rng=GeneratorRandom(torch.Generator().manual_seed(5))
+    )
+    torch.testing.assert_close(out["loss"] - without["loss"], expected, rtol=1e-4, atol=1e-6)
+
+
 def test_distribution_matching_times_cover_the_fraction_range_on_both_families(teacher):
     u = torch.tensor([0.0, 0.5, 1.0])
     assert times_in_range(teacher.schedule, u, low=0.02, high=0.98).tolist() == [20, 500, 980]
@@ -305,6 +333,7 @@ def test_a_saturated_critic_is_warned_about_once(teacher):
     [
         ({"update_ratio": 0}, "update_ratio must be a whole number >= 1"),
         ({"update_ratio": 2.5}, "update_ratio must be a whole number >= 1"),
+        ({"regression_batch_size": 0}, "regression_batch_size must be a whole number >= 1"),
         ({"dm_time_min": 0.5, "dm_time_max": 0.4}, "dm_time_min < dm_time_max"),
         ({"gan_feature": "bottleneck"}, "gan_feature names module 'bottleneck'"),
         ({"gan_critic_weight": -1.0}, "gan_critic_weight must be >= 0"),

@@ -47,6 +47,7 @@ from distill.objectives.distribution_matching import (
     times_in_range,
 )
 from distill.rng import GeneratorRandom, KeyedRandom
+from teachers.conditioning import head_cond
 from teachers.schedule import NoiseSchedule, check_consistency_timesteps
 from teachers.teacher import DiffusionTeacher
 
@@ -98,6 +99,9 @@ class DistributionMatchingDistillation(DistillationModule):
         regression_weight: weight of DMD's regression loss (MSE of the generator's one-step sample to the
             teacher's deterministic sample from the same noise, computed on the fly; 0: none).
         regression_steps: the teacher's sampling steps for the regression pairs.
+        regression_batch_size: make the regression pairs for the first this many images of each batch only (the
+            teacher's sampler costs ``regression_steps`` forwards per image; None: the whole batch). The loss is
+            the mean over those images.
         critic_optimizer: optimizer factory of the critic (fake score and head); ``optimizer`` is the generator's.
         critic_lr_scheduler: optional LR scheduler of the critic, stepped every critic update.
         gradient_clip_val: clip each player's gradient norm to this (None: no clipping); the Trainer's own
@@ -130,6 +134,7 @@ class DistributionMatchingDistillation(DistillationModule):
         gan_time_max: float = 1.0,
         regression_weight: float = 0.0,
         regression_steps: int = 25,
+        regression_batch_size: int | None = None,
         critic_optimizer: OptimizerCallable = torch.optim.AdamW,
         critic_lr_scheduler: LRSchedulerCallable | None = None,
         gradient_clip_val: float | None = None,
@@ -164,6 +169,15 @@ class DistributionMatchingDistillation(DistillationModule):
         max_t = schedule.num_train_timesteps
         check_step_count(num_steps, key="num_steps", max_steps=max_t)
         check_step_count(regression_steps, key="regression_steps", max_steps=max_t)
+        if regression_batch_size is not None and (
+            isinstance(regression_batch_size, bool)
+            or not isinstance(regression_batch_size, int)
+            or regression_batch_size < 1
+        ):
+            raise ValueError(
+                f"regression_batch_size must be a whole number >= 1 (images per batch given a teacher pair) or "
+                f"null (the whole batch), got {regression_batch_size!r}"
+            )
         if not 1 <= original_steps <= max_t:
             raise ValueError(
                 f"original_steps must be in [1, {max_t}] (the teacher's timesteps), got {original_steps}"
@@ -240,6 +254,7 @@ class DistributionMatchingDistillation(DistillationModule):
         self.original_steps = original_steps
         self.update_ratio = update_ratio
         self.regression_steps = regression_steps
+        self.regression_batch_size = regression_batch_size
         self.critic_optimizer = critic_optimizer
         self.critic_lr_scheduler = critic_lr_scheduler
         self.gradient_clip_val = gradient_clip_val
@@ -316,16 +331,18 @@ class DistributionMatchingDistillation(DistillationModule):
             x = self._generate(x0, cond, draws)
             sample = target = None
             if self.options.regression_weight > 0:
+                n = x0.shape[0] if self.regression_batch_size is None else self.regression_batch_size
+                noise, pair_cond = draws.noise[:n], head_cond(cond, n)
                 target = self.teacher.sample(
-                    cond, draws.noise, steps=self.regression_steps, guidance_scale=self.options.guidance_scale
+                    pair_cond, noise, steps=self.regression_steps, guidance_scale=self.options.guidance_scale
                 )
                 # the generator's one-step sample from the pair's noise: ``x`` itself for a one-step generator
-                first = self.generator_grid[:1].expand(x0.shape[0])
+                first = self.generator_grid[:1].expand(noise.shape[0])
                 sample = (
-                    x
+                    x[:n]
                     if self.num_steps == 1 and self.backward_simulation
                     else generator_x0(
-                        self.student, self.teacher.schedule, draws.noise, first, cond, self.options
+                        self.student, self.teacher.schedule, noise, first, pair_cond, self.options
                     )
                 )
             return generator_loss(
