@@ -203,9 +203,17 @@ def _sweep_lr_cell(entry: Mapping[str, Any]) -> str:
     return _lr_text(_sweep_lr(entry)) + (", cosine to 0" if cosine else "")
 
 
+def _sweep_regression_cell(entry: Mapping[str, Any]) -> str:
+    """DMD's regression weight, with the images per batch given a teacher pair where not all (0: none)."""
+    weight, rows = entry.get("regression_weight", 0.0), entry.get("regression_batch_size")
+    return f"{weight:g}" + (f" ({rows} per batch)" if weight and rows is not None else "")
+
+
 def _sweep_setting(entry: Mapping[str, Any], *, seed: bool = True) -> tuple:
     return (
         _sweep_start(entry),
+        entry.get("regression_weight", 0.0),
+        entry.get("regression_batch_size") or 0,
         tuple(_sweep_times(entry)),
         -_sweep_lr(entry),
         entry.get("generator_lr_schedule", "constant"),
@@ -222,10 +230,11 @@ def dmd2_2step_sweep(sweep: Mapping[str, Any]) -> str:
     two-step student it has to beat on every seed."""
     rival = _per_seed(sweep["progressive"], 2)
     lines = [
-        "| generator GAN weight | critic GAN weight | GAN noise up to | generator lr | sampling times | generator "
+        "| generator GAN weight | critic GAN weight | GAN noise up to | regression weight | generator lr | sampling "
+        "times | generator "
         "starts from | training seed | FID vs real per seed (0 / 1 / 2) | below progressive on seeds | FID vs real "
         "| FID vs teacher ref | accuracy (%) |",
-        "| ---: | ---: | ---: | ---: | --- | --- | ---: | --- | --- | ---: | ---: | ---: |",
+        "| ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | --- | --- | ---: | ---: | ---: |",
     ]
     variants = sorted(sweep["variants"].items(), key=lambda item: _sweep_setting(item[1]))
     # a variant that is the shipped student's own run (its settings, its protocol numbers) stands for it, first
@@ -245,13 +254,13 @@ def dmd2_2step_sweep(sweep: Mapping[str, Any]) -> str:
         weight = f"{entry['gan_generator_weight']:g}" + (" (shipped)" if shipped else "")
         lines.append(
             f"| {weight} | {entry.get('gan_critic_weight', 0.3):g} | {entry.get('gan_time_max', 0.5):g} | "
-            f"{_sweep_lr_cell(entry)} | {', '.join(map(str, _sweep_times(entry)))} | `{_sweep_start(entry)}` | "
+            f"{_sweep_regression_cell(entry)} | {_sweep_lr_cell(entry)} | {', '.join(map(str, _sweep_times(entry)))} | `{_sweep_start(entry)}` | "
             f"{entry.get('seed', 0)} | "
             f"{' / '.join(f'{mine[k]:.3f}' for k in sorted(mine))} | {', '.join(wins) or 'none'} | "
             f"{mean_std(s, 'fid_real')} | {mean_std(s, 'fid_ref')} | {mean_std(s, 'accuracy', scale=100, digits=1)} |"
         )
     lines.append(
-        f"| progressive two-step | | | | | | | {' / '.join(f'{rival[k]:.3f}' for k in sorted(rival))} | | "
+        f"| progressive two-step | | | | | | | | {' / '.join(f'{rival[k]:.3f}' for k in sorted(rival))} | | "
         f"{mean_std(_by_steps(sweep['progressive'])[2], 'fid_real')} | | |"
     )
     return "\n".join(lines) + "\n"
@@ -267,16 +276,17 @@ def dmd2_2step_average(sweep: Mapping[str, Any]) -> str:
         key=lambda item: _sweep_setting(item[1]),
     )
     lines = [
-        "| generator GAN weight | critic GAN weight | GAN noise up to | generator lr | sampling times | generator "
+        "| generator GAN weight | critic GAN weight | GAN noise up to | regression weight | generator lr | sampling "
+        "times | generator "
         "starts from | training seed | last checkpoint: FID vs real per seed (0 / 1 / 2) | mean | mean of the last 4 "
         "checkpoints: FID vs real per seed | mean | below progressive on seeds (mean of 4) |",
-        "| ---: | ---: | ---: | ---: | --- | --- | --- | --- | ---: | --- | ---: | --- |",
+        "| ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- | ---: | --- | ---: | --- |",
     ]
 
     def head(entry: Mapping[str, Any], seeds: str) -> str:
         return (
             f"| {entry['gan_generator_weight']:g} | {entry.get('gan_critic_weight', 0.3):g} | "
-            f"{entry.get('gan_time_max', 0.5):g} | {_sweep_lr_cell(entry)} | "
+            f"{entry.get('gan_time_max', 0.5):g} | {_sweep_regression_cell(entry)} | {_sweep_lr_cell(entry)} | "
             f"{', '.join(map(str, _sweep_times(entry)))} | `{_sweep_start(entry)}` | {seeds} | "
         )
 
@@ -309,7 +319,7 @@ def dmd2_2step_average(sweep: Mapping[str, Any]) -> str:
             cells.append(f"{average:.3f} ({min(values):.3f} to {max(values):.3f})")
         lines.append(head(group[0], f"{seeds}: mean over seeds (range)") + f"| {cells[0]} | | {cells[1]} | |")
     lines.append(
-        f"| progressive two-step | | | | | | | {' / '.join(f'{rival[k]:.3f}' for k in sorted(rival))} | "
+        f"| progressive two-step | | | | | | | | {' / '.join(f'{rival[k]:.3f}' for k in sorted(rival))} | "
         f"{_by_steps(sweep['progressive'])[2]['fid_real']['mean']:.3f} | | | |"
     )
     return "\n".join(lines) + "\n"

@@ -151,7 +151,7 @@ def test_reproduce_plan_runs_existing_configs_and_scripts(tmp_path):
             assert option in usage, f"{script} does not accept {option}"
 
 
-def test_the_dmd2_sweep_table_shows_each_runs_generator_lr():  # its fourth column
+def test_the_dmd2_sweep_table_shows_each_runs_generator_lr():  # its fifth column
     """The lr recorded with a variant, else the override in its command, else the config's 5e-5."""
     sweep = json.loads((Path(__file__).parents[1] / "benchmarks/results/dmd2_2step_sweep.json").read_text())
     entry = next(iter(sweep["variants"].values()))
@@ -164,7 +164,7 @@ def test_the_dmd2_sweep_table_shows_each_runs_generator_lr():  # its fourth colu
     default = {**entry, "gan_generator_weight": 9.0, "trained_by": "distill fit"}
     table = tables.dmd2_2step_sweep({**sweep, "variants": {"a": recorded, "b": command, "c": default}})
     rows = {
-        line.split(" | ")[0]: line.split(" | ")[3] for line in table.splitlines() if line.startswith("| ")
+        line.split(" | ")[0]: line.split(" | ")[4] for line in table.splitlines() if line.startswith("| ")
     }
     assert rows["| 7"] == "2.5e-5" and rows["| 8"] == "1.25e-5" and rows["| 9"] == "5e-5"
 
@@ -182,7 +182,7 @@ def test_the_dmd2_sweep_table_marks_the_variant_that_is_the_shipped_run():
         {**sweep, "shipped": ship, "variants": {"b": other, "a": same, "c": reseeded}}
     )
     rows = [line.split(" | ") for line in table.splitlines()[2:]]
-    assert [(row[0], row[6]) for row in rows[:3]] == [("| 7 (shipped)", "0"), ("| 7", "0"), ("| 7", "3")]
+    assert [(row[0], row[7]) for row in rows[:3]] == [("| 7 (shipped)", "0"), ("| 7", "0"), ("| 7", "3")]
     assert len(rows) == 4  # no separate shipped row
     unmatched = tables.dmd2_2step_sweep({**sweep, "shipped": ship, "variants": {"b": other}})
     assert [line.split(" | ")[0] for line in unmatched.splitlines()[2:4]] == ["| 7 (shipped)", "| 7"]
@@ -207,25 +207,28 @@ def test_the_dmd2_average_table_pairs_each_run_with_its_checkpoint_mean_and_grou
         "s0": run(0, 0.070, 0.080, gan_time_max=0.25, generator_lr_schedule="constant"),
         "s1": run(1, 0.100, 0.084, gan_time_max=0.25, generator_lr_schedule="constant"),
         "cos": run(0, 0.090, 0.060, gan_time_max=0.25, generator_lr_schedule="cosine"),
+        # another setting (the regression loss) at another seed: a row of its own, never in the seeds' group
+        "reg": run(2, 0.095, 0.090, gan_time_max=0.25, regression_weight=0.25, regression_batch_size=16),
         "none": {k: v for k, v in base.items() if k != "averaged"},
     }
     table = tables.dmd2_2step_average({**sweep, "variants": variants})
     rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in table.splitlines()[2:]]
-    assert len(rows) == 5  # three runs, one group of two seeds, the progressive student
-    assert [(r[3], r[6], r[8], r[10]) for r in rows[:3]] == [
-        ("5e-5", "0", "0.070", "0.080"),
-        ("5e-5", "1", "0.100", "0.084"),
-        ("5e-5, cosine to 0", "0", "0.090", "0.060"),
+    assert len(rows) == 6  # four runs, one group of two seeds, the progressive student
+    assert [(r[3], r[4], r[7], r[9], r[11]) for r in rows[:4]] == [
+        ("0", "5e-5", "0", "0.070", "0.080"),
+        ("0", "5e-5", "1", "0.100", "0.084"),
+        ("0", "5e-5, cosine to 0", "0", "0.090", "0.060"),
+        ("0.25 (16 per batch)", "5e-5", "2", "0.095", "0.090"),
     ]
-    assert rows[0][9] == "0.079 / 0.080 / 0.081"
-    assert rows[2][11] == "0, 1, 2"  # below the progressive student's 0.075 / 0.065 / 0.084 on every seed
-    assert rows[1][11] == "none"
-    assert (rows[3][6], rows[3][8], rows[3][10]) == (
+    assert rows[0][10] == "0.079 / 0.080 / 0.081"
+    assert rows[2][12] == "0, 1, 2"  # below the progressive student's 0.075 / 0.065 / 0.084 on every seed
+    assert rows[1][12] == "none"
+    assert (rows[4][7], rows[4][9], rows[4][11]) == (
         "0, 1: mean over seeds (range)",
         "0.085 (0.070 to 0.100)",
         "0.082 (0.080 to 0.084)",
     )
-    assert rows[4][0] == "progressive two-step"
+    assert rows[5][0] == "progressive two-step"
 
 
 def test_the_dmd2_sweep_refuses_a_run_folder_of_another_variant(tmp_path):
