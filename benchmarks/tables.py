@@ -231,8 +231,7 @@ def dmd2_2step_sweep(sweep: Mapping[str, Any]) -> str:
     rival = _per_seed(sweep["progressive"], 2)
     lines = [
         "| generator GAN weight | critic GAN weight | GAN noise up to | regression weight | generator lr | sampling "
-        "times | generator "
-        "starts from | training seed | FID vs real per seed (0 / 1 / 2) | below progressive on seeds | FID vs real "
+        "times | generator starts from | training seed | FID vs real per seed (0 / 1 / 2) | below progressive on seeds | FID vs real "
         "| FID vs teacher ref | accuracy (%) |",
         "| ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | --- | --- | ---: | ---: | ---: |",
     ]
@@ -254,7 +253,8 @@ def dmd2_2step_sweep(sweep: Mapping[str, Any]) -> str:
         weight = f"{entry['gan_generator_weight']:g}" + (" (shipped)" if shipped else "")
         lines.append(
             f"| {weight} | {entry.get('gan_critic_weight', 0.3):g} | {entry.get('gan_time_max', 0.5):g} | "
-            f"{_sweep_regression_cell(entry)} | {_sweep_lr_cell(entry)} | {', '.join(map(str, _sweep_times(entry)))} | `{_sweep_start(entry)}` | "
+            f"{_sweep_regression_cell(entry)} | {_sweep_lr_cell(entry)} | "
+            f"{', '.join(map(str, _sweep_times(entry)))} | `{_sweep_start(entry)}` | "
             f"{entry.get('seed', 0)} | "
             f"{' / '.join(f'{mine[k]:.3f}' for k in sorted(mine))} | {', '.join(wins) or 'none'} | "
             f"{mean_std(s, 'fid_real')} | {mean_std(s, 'fid_ref')} | {mean_std(s, 'accuracy', scale=100, digits=1)} |"
@@ -277,8 +277,7 @@ def dmd2_2step_average(sweep: Mapping[str, Any]) -> str:
     )
     lines = [
         "| generator GAN weight | critic GAN weight | GAN noise up to | regression weight | generator lr | sampling "
-        "times | generator "
-        "starts from | training seed | last checkpoint: FID vs real per seed (0 / 1 / 2) | mean | mean of the last 4 "
+        "times | generator starts from | training seed | last checkpoint: FID vs real per seed (0 / 1 / 2) | mean | mean of the last 4 "
         "checkpoints: FID vs real per seed | mean | below progressive on seeds (mean of 4) |",
         "| ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- | ---: | --- | ---: | --- |",
     ]
