@@ -1,6 +1,6 @@
 """The two-step DMD2 digits student in other settings: configs/digits/dmd2_2step.yaml (9,000 batches) with
 some of its arguments overridden (``VARIANTS``: the generator's GAN weight and lr, the critic's GAN weight and noise
-range, the generator's start and lr schedule, DMD's regression loss, the second step's time: ``original_steps`` picks LCM's grid, 50 -> 999, 499 as shipped,
+range, the generator's start and lr schedule, DMD's regression loss, the fake score's start, the second step's time: ``original_steps`` picks LCM's grid, 50 -> 999, 499 as shipped,
 5 -> 999, 599, or custom ``timesteps`` on the grid of 50, e.g. 999, 299; and the training seed), each student
 exported (EMA) and evaluated by the protocol (configs/digits/teacher_eval.yaml: 2,000 samples x seeds 0/1/2, 2
 steps), beside the shipped student (the config's settings: GAN weights 0.3 / 0.3 on inputs noised up to a quarter of
@@ -49,6 +49,7 @@ DEFAULTS = {
     "lr_scheduler.class_path": None,
     "regression_weight": 0.0,
     "regression_batch_size": None,
+    "fake_score": "builtin:digits_efficient_kd_long",  # the fake score's start (None: a copy of the teacher)
 }
 COSINE = {  # the generator's lr annealed to 0 along its 1,500 updates (the scheduler steps per generator update)
     "lr_scheduler.class_path": "torch.optim.lr_scheduler.CosineAnnealingLR",
@@ -97,6 +98,10 @@ VARIANTS = {
     # teacher's noise-to-image map help?
     "0.3-gt0.25-reg0.25": {"gan_time_max": 0.25, **REGRESSION, "regression_weight": 0.25},
     "0.3-gt0.25-reg1": {"gan_time_max": 0.25, **REGRESSION, "regression_weight": 1.0},
+    # the fake score copied from the teacher (DMD2's own start) rather than the KD network: no approximation error
+    # in the critic's start, and the GAN head reads the teacher's bottleneck
+    "0.3-gt0.25-fsteacher": {"gan_time_max": 0.25, "fake_score": None},
+    "0.3-gt0.25-fsteacher-seed1": {"gan_time_max": 0.25, "fake_score": None, "seed_everything": 1},
 }
 STEPS = [2]
 # the config keeps a checkpoint every 1,500 batches; besides the last one's EMA student, the mean of the last four's
@@ -124,12 +129,17 @@ def timesteps(original_steps: int, custom: list[int] | None = None, num_steps: i
 
 
 def overrides(name: str) -> list[str]:
-    """The ``distill fit`` arguments of variant ``name`` (the training seed is top level, the rest method arguments)."""
-    return [
-        f"--{key if key == 'seed_everything' else 'model.init_args.' + key}="
-        + (json.dumps(value) if isinstance(value, list) else str(value))
-        for key, value in VARIANTS[name].items()
-    ]
+    """The ``distill fit`` arguments of variant ``name`` (the training seed is top level, the rest method arguments;
+    ``fake_score`` is the path of the student it loads, None for the teacher's copy)."""
+    found = []
+    for key, value in VARIANTS[name].items():
+        if key == "fake_score":
+            key = "fake_score" if value is None else "fake_score.init_args.path"
+        found.append(
+            f"--{key if key == 'seed_everything' else 'model.init_args.' + key}="
+            + (json.dumps(value) if isinstance(value, list) or value is None else str(value))
+        )
+    return found
 
 
 def settings(overridden: dict) -> dict:
@@ -147,6 +157,7 @@ def settings(overridden: dict) -> dict:
         "generator_lr_schedule": "constant" if merged["lr_scheduler.class_path"] is None else "cosine",
         "regression_weight": float(merged["regression_weight"]),
         "regression_batch_size": merged["regression_batch_size"],
+        "fake_score": merged["fake_score"] or "teacher",
     }
 
 
@@ -206,6 +217,8 @@ def differences(name: str, config: Path) -> dict[str, tuple]:
         node = saved if key == "seed_everything" else saved["model"]["init_args"]
         for part in key.split("."):
             node = node.get(part) if isinstance(node, dict) else None
+        if key == "fake_score" and isinstance(node, dict):  # a loaded student: its path
+            node = node.get("init_args", {}).get("path")
         if node != value:
             found[key] = (value, node)
     return found
