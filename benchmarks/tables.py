@@ -184,6 +184,16 @@ def _sweep_start(entry: Mapping[str, Any]) -> str:
     return entry.get("start", "builtin:digits_dmd2_1step").removeprefix("builtin:")
 
 
+def _sweep_fake(entry: Mapping[str, Any]) -> str:
+    """Where the fake score starts: a shipped network's name, or ``teacher`` (a copy of the teacher)."""
+    return entry.get("fake_score", "builtin:digits_efficient_kd_long").removeprefix("builtin:")
+
+
+def _sweep_fake_cell(entry: Mapping[str, Any]) -> str:
+    fake = _sweep_fake(entry)
+    return "the teacher (a copy)" if fake == "teacher" else f"`{fake}`"
+
+
 def _lr_text(value: float) -> str:
     """An lr as the tables write it: 5e-5, 2.5e-5, 1e-4."""
     mantissa, exponent = f"{value:.3e}".split("e")
@@ -212,6 +222,7 @@ def _sweep_regression_cell(entry: Mapping[str, Any]) -> str:
 def _sweep_setting(entry: Mapping[str, Any], *, seed: bool = True) -> tuple:
     return (
         _sweep_start(entry),
+        _sweep_fake(entry),
         entry.get("regression_weight", 0.0),
         entry.get("regression_batch_size") or 0,
         tuple(_sweep_times(entry)),
@@ -226,14 +237,14 @@ def _sweep_setting(entry: Mapping[str, Any], *, seed: bool = True) -> tuple:
 
 def dmd2_2step_sweep(sweep: Mapping[str, Any]) -> str:
     """The two-step DMD2 student in each setting (GAN weights and noise range, generator lr, sampling times, the
-    generator's starting point, training seed; the shipped one first), per protocol seed, against the progressive
-    two-step student it has to beat on every seed."""
+    generator's and the fake score's starting points, training seed; the shipped one first), per protocol seed,
+    against the progressive two-step student it has to beat on every seed."""
     rival = _per_seed(sweep["progressive"], 2)
     lines = [
         "| generator GAN weight | critic GAN weight | GAN noise up to | regression weight | generator lr | sampling "
-        "times | generator starts from | training seed | FID vs real per seed (0 / 1 / 2) | below progressive on seeds | FID vs real "
+        "times | generator starts from | fake score starts from | training seed | FID vs real per seed (0 / 1 / 2) | below progressive on seeds | FID vs real "
         "| FID vs teacher ref | accuracy (%) |",
-        "| ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | --- | --- | ---: | ---: | ---: |",
+        "| ---: | ---: | ---: | ---: | ---: | --- | --- | --- | ---: | --- | --- | ---: | ---: | ---: |",
     ]
     variants = sorted(sweep["variants"].items(), key=lambda item: _sweep_setting(item[1]))
     # a variant that is the shipped student's own run (its settings, its protocol numbers) stands for it, first
@@ -254,13 +265,13 @@ def dmd2_2step_sweep(sweep: Mapping[str, Any]) -> str:
         lines.append(
             f"| {weight} | {entry.get('gan_critic_weight', 0.3):g} | {entry.get('gan_time_max', 0.5):g} | "
             f"{_sweep_regression_cell(entry)} | {_sweep_lr_cell(entry)} | "
-            f"{', '.join(map(str, _sweep_times(entry)))} | `{_sweep_start(entry)}` | "
+            f"{', '.join(map(str, _sweep_times(entry)))} | `{_sweep_start(entry)}` | {_sweep_fake_cell(entry)} | "
             f"{entry.get('seed', 0)} | "
             f"{' / '.join(f'{mine[k]:.3f}' for k in sorted(mine))} | {', '.join(wins) or 'none'} | "
             f"{mean_std(s, 'fid_real')} | {mean_std(s, 'fid_ref')} | {mean_std(s, 'accuracy', scale=100, digits=1)} |"
         )
     lines.append(
-        f"| progressive two-step | | | | | | | | {' / '.join(f'{rival[k]:.3f}' for k in sorted(rival))} | | "
+        f"| progressive two-step | | | | | | | | | {' / '.join(f'{rival[k]:.3f}' for k in sorted(rival))} | | "
         f"{mean_std(_by_steps(sweep['progressive'])[2], 'fid_real')} | | |"
     )
     return "\n".join(lines) + "\n"
@@ -277,16 +288,17 @@ def dmd2_2step_average(sweep: Mapping[str, Any]) -> str:
     )
     lines = [
         "| generator GAN weight | critic GAN weight | GAN noise up to | regression weight | generator lr | sampling "
-        "times | generator starts from | training seed | last checkpoint: FID vs real per seed (0 / 1 / 2) | mean | mean of the last 4 "
+        "times | generator starts from | fake score starts from | training seed | last checkpoint: FID vs real per seed (0 / 1 / 2) | mean | mean of the last 4 "
         "checkpoints: FID vs real per seed | mean | below progressive on seeds (mean of 4) |",
-        "| ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- | ---: | --- | ---: | --- |",
+        "| ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- | --- | ---: | --- | ---: | --- |",
     ]
 
     def head(entry: Mapping[str, Any], seeds: str) -> str:
         return (
             f"| {entry['gan_generator_weight']:g} | {entry.get('gan_critic_weight', 0.3):g} | "
             f"{entry.get('gan_time_max', 0.5):g} | {_sweep_regression_cell(entry)} | {_sweep_lr_cell(entry)} | "
-            f"{', '.join(map(str, _sweep_times(entry)))} | `{_sweep_start(entry)}` | {seeds} | "
+            f"{', '.join(map(str, _sweep_times(entry)))} | `{_sweep_start(entry)}` | {_sweep_fake_cell(entry)} | "
+            f"{seeds} | "
         )
 
     def means(entry: Mapping[str, Any]) -> tuple[float, float]:
@@ -318,7 +330,7 @@ def dmd2_2step_average(sweep: Mapping[str, Any]) -> str:
             cells.append(f"{average:.3f} ({min(values):.3f} to {max(values):.3f})")
         lines.append(head(group[0], f"{seeds}: mean over seeds (range)") + f"| {cells[0]} | | {cells[1]} | |")
     lines.append(
-        f"| progressive two-step | | | | | | | | {' / '.join(f'{rival[k]:.3f}' for k in sorted(rival))} | "
+        f"| progressive two-step | | | | | | | | | {' / '.join(f'{rival[k]:.3f}' for k in sorted(rival))} | "
         f"{_by_steps(sweep['progressive'])[2]['fid_real']['mean']:.3f} | | | |"
     )
     return "\n".join(lines) + "\n"

@@ -182,7 +182,7 @@ def test_the_dmd2_sweep_table_marks_the_variant_that_is_the_shipped_run():
         {**sweep, "shipped": ship, "variants": {"b": other, "a": same, "c": reseeded}}
     )
     rows = [line.split(" | ") for line in table.splitlines()[2:]]
-    assert [(row[0], row[7]) for row in rows[:3]] == [("| 7 (shipped)", "0"), ("| 7", "0"), ("| 7", "3")]
+    assert [(row[0], row[8]) for row in rows[:3]] == [("| 7 (shipped)", "0"), ("| 7", "0"), ("| 7", "3")]
     assert len(rows) == 4  # no separate shipped row
     unmatched = tables.dmd2_2step_sweep({**sweep, "shipped": ship, "variants": {"b": other}})
     assert [line.split(" | ")[0] for line in unmatched.splitlines()[2:4]] == ["| 7 (shipped)", "| 7"]
@@ -209,26 +209,29 @@ def test_the_dmd2_average_table_pairs_each_run_with_its_checkpoint_mean_and_grou
         "cos": run(0, 0.090, 0.060, gan_time_max=0.25, generator_lr_schedule="cosine"),
         # another setting (the regression loss) at another seed: a row of its own, never in the seeds' group
         "reg": run(2, 0.095, 0.090, gan_time_max=0.25, regression_weight=0.25, regression_batch_size=16),
+        # and the fake score copied from the teacher at seed 1: its own setting too
+        "fst": run(1, 0.072, 0.071, gan_time_max=0.25, fake_score="teacher"),
         "none": {k: v for k, v in base.items() if k != "averaged"},
     }
     table = tables.dmd2_2step_average({**sweep, "variants": variants})
     rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in table.splitlines()[2:]]
-    assert len(rows) == 6  # four runs, one group of two seeds, the progressive student
-    assert [(r[3], r[4], r[7], r[9], r[11]) for r in rows[:4]] == [
-        ("0", "5e-5", "0", "0.070", "0.080"),
-        ("0", "5e-5", "1", "0.100", "0.084"),
-        ("0", "5e-5, cosine to 0", "0", "0.090", "0.060"),
-        ("0.25 (16 per batch)", "5e-5", "2", "0.095", "0.090"),
+    assert len(rows) == 7  # five runs, one group of two seeds, the progressive student
+    assert [(r[3], r[4], r[7], r[8], r[10], r[12]) for r in rows[:5]] == [
+        ("0", "5e-5", "`digits_efficient_kd_long`", "0", "0.070", "0.080"),
+        ("0", "5e-5", "`digits_efficient_kd_long`", "1", "0.100", "0.084"),
+        ("0", "5e-5, cosine to 0", "`digits_efficient_kd_long`", "0", "0.090", "0.060"),
+        ("0.25 (16 per batch)", "5e-5", "`digits_efficient_kd_long`", "2", "0.095", "0.090"),
+        ("0", "5e-5", "the teacher (a copy)", "1", "0.072", "0.071"),
     ]
-    assert rows[0][10] == "0.079 / 0.080 / 0.081"
-    assert rows[2][12] == "0, 1, 2"  # below the progressive student's 0.075 / 0.065 / 0.084 on every seed
-    assert rows[1][12] == "none"
-    assert (rows[4][7], rows[4][9], rows[4][11]) == (
+    assert rows[0][11] == "0.079 / 0.080 / 0.081"
+    assert rows[2][13] == "0, 1, 2"  # below the progressive student's 0.075 / 0.065 / 0.084 on every seed
+    assert rows[1][13] == "none"
+    assert (rows[5][8], rows[5][10], rows[5][12]) == (
         "0, 1: mean over seeds (range)",
         "0.085 (0.070 to 0.100)",
         "0.082 (0.080 to 0.084)",
     )
-    assert rows[5][0] == "progressive two-step"
+    assert rows[6][0] == "progressive two-step"
 
 
 def test_the_dmd2_sweep_refuses_a_run_folder_of_another_variant(tmp_path):
@@ -249,6 +252,9 @@ def test_the_dmd2_sweep_refuses_a_run_folder_of_another_variant(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
     assert sweep.differences("0.3-gt0.25", tmp_path / "config.yaml") == {}
     assert sweep.differences("0.3-gt0.25-seed1", tmp_path / "config.yaml") == {"seed_everything": (1, 0)}
+    assert sweep.differences("0.3-gt0.25-fsteacher", tmp_path / "config.yaml") == {
+        "fake_score": (None, "builtin:digits_efficient_kd_long")
+    }
     assert sweep.differences("0.3-gt0.25-cos", tmp_path / "config.yaml") == {
         "lr_scheduler.class_path": ("torch.optim.lr_scheduler.CosineAnnealingLR", None),
         "lr_scheduler.init_args.T_max": (1500, None),
