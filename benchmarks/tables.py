@@ -242,8 +242,8 @@ def dmd2_2step_sweep(sweep: Mapping[str, Any]) -> str:
     rival = _per_seed(sweep["progressive"], 2)
     lines = [
         "| generator GAN weight | critic GAN weight | GAN noise up to | regression weight | generator lr | sampling "
-        "times | generator starts from | fake score starts from | training seed | FID vs real per seed (0 / 1 / 2) | below progressive on seeds | FID vs real "
-        "| FID vs teacher ref | accuracy (%) |",
+        "times | generator starts from | fake score starts from | training seed | FID vs real per seed (0 / 1 / 2) "
+        "| below progressive on seeds | FID vs real | FID vs teacher ref | accuracy (%) |",
         "| ---: | ---: | ---: | ---: | ---: | --- | --- | --- | ---: | --- | --- | ---: | ---: | ---: |",
     ]
     variants = sorted(sweep["variants"].items(), key=lambda item: _sweep_setting(item[1]))
@@ -288,8 +288,9 @@ def dmd2_2step_average(sweep: Mapping[str, Any]) -> str:
     )
     lines = [
         "| generator GAN weight | critic GAN weight | GAN noise up to | regression weight | generator lr | sampling "
-        "times | generator starts from | fake score starts from | training seed | last checkpoint: FID vs real per seed (0 / 1 / 2) | mean | mean of the last 4 "
-        "checkpoints: FID vs real per seed | mean | below progressive on seeds (mean of 4) |",
+        "times | generator starts from | fake score starts from | training seed | last checkpoint: FID vs real per "
+        "seed (0 / 1 / 2) | mean | mean of the last 4 checkpoints: FID vs real per seed | mean | below progressive "
+        "on seeds (mean of 4) |",
         "| ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- | --- | ---: | --- | ---: | --- |",
     ]
 
