@@ -15,7 +15,8 @@ Run:  OMP_NUM_THREADS=1 python benchmarks/dmd2_2step_sweep.py   (one full run of
       ... --average-only 0.3-gt0.25=RUN_DIR   (add the mean of that finished run's last four checkpoints to the
       variant's recorded entry)
 Where the run folder is at hand (trained here or ``--from-run``) the student whose weights are the mean of the last
-four checkpoints' EMA weights (batches 4,500 to 9,000; ``distill export --average``) is evaluated too.
+four checkpoints' EMA weights (batches 4,500 to 9,000 in a run of the config's length; ``distill export --average``)
+is evaluated too.
 Writes ``benchmarks/results/dmd2_2step_sweep.json`` (docs/distribution_matching.md's sweep table is generated from
 it by ``python benchmarks/update_docs.py``); entries for variants not run are kept.
 """
@@ -51,6 +52,8 @@ DEFAULTS = {
     "regression_weight": 0.0,
     "regression_batch_size": None,
     "fake_score": "builtin:digits_efficient_kd_long",  # the fake score's start (None: a copy of the teacher)
+    "update_ratio": 5,
+    "trainer.max_steps": 9000,
 }
 COSINE = {  # the generator's lr annealed to 0 along its 1,500 updates (the scheduler steps per generator update)
     "lr_scheduler.class_path": "torch.optim.lr_scheduler.CosineAnnealingLR",
@@ -62,6 +65,7 @@ REGRESSION = {"regression_batch_size": 16}  # of the batch of 64 (25 teacher for
 # config. "0.3-more" is a longer run: 9,000 more batches from the two-step student shipped then, "0.1" (its critic
 # and fake score start afresh from the config's networks).
 HALF = {"gan_time_max": 0.5}
+RATIO10 = {"update_ratio": 10, "trainer.max_steps": 16500}
 VARIANTS = {
     "0.1": {"gan_generator_weight": 0.1, **HALF},
     "0.3": {"gan_generator_weight": 0.3, **HALF},
@@ -103,11 +107,16 @@ VARIANTS = {
     # in the critic's start, and the GAN head reads the teacher's bottleneck
     "0.3-gt0.25-fsteacher": {"gan_time_max": 0.25, "fake_score": None},
     "0.3-gt0.25-fsteacher-seed1": {"gan_time_max": 0.25, "fake_score": None, "seed_everything": 1},
+    # 10 critic updates per generator update rather than DMD2's 5 (the fake score tracks the generator closer), the
+    # generator's 1,500 updates kept: 16,500 batches
+    "0.3-gt0.25-ratio10": {"gan_time_max": 0.25, **RATIO10},
+    "0.3-gt0.25-ratio10-seed1": {"gan_time_max": 0.25, **RATIO10, "seed_everything": 1},
 }
 STEPS = [2]
 # the config keeps a checkpoint every 1,500 batches; besides the last one's EMA student, the mean of the last four's
-# (``distill export --average``) is evaluated wherever the run folder is at hand
-AVERAGED = [4500, 6000, 7500]
+# (``distill export --average``; batches 4,500 to 9,000 in a run of the config's length) is evaluated wherever the
+# run folder is at hand
+CHECKPOINT_EVERY = 1500
 
 
 def checkpoint_at(run_dir: Path, step: int) -> Path:
@@ -129,15 +138,20 @@ def timesteps(original_steps: int, custom: list[int] | None = None, num_steps: i
     return [int(t) for t in schedule.consistency_grid(num_steps, original_steps=original_steps)]
 
 
+def top_level(key: str) -> bool:
+    """Whether an overridden argument is the run's (the training seed, the trainer's) rather than the method's."""
+    return key == "seed_everything" or key.startswith("trainer.")
+
+
 def overrides(name: str) -> list[str]:
-    """The ``distill fit`` arguments of variant ``name`` (the training seed is top level, the rest method arguments;
-    ``fake_score`` is the path of the student it loads, None for the teacher's copy)."""
+    """The ``distill fit`` arguments of variant ``name`` (the training seed and the trainer's are top level, the rest
+    method arguments; ``fake_score`` is the path of the student it loads, None for the teacher's copy)."""
     found = []
     for key, value in VARIANTS[name].items():
         if key == "fake_score":
             key = "fake_score" if value is None else "fake_score.init_args.path"
         found.append(
-            f"--{key if key == 'seed_everything' else 'model.init_args.' + key}="
+            f"--{key if top_level(key) else 'model.init_args.' + key}="
             + (json.dumps(value) if isinstance(value, list) or value is None else str(value))
         )
     return found
@@ -159,6 +173,8 @@ def settings(overridden: dict) -> dict:
         "regression_weight": float(merged["regression_weight"]),
         "regression_batch_size": merged["regression_batch_size"],
         "fake_score": merged["fake_score"] or "teacher",
+        "update_ratio": int(merged["update_ratio"]),
+        "batches": int(merged["trainer.max_steps"]),
     }
 
 
@@ -194,7 +210,9 @@ def variant(name: str, *, work: Path, run_dir: Path | None = None, student: Path
 
 def averaged(name: str, *, run_dir: Path, work: Path) -> dict:
     """Export the mean of the run's last four checkpoints' EMA weights and evaluate it by the protocol."""
-    extra = [checkpoint_at(run_dir, step) for step in AVERAGED]
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    end = int(last["global_step"])  # one optimizer step per batch: the run's batches
+    extra = [checkpoint_at(run_dir, end - k * CHECKPOINT_EVERY) for k in (3, 2, 1)]
     student = export(
         run_dir,
         run_dir / "checkpoints" / "last.ckpt",
@@ -203,8 +221,7 @@ def averaged(name: str, *, run_dir: Path, work: Path) -> dict:
         average=extra,
     )
     result = protocol(student, work=work, tag="eval_averaged", name=f"dmd2_2step_{name}_averaged")
-    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    return {"steps": [*AVERAGED, int(last["global_step"])], "rows": result["rows"]}
+    return {"steps": [end - k * CHECKPOINT_EVERY for k in (3, 2, 1)] + [end], "rows": result["rows"]}
 
 
 def differences(name: str, config: Path) -> dict[str, tuple]:
@@ -215,7 +232,7 @@ def differences(name: str, config: Path) -> dict[str, tuple]:
     saved = yaml.safe_load(config.read_text())
     found = {}
     for key, value in {**DEFAULTS, **VARIANTS[name]}.items():
-        node = saved if key == "seed_everything" else saved["model"]["init_args"]
+        node = saved if top_level(key) else saved["model"]["init_args"]
         for part in key.split("."):
             node = node.get(part) if isinstance(node, dict) else None
         if key == "fake_score" and isinstance(node, dict):  # a loaded student: its path

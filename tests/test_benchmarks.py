@@ -255,6 +255,15 @@ def test_the_dmd2_sweep_refuses_a_run_folder_of_another_variant(tmp_path):
     assert sweep.differences("0.3-gt0.25-fsteacher", tmp_path / "config.yaml") == {
         "fake_score": (None, "builtin:digits_efficient_kd_long")
     }
+    assert sweep.differences("0.3-gt0.25-ratio10", tmp_path / "config.yaml") == {
+        "update_ratio": (10, 5),
+        "trainer.max_steps": (16500, 9000),
+    }
+    assert sweep.overrides("0.3-gt0.25-ratio10-seed1")[1:] == [
+        "--model.init_args.update_ratio=10",
+        "--trainer.max_steps=16500",
+        "--seed_everything=1",
+    ]
     assert sweep.differences("0.3-gt0.25-cos", tmp_path / "config.yaml") == {
         "lr_scheduler.class_path": ("torch.optim.lr_scheduler.CosineAnnealingLR", None),
         "lr_scheduler.init_args.T_max": (1500, None),
