@@ -219,10 +219,18 @@ def _sweep_regression_cell(entry: Mapping[str, Any]) -> str:
     return f"{weight:g}" + (f" ({rows} per batch)" if weight and rows is not None else "")
 
 
+def _sweep_ratio_cell(entry: Mapping[str, Any]) -> str:
+    """Critic updates per generator update, with the run's batches where not the config's 9,000."""
+    ratio, batches = entry.get("update_ratio", 5), entry.get("batches", 9000)
+    return f"{ratio}" + (f" ({batches:,} batches)" if batches != 9000 else "")
+
+
 def _sweep_setting(entry: Mapping[str, Any], *, seed: bool = True) -> tuple:
     return (
         _sweep_start(entry),
         _sweep_fake(entry),
+        entry.get("update_ratio", 5),
+        entry.get("batches", 9000),
         entry.get("regression_weight", 0.0),
         entry.get("regression_batch_size") or 0,
         tuple(_sweep_times(entry)),
@@ -241,10 +249,11 @@ def dmd2_2step_sweep(sweep: Mapping[str, Any]) -> str:
     against the progressive two-step student it has to beat on every seed."""
     rival = _per_seed(sweep["progressive"], 2)
     lines = [
-        "| generator GAN weight | critic GAN weight | GAN noise up to | regression weight | generator lr | sampling "
-        "times | generator starts from | fake score starts from | training seed | FID vs real per seed (0 / 1 / 2) "
-        "| below progressive on seeds | FID vs real | FID vs teacher ref | accuracy (%) |",
-        "| ---: | ---: | ---: | ---: | ---: | --- | --- | --- | ---: | --- | --- | ---: | ---: | ---: |",
+        "| generator GAN weight | critic GAN weight | critic updates per generator update | GAN noise up to | "
+        "regression weight | generator lr | sampling times | generator starts from | fake score starts from | "
+        "training seed | FID vs real per seed (0 / 1 / 2) | below progressive on seeds | FID vs real | FID vs teacher "
+        "ref | accuracy (%) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | ---: | --- | --- | ---: | ---: | ---: |",
     ]
     variants = sorted(sweep["variants"].items(), key=lambda item: _sweep_setting(item[1]))
     # a variant that is the shipped student's own run (its settings, its protocol numbers) stands for it, first
@@ -263,7 +272,8 @@ def dmd2_2step_sweep(sweep: Mapping[str, Any]) -> str:
         shipped = label == "shipped" or (label, entry) in same
         weight = f"{entry['gan_generator_weight']:g}" + (" (shipped)" if shipped else "")
         lines.append(
-            f"| {weight} | {entry.get('gan_critic_weight', 0.3):g} | {entry.get('gan_time_max', 0.5):g} | "
+            f"| {weight} | {entry.get('gan_critic_weight', 0.3):g} | {_sweep_ratio_cell(entry)} | "
+            f"{entry.get('gan_time_max', 0.5):g} | "
             f"{_sweep_regression_cell(entry)} | {_sweep_lr_cell(entry)} | "
             f"{', '.join(map(str, _sweep_times(entry)))} | `{_sweep_start(entry)}` | {_sweep_fake_cell(entry)} | "
             f"{entry.get('seed', 0)} | "
@@ -271,7 +281,7 @@ def dmd2_2step_sweep(sweep: Mapping[str, Any]) -> str:
             f"{mean_std(s, 'fid_real')} | {mean_std(s, 'fid_ref')} | {mean_std(s, 'accuracy', scale=100, digits=1)} |"
         )
     lines.append(
-        f"| progressive two-step | | | | | | | | | {' / '.join(f'{rival[k]:.3f}' for k in sorted(rival))} | | "
+        f"| progressive two-step | | | | | | | | | | {' / '.join(f'{rival[k]:.3f}' for k in sorted(rival))} | | "
         f"{mean_std(_by_steps(sweep['progressive'])[2], 'fid_real')} | | |"
     )
     return "\n".join(lines) + "\n"
@@ -287,17 +297,18 @@ def dmd2_2step_average(sweep: Mapping[str, Any]) -> str:
         key=lambda item: _sweep_setting(item[1]),
     )
     lines = [
-        "| generator GAN weight | critic GAN weight | GAN noise up to | regression weight | generator lr | sampling "
-        "times | generator starts from | fake score starts from | training seed | last checkpoint: FID vs real per "
-        "seed (0 / 1 / 2) | mean | mean of the last 4 checkpoints: FID vs real per seed | mean | below progressive "
-        "on seeds (mean of 4) |",
-        "| ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- | --- | ---: | --- | ---: | --- |",
+        "| generator GAN weight | critic GAN weight | critic updates per generator update | GAN noise up to | "
+        "regression weight | generator lr | sampling times | generator starts from | fake score starts from | "
+        "training seed | last checkpoint: FID vs real per seed (0 / 1 / 2) | mean | mean of the last 4 checkpoints: "
+        "FID vs real per seed | mean | below progressive on seeds (mean of 4) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- | --- | ---: | --- | ---: | --- |",
     ]
 
     def head(entry: Mapping[str, Any], seeds: str) -> str:
         return (
             f"| {entry['gan_generator_weight']:g} | {entry.get('gan_critic_weight', 0.3):g} | "
-            f"{entry.get('gan_time_max', 0.5):g} | {_sweep_regression_cell(entry)} | {_sweep_lr_cell(entry)} | "
+            f"{_sweep_ratio_cell(entry)} | {entry.get('gan_time_max', 0.5):g} | {_sweep_regression_cell(entry)} | "
+            f"{_sweep_lr_cell(entry)} | "
             f"{', '.join(map(str, _sweep_times(entry)))} | `{_sweep_start(entry)}` | {_sweep_fake_cell(entry)} | "
             f"{seeds} | "
         )
@@ -331,7 +342,7 @@ def dmd2_2step_average(sweep: Mapping[str, Any]) -> str:
             cells.append(f"{average:.3f} ({min(values):.3f} to {max(values):.3f})")
         lines.append(head(group[0], f"{seeds}: mean over seeds (range)") + f"| {cells[0]} | | {cells[1]} | |")
     lines.append(
-        f"| progressive two-step | | | | | | | | | {' / '.join(f'{rival[k]:.3f}' for k in sorted(rival))} | "
+        f"| progressive two-step | | | | | | | | | | {' / '.join(f'{rival[k]:.3f}' for k in sorted(rival))} | "
         f"{_by_steps(sweep['progressive'])[2]['fid_real']['mean']:.3f} | | | |"
     )
     return "\n".join(lines) + "\n"
