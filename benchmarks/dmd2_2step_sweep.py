@@ -14,6 +14,8 @@ Run:  OMP_NUM_THREADS=1 python benchmarks/dmd2_2step_sweep.py   (one full run of
       ... --only 0.1 --from-student 0.1=DIR   (evaluate an exported student of the variant)
       ... --average-only 0.3-gt0.25=RUN_DIR   (add the mean of that finished run's last four checkpoints to the
       variant's recorded entry)
+      ... --merge 0.3-gt0.25=RUN_DIR 0.3-gt0.25-seed1=RUN_DIR ...   (the mean of several training seeds' runs of one
+      setting, a model soup: their last checkpoints, and the last four of each; recorded under ``merged``)
 Where the run folder is at hand (trained here or ``--from-run``) the student whose weights are the mean of the last
 four checkpoints' EMA weights (batches 4,500 to 9,000 in a run of the config's length; ``distill export --average``)
 is evaluated too.
@@ -264,6 +266,65 @@ def add_averages(out: Path, runs: dict[str, str], parser: argparse.ArgumentParse
         print(f"{name}: mean of the last four checkpoints, FID vs real per seed {per_seed}", flush=True)
 
 
+def merge(out: Path, runs: dict[str, str], parser: argparse.ArgumentParser) -> None:
+    """Record under ``merged`` the uniform mean of several training seeds' runs of one setting (a model soup): the
+    runs' last checkpoints' EMA weights, and the last four checkpoints of each, each evaluated by the protocol."""
+    recorded = json.loads(out.read_text())["variants"] if out.is_file() else {}
+    missing = sorted(set(runs) - set(recorded))
+    if missing:
+        parser.error(f"--merge names variants with no recorded entry in {out}: {missing}")
+    if len(runs) < 2:
+        parser.error("--merge averages two or more runs: name each as VARIANT=RUN_DIR")
+    setting = {name: settings(VARIANTS[name]) for name in runs}
+    seeds = [setting[name].pop("seed") for name in runs]
+    first = next(iter(runs))
+    unlike = sorted(name for name in runs if setting[name] != setting[first])
+    if unlike or len(set(seeds)) != len(seeds):
+        parser.error(
+            f"--merge averages runs of one setting at different training seeds: {unlike or first} "
+            f"{'differ from ' + first + ' in more than the seed' if unlike else 'repeat a seed'} (seeds {seeds})"
+        )
+    for name, run_dir in runs.items():
+        differ = differences(name, Path(run_dir) / "config.yaml")
+        if differ:
+            parser.error(f"{run_dir}/config.yaml is not a run of variant {name}: {differ}")
+    checkpoints = {}
+    for name, run_dir in runs.items():
+        last = torch.load(Path(run_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        end = int(last["global_step"])
+        checkpoints[name] = [checkpoint_at(Path(run_dir), end - k * CHECKPOINT_EVERY) for k in (3, 2, 1)]
+        checkpoints[name].append(Path(run_dir) / "checkpoints" / "last.ckpt")
+    entry = {**setting[first], "seeds": seeds, "variants": list(runs)}
+    with tempfile.TemporaryDirectory() as work:
+        for way, picked in (
+            ("last", [c[-1:] for c in checkpoints.values()]),
+            ("last4", list(checkpoints.values())),
+        ):
+            paths = [path for chosen in picked for path in chosen]
+            student = export(
+                Path(runs[first]),
+                paths[0],
+                Path(work) / f"student_{way}",
+                Path(work) / f"export_{way}.log",
+                average=paths[1:],
+            )
+            result = protocol(student, work=Path(work), tag=f"eval_{way}", name=f"dmd2_2step_merged_{way}")
+            entry[way] = {"checkpoints": len(paths), "rows": result["rows"]}
+            per_seed = [round(s["fid_real"], 4) for s in result["rows"][0]["per_seed"]]
+            print(
+                f"mean of {len(paths)} checkpoints of {list(runs)}: FID vs real per seed {per_seed}",
+                flush=True,
+            )
+    entry["meta"] = provenance(configs=[CONFIG, "configs/digits/teacher_eval.yaml"])
+    entry["made_by"] = "python benchmarks/dmd2_2step_sweep.py --merge " + " ".join(
+        f"{n}=RUN_DIR" for n in runs
+    )
+    result = json.loads(out.read_text())  # re-read: another process may have written meanwhile
+    result.setdefault("merged", {})[" + ".join(runs)] = entry
+    result["meta"] = entry["meta"]
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "dmd2_2step_sweep.json")
@@ -291,7 +352,17 @@ def main() -> None:
         metavar="VARIANT=RUN_DIR",
         help="add the averaged student of a finished run to the variant's recorded entry (the rest is kept)",
     )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=[],
+        metavar="VARIANT=RUN_DIR",
+        help="record the mean of these finished runs' weights (one setting, different training seeds)",
+    )
     args = parser.parse_args()
+    if args.merge:
+        merge(args.out, dict(item.split("=", 1) for item in args.merge), parser)
+        return
     if args.average_only:
         add_averages(args.out, dict(item.split("=", 1) for item in args.average_only), parser)
         return

@@ -348,6 +348,38 @@ def dmd2_2step_average(sweep: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def dmd2_2step_merged(sweep: Mapping[str, Any]) -> str:
+    """Several training seeds' runs of one setting averaged into one student (the uniform mean of their weights, a
+    model soup), both from their last checkpoints and from the last four of each, beside the same runs alone."""
+    rival = _per_seed(sweep["progressive"], 2)
+    lines = [
+        "| runs (sweep variants) | training seeds | weights averaged | FID vs real per seed (0 / 1 / 2) | below "
+        "progressive on seeds | FID vs real | the runs alone: FID vs real, mean (range) | FID vs teacher ref | the "
+        "runs alone: FID vs teacher ref, mean | accuracy (%) |",
+        "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for merged in sweep.get("merged", {}).values():
+        runs = [sweep["variants"][name] for name in merged["variants"]]
+        for way, label in (("last", "last checkpoint of each"), ("last4", "last 4 checkpoints of each")):
+            mine, s = _per_seed(merged[way], 2), _by_steps(merged[way])[2]
+            alone = [_by_steps(run if way == "last" else run["averaged"])[2] for run in runs]
+            real = [a["fid_real"]["mean"] for a in alone]
+            ref = sum(a["fid_ref"]["mean"] for a in alone) / len(alone)
+            wins = [str(k) for k in sorted(rival) if mine[k] < rival[k]]
+            lines.append(
+                f"| {', '.join(f'`{n}`' for n in merged['variants'])} | "
+                f"{', '.join(map(str, merged['seeds']))} | {label} ({merged[way]['checkpoints']}) | "
+                f"{' / '.join(f'{mine[k]:.3f}' for k in sorted(mine))} | {', '.join(wins) or 'none'} | "
+                f"{mean_std(s, 'fid_real')} | {sum(real) / len(real):.3f} ({min(real):.3f} to {max(real):.3f}) | "
+                f"{mean_std(s, 'fid_ref')} | {ref:.3f} | {mean_std(s, 'accuracy', scale=100, digits=1)} |"
+            )
+    lines.append(
+        f"| progressive two-step | | | {' / '.join(f'{rival[k]:.3f}' for k in sorted(rival))} | | "
+        f"{mean_std(_by_steps(sweep['progressive'])[2], 'fid_real')} | | | | |"
+    )
+    return "\n".join(lines) + "\n"
+
+
 def teacher_steps(shipped: Mapping[str, Any]) -> str:
     """The shipped teacher under the protocol at each DDIM step count, and the protocol's noise floor."""
     teacher = shipped["teacher"]

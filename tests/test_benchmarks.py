@@ -275,3 +275,73 @@ def test_the_dmd2_sweep_refuses_a_run_folder_of_another_variant(tmp_path):
         "timesteps": ([999, 299], None),
         "gan_time_max": (0.5, 0.25),
     }
+
+
+def test_the_dmd2_merged_table_sets_each_seed_average_beside_its_runs_alone():
+    """One row per way of merging (last checkpoints; last four of each), with the merged student's per-seed FID,
+    the seeds it beats the progressive student on, and the runs' own means beside it."""
+    sweep = json.loads((Path(__file__).parents[1] / "benchmarks/results/dmd2_2step_sweep.json").read_text())
+    base = next(iter(sweep["variants"].values()))
+
+    def rows(value: float, ref: float) -> list:
+        found = json.loads(json.dumps(base["rows"]))
+        found[0]["summary"]["fid_real"]["mean"] = value
+        found[0]["summary"]["fid_ref"]["mean"] = ref
+        for offset, item in zip((-0.001, -0.012, 0.001), found[0]["per_seed"], strict=True):
+            item["fid_real"] = value + offset
+        return found
+
+    variants = {
+        "a": {**base, "rows": rows(0.070, 0.060), "averaged": {"rows": rows(0.080, 0.050)}},
+        "b": {**base, "rows": rows(0.100, 0.070), "averaged": {"rows": rows(0.090, 0.060)}},
+    }
+    merged = {
+        "seeds": [0, 1],
+        "variants": ["a", "b"],
+        "last": {"checkpoints": 2, "rows": rows(0.076, 0.040)},
+        "last4": {"checkpoints": 8, "rows": rows(0.084, 0.030)},
+    }
+    table = tables.dmd2_2step_merged({**sweep, "variants": variants, "merged": {"a + b": merged}})
+    cells = [[cell.strip() for cell in line.split("|")[1:-1]] for line in table.splitlines()[2:]]
+    assert len(cells) == 3 and cells[2][0] == "progressive two-step"
+    assert cells[0][:5] == [
+        "`a`, `b`",
+        "0, 1",
+        "last checkpoint of each (2)",
+        "0.075 / 0.064 / 0.077",
+        "0, 1, 2",
+    ]
+    assert cells[0][6] == "0.085 (0.070 to 0.100)" and cells[0][8] == "0.065"
+    assert cells[1][2:5] == ["last 4 checkpoints of each (8)", "0.083 / 0.072 / 0.085", "none"]
+    assert cells[1][6] == "0.085 (0.080 to 0.090)" and cells[1][8] == "0.055"
+    assert tables.dmd2_2step_merged({**sweep, "merged": {}}).count("\n") == 3  # header, rule, progressive
+
+
+def test_the_dmd2_sweep_merges_only_runs_of_one_setting_at_other_seeds(tmp_path, capsys):
+    """A model soup of runs that differ in more than the seed (or repeat one, or is a single run) is refused
+    before anything is exported."""
+    import argparse
+
+    import dmd2_2step_sweep as sweep
+
+    out = tmp_path / "sweep.json"
+    out.write_text(
+        json.dumps({"variants": {name: {} for name in ("0.3-gt0.25", "0.3-gt0.25-seed1", "0.3-gt0.25-cos")}})
+    )
+    parser = argparse.ArgumentParser()
+    for runs, expected in (
+        ({"0.3-gt0.25": "x", "0.3-gt0.25-cos": "y"}, "differ from 0.3-gt0.25 in more than the seed"),
+        ({"0.3-gt0.25": "x"}, "two or more runs"),
+        ({"0.3-gt0.25": "x", "0.3-gt0.25-seed2": "y"}, "no recorded entry"),
+    ):
+        with pytest.raises(SystemExit):
+            sweep.merge(out, runs, parser)
+        assert expected in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the right variants, but a run folder of another variant
+        (tmp_path / "run").mkdir()
+        saved = {"seed_everything": 0, "model": {"init_args": {"gan_time_max": 0.25}}}
+        (tmp_path / "run" / "config.yaml").write_text(json.dumps(saved))
+        sweep.merge(
+            out, {"0.3-gt0.25": str(tmp_path / "run"), "0.3-gt0.25-seed1": str(tmp_path / "run")}, parser
+        )
+    assert "is not a run of variant" in capsys.readouterr().err
