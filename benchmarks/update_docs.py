@@ -86,6 +86,7 @@ BLOCKS: dict[str, Block] = {
     "seed_pattern": Block(SHIPPED, tables.seed_pattern),
     "dmd2_2step_sweep": Block("benchmarks/results/dmd2_2step_sweep.json", tables.dmd2_2step_sweep),
     "dmd2_2step_average": Block("benchmarks/results/dmd2_2step_sweep.json", tables.dmd2_2step_average),
+    "dmd2_2step_merged": Block("benchmarks/results/dmd2_2step_sweep.json", tables.dmd2_2step_merged),
     "kd_students": Block(SHIPPED, tables.kd_students),
     "digits_flow": Block(DIGITS_FLOW, tables.digits_flow),
     "flops_kd": Block("benchmarks/results/flops_kd.json", tables.flops_pair),
