@@ -214,20 +214,25 @@ def variant(name: str, *, work: Path, run_dir: Path | None = None, student: Path
     return entry
 
 
-def averaged(name: str, *, run_dir: Path, work: Path) -> dict:
-    """Export the mean of the run's last four checkpoints' EMA weights and evaluate it by the protocol."""
+def last_four(run_dir: Path) -> tuple[list[Path], list[int]]:
+    """The run's last four checkpoints (``last.ckpt`` last) and the batches they were written at."""
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     end = int(last["global_step"])  # one optimizer step per batch: the run's batches
-    extra = [checkpoint_at(run_dir, end - k * CHECKPOINT_EVERY) for k in (3, 2, 1)]
+    steps = [end - k * CHECKPOINT_EVERY for k in (3, 2, 1)]
+    return [*(checkpoint_at(run_dir, step) for step in steps), run_dir / "checkpoints" / "last.ckpt"], [
+        *steps,
+        end,
+    ]
+
+
+def averaged(name: str, *, run_dir: Path, work: Path) -> dict:
+    """Export the mean of the run's last four checkpoints' EMA weights and evaluate it by the protocol."""
+    paths, steps = last_four(run_dir)
     student = export(
-        run_dir,
-        run_dir / "checkpoints" / "last.ckpt",
-        work / "student_averaged",
-        work / "export_averaged.log",
-        average=extra,
+        run_dir, paths[-1], work / "student_averaged", work / "export_averaged.log", average=paths[:-1]
     )
     result = protocol(student, work=work, tag="eval_averaged", name=f"dmd2_2step_{name}_averaged")
-    return {"steps": [end - k * CHECKPOINT_EVERY for k in (3, 2, 1)] + [end], "rows": result["rows"]}
+    return {"steps": steps, "rows": result["rows"]}
 
 
 def differences(name: str, config: Path) -> dict[str, tuple]:
@@ -292,12 +297,7 @@ def merge(out: Path, runs: dict[str, str], parser: argparse.ArgumentParser) -> N
         differ = differences(name, Path(run_dir) / "config.yaml")
         if differ:
             parser.error(f"{run_dir}/config.yaml is not a run of variant {name}: {differ}")
-    checkpoints = {}
-    for name, run_dir in runs.items():
-        last = torch.load(Path(run_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-        end = int(last["global_step"])
-        checkpoints[name] = [checkpoint_at(Path(run_dir), end - k * CHECKPOINT_EVERY) for k in (3, 2, 1)]
-        checkpoints[name].append(Path(run_dir) / "checkpoints" / "last.ckpt")
+    checkpoints = {name: last_four(Path(run_dir))[0] for name, run_dir in runs.items()}
     entry = {**setting[first], "seeds": seeds, "variants": list(runs)}
     with tempfile.TemporaryDirectory() as work:
         for way, picked in (

@@ -345,3 +345,27 @@ def test_the_dmd2_sweep_merges_only_runs_of_one_setting_at_other_seeds(tmp_path,
             out, {"0.3-gt0.25": str(tmp_path / "run"), "0.3-gt0.25-seed1": str(tmp_path / "run")}, parser
         )
     assert "is not a run of variant" in capsys.readouterr().err
+
+
+def test_the_dmd2_sweep_averages_a_runs_last_four_checkpoints_whatever_its_length(tmp_path):
+    """A 16,500-batch run (10 critic updates per generator update) averages batches 12,000 to 16,500, not the
+    config's 4,500 to 9,000; a run missing one of them is refused by name."""
+    import dmd2_2step_sweep as sweep
+    import torch
+
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    torch.save({"global_step": 16500}, checkpoints / "last.ckpt")
+    for epoch, step in ((500, 12000), (600, 13500), (700, 15000), (800, 16500), (100, 9000)):
+        (checkpoints / f"epoch={epoch}-step={step}.ckpt").touch()
+    paths, steps = sweep.last_four(tmp_path)
+    assert steps == [12000, 13500, 15000, 16500]
+    assert [p.name for p in paths] == [
+        "epoch=500-step=12000.ckpt",
+        "epoch=600-step=13500.ckpt",
+        "epoch=700-step=15000.ckpt",
+        "last.ckpt",
+    ]
+    (checkpoints / "epoch=600-step=13500.ckpt").unlink()
+    with pytest.raises(SystemExit, match="0 checkpoints of step 13500"):
+        sweep.last_four(tmp_path)
