@@ -216,13 +216,11 @@ def variant(name: str, *, work: Path, run_dir: Path | None = None, student: Path
 
 def last_four(run_dir: Path) -> tuple[list[Path], list[int]]:
     """The run's last four checkpoints (``last.ckpt`` last) and the batches they were written at."""
-    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    end = int(last["global_step"])  # one optimizer step per batch: the run's batches
+    last = run_dir / "checkpoints" / "last.ckpt"
+    # one optimizer step per batch: the last checkpoint's global step is the run's batches
+    end = int(torch.load(last, map_location="cpu", weights_only=True)["global_step"])
     steps = [end - k * CHECKPOINT_EVERY for k in (3, 2, 1)]
-    return [*(checkpoint_at(run_dir, step) for step in steps), run_dir / "checkpoints" / "last.ckpt"], [
-        *steps,
-        end,
-    ]
+    return [*(checkpoint_at(run_dir, step) for step in steps), last], [*steps, end]
 
 
 def averaged(name: str, *, run_dir: Path, work: Path) -> dict:
