@@ -1,7 +1,8 @@
 """The two-step DMD2 digits student in other settings: configs/digits/dmd2_2step.yaml (9,000 batches) with
 some of its arguments overridden (``VARIANTS``: the generator's GAN weight and lr, the critic's GAN weight and noise
-range, the generator's start and lr schedule, DMD's regression loss, the fake score's start, the second step's
-time: ``original_steps`` picks LCM's grid, 50 -> 999, 499 as shipped, 5 -> 999, 599, or custom ``timesteps`` on the
+range, the distribution-matching gradient's noise range, the generator's start and lr schedule, DMD's regression
+loss, the fake score's start, the second step's time: ``original_steps`` picks LCM's grid, 50 -> 999, 499 as
+shipped, 5 -> 999, 599, or custom ``timesteps`` on the
 grid of 50, e.g. 999, 299; and the training seed), each student
 exported (EMA) and evaluated by the protocol (configs/digits/teacher_eval.yaml: 2,000 samples x seeds 0/1/2, 2
 steps), beside the shipped student (the config's settings: GAN weights 0.3 / 0.3 on inputs noised up to a quarter of
@@ -56,6 +57,7 @@ DEFAULTS = {
     "fake_score": "builtin:digits_efficient_kd_long",  # the fake score's start (None: a copy of the teacher)
     "update_ratio": 5,
     "trainer.max_steps": 9000,
+    "dm_time_min": 0.02,
 }
 COSINE = {  # the generator's lr annealed to 0 along its 1,500 updates (the scheduler steps per generator update)
     "lr_scheduler.class_path": "torch.optim.lr_scheduler.CosineAnnealingLR",
@@ -117,6 +119,10 @@ VARIANTS = {
     # critic on the quarter noise range (at the half range it measured worse than 0.3), training seeds 0 and 1
     "1.0-gt0.25": {"gan_generator_weight": 1.0, "gan_time_max": 0.25},
     "1.0-gt0.25-seed1": {"gan_generator_weight": 1.0, "gan_time_max": 0.25, "seed_everything": 1},
+    # the distribution-matching gradient only above a quarter / half of the training times, so that below them
+    # (where the critic reads inputs noised up to a quarter) the GAN's pull towards the real digits acts alone
+    "0.3-gt0.25-dm0.25": {"gan_time_max": 0.25, "dm_time_min": 0.25},
+    "0.3-gt0.25-dm0.5": {"gan_time_max": 0.25, "dm_time_min": 0.5},
 }
 STEPS = [2]
 # the config keeps a checkpoint every 1,500 batches; besides the last one's EMA student, the mean of the last four's
@@ -181,6 +187,7 @@ def settings(overridden: dict) -> dict:
         "fake_score": merged["fake_score"] or "teacher",
         "update_ratio": int(merged["update_ratio"]),
         "batches": int(merged["trainer.max_steps"]),
+        "dm_time_min": float(merged["dm_time_min"]),
     }
 
 

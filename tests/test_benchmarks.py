@@ -251,9 +251,11 @@ def test_the_dmd2_sweep_refuses_a_run_folder_of_another_variant(tmp_path):
         original_steps=50,
         regression_weight=0.0,
         regression_batch_size=None,
+        dm_time_min=0.02,
     )
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
     assert sweep.differences("0.3-gt0.25", tmp_path / "config.yaml") == {}
+    assert sweep.differences("0.3-gt0.25-dm0.25", tmp_path / "config.yaml") == {"dm_time_min": (0.25, 0.02)}
     assert sweep.differences("0.3-gt0.25-seed1", tmp_path / "config.yaml") == {"seed_everything": (1, 0)}
     assert sweep.differences("0.3-gt0.25-fsteacher", tmp_path / "config.yaml") == {
         "fake_score": (None, "builtin:digits_efficient_kd_long")
