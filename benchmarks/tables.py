@@ -239,21 +239,23 @@ def _sweep_setting(entry: Mapping[str, Any], *, seed: bool = True) -> tuple:
         entry["gan_generator_weight"],
         entry.get("gan_critic_weight", 0.3),
         -entry.get("gan_time_max", 0.5),
+        entry.get("dm_time_min", 0.02),
         *((entry.get("seed", 0),) if seed else ()),
     )
 
 
 def dmd2_2step_sweep(sweep: Mapping[str, Any]) -> str:
-    """The two-step DMD2 student in each setting (GAN weights and noise range, generator lr, sampling times, the
-    generator's and the fake score's starting points, training seed; the shipped one first), per protocol seed,
-    against the progressive two-step student it has to beat on every seed."""
+    """The two-step DMD2 student in each setting (GAN weights and noise range, the distribution-matching gradient's
+    noise range, generator lr, sampling times, the generator's and the fake score's starting points, training seed;
+    the shipped one first), per protocol seed, against the progressive two-step student it has to beat on every
+    seed."""
     rival = _per_seed(sweep["progressive"], 2)
     lines = [
         "| generator GAN weight | critic GAN weight | critic updates per generator update | GAN noise up to | "
-        "regression weight | generator lr | sampling times | generator starts from | fake score starts from | "
+        "DM gradient noise from | regression weight | generator lr | sampling times | generator starts from | fake score starts from | "
         "training seed | FID vs real per seed (0 / 1 / 2) | below progressive on seeds | FID vs real | FID vs teacher "
         "ref | accuracy (%) |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | ---: | --- | --- | ---: | ---: | ---: |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | ---: | --- | --- | ---: | ---: | ---: |",
     ]
     variants = sorted(sweep["variants"].items(), key=lambda item: _sweep_setting(item[1]))
     # a variant that is the shipped student's own run (its settings, its protocol numbers) stands for it, first
@@ -273,7 +275,7 @@ def dmd2_2step_sweep(sweep: Mapping[str, Any]) -> str:
         weight = f"{entry['gan_generator_weight']:g}" + (" (shipped)" if shipped else "")
         lines.append(
             f"| {weight} | {entry.get('gan_critic_weight', 0.3):g} | {_sweep_ratio_cell(entry)} | "
-            f"{entry.get('gan_time_max', 0.5):g} | "
+            f"{entry.get('gan_time_max', 0.5):g} | {entry.get('dm_time_min', 0.02):g} | "
             f"{_sweep_regression_cell(entry)} | {_sweep_lr_cell(entry)} | "
             f"{', '.join(map(str, _sweep_times(entry)))} | `{_sweep_start(entry)}` | {_sweep_fake_cell(entry)} | "
             f"{entry.get('seed', 0)} | "
@@ -281,7 +283,7 @@ def dmd2_2step_sweep(sweep: Mapping[str, Any]) -> str:
             f"{mean_std(s, 'fid_real')} | {mean_std(s, 'fid_ref')} | {mean_std(s, 'accuracy', scale=100, digits=1)} |"
         )
     lines.append(
-        f"| progressive two-step | | | | | | | | | | {' / '.join(f'{rival[k]:.3f}' for k in sorted(rival))} | | "
+        f"| progressive two-step | | | | | | | | | | | {' / '.join(f'{rival[k]:.3f}' for k in sorted(rival))} | | "
         f"{mean_std(_by_steps(sweep['progressive'])[2], 'fid_real')} | | |"
     )
     return "\n".join(lines) + "\n"
@@ -298,16 +300,17 @@ def dmd2_2step_average(sweep: Mapping[str, Any]) -> str:
     )
     lines = [
         "| generator GAN weight | critic GAN weight | critic updates per generator update | GAN noise up to | "
-        "regression weight | generator lr | sampling times | generator starts from | fake score starts from | "
+        "DM gradient noise from | regression weight | generator lr | sampling times | generator starts from | fake score starts from | "
         "training seed | last checkpoint: FID vs real per seed (0 / 1 / 2) | mean | mean of the last 4 checkpoints: "
         "FID vs real per seed | mean | below progressive on seeds (mean of 4) |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- | --- | ---: | --- | ---: | --- |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- | --- | ---: | --- | ---: | --- |",
     ]
 
     def head(entry: Mapping[str, Any], seeds: str) -> str:
         return (
             f"| {entry['gan_generator_weight']:g} | {entry.get('gan_critic_weight', 0.3):g} | "
-            f"{_sweep_ratio_cell(entry)} | {entry.get('gan_time_max', 0.5):g} | {_sweep_regression_cell(entry)} | "
+            f"{_sweep_ratio_cell(entry)} | {entry.get('gan_time_max', 0.5):g} | {entry.get('dm_time_min', 0.02):g} | "
+            f"{_sweep_regression_cell(entry)} | "
             f"{_sweep_lr_cell(entry)} | "
             f"{', '.join(map(str, _sweep_times(entry)))} | `{_sweep_start(entry)}` | {_sweep_fake_cell(entry)} | "
             f"{seeds} | "
@@ -342,7 +345,7 @@ def dmd2_2step_average(sweep: Mapping[str, Any]) -> str:
             cells.append(f"{average:.3f} ({min(values):.3f} to {max(values):.3f})")
         lines.append(head(group[0], f"{seeds}: mean over seeds (range)") + f"| {cells[0]} | | {cells[1]} | |")
     lines.append(
-        f"| progressive two-step | | | | | | | | | | {' / '.join(f'{rival[k]:.3f}' for k in sorted(rival))} | "
+        f"| progressive two-step | | | | | | | | | | | {' / '.join(f'{rival[k]:.3f}' for k in sorted(rival))} | "
         f"{_by_steps(sweep['progressive'])[2]['fid_real']['mean']:.3f} | | | |"
     )
     return "\n".join(lines) + "\n"

@@ -151,7 +151,7 @@ def test_reproduce_plan_runs_existing_configs_and_scripts(tmp_path):
             assert option in usage, f"{script} does not accept {option}"
 
 
-def test_the_dmd2_sweep_table_shows_each_runs_generator_lr():  # its sixth column
+def test_the_dmd2_sweep_table_shows_each_runs_generator_lr():  # its seventh column
     """The lr recorded with a variant, else the override in its command, else the config's 5e-5."""
     sweep = json.loads((Path(__file__).parents[1] / "benchmarks/results/dmd2_2step_sweep.json").read_text())
     entry = next(iter(sweep["variants"].values()))
@@ -164,7 +164,7 @@ def test_the_dmd2_sweep_table_shows_each_runs_generator_lr():  # its sixth colum
     default = {**entry, "gan_generator_weight": 9.0, "trained_by": "distill fit"}
     table = tables.dmd2_2step_sweep({**sweep, "variants": {"a": recorded, "b": command, "c": default}})
     rows = {
-        line.split(" | ")[0]: line.split(" | ")[5] for line in table.splitlines() if line.startswith("| ")
+        line.split(" | ")[0]: line.split(" | ")[6] for line in table.splitlines() if line.startswith("| ")
     }
     assert rows["| 7"] == "2.5e-5" and rows["| 8"] == "1.25e-5" and rows["| 9"] == "5e-5"
 
@@ -182,7 +182,7 @@ def test_the_dmd2_sweep_table_marks_the_variant_that_is_the_shipped_run():
         {**sweep, "shipped": ship, "variants": {"b": other, "a": same, "c": reseeded}}
     )
     rows = [line.split(" | ") for line in table.splitlines()[2:]]
-    assert [(row[0], row[9]) for row in rows[:3]] == [("| 7 (shipped)", "0"), ("| 7", "0"), ("| 7", "3")]
+    assert [(row[0], row[10]) for row in rows[:3]] == [("| 7 (shipped)", "0"), ("| 7", "0"), ("| 7", "3")]
     assert len(rows) == 4  # no separate shipped row
     unmatched = tables.dmd2_2step_sweep({**sweep, "shipped": ship, "variants": {"b": other}})
     assert [line.split(" | ")[0] for line in unmatched.splitlines()[2:4]] == ["| 7 (shipped)", "| 7"]
@@ -213,28 +213,31 @@ def test_the_dmd2_average_table_pairs_each_run_with_its_checkpoint_mean_and_grou
         "fst": run(1, 0.072, 0.071, gan_time_max=0.25, fake_score="teacher"),
         # and 10 critic updates per generator update (16,500 batches) at seed 0: its own setting, never s0's group
         "r10": run(0, 0.074, 0.073, gan_time_max=0.25, update_ratio=10, batches=16500),
+        # and the distribution-matching gradient above a quarter of the times at seed 1: its own setting as well
+        "dm": run(1, 0.076, 0.075, gan_time_max=0.25, dm_time_min=0.25),
         "none": {k: v for k, v in base.items() if k != "averaged"},
     }
     table = tables.dmd2_2step_average({**sweep, "variants": variants})
     rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in table.splitlines()[2:]]
-    assert len(rows) == 8  # six runs, one group of two seeds, the progressive student
-    assert [(r[2], r[4], r[5], r[8], r[9], r[11], r[13]) for r in rows[:6]] == [
-        ("5", "0", "5e-5", "`digits_efficient_kd_long`", "0", "0.070", "0.080"),
-        ("5", "0", "5e-5", "`digits_efficient_kd_long`", "1", "0.100", "0.084"),
-        ("5", "0", "5e-5, cosine to 0", "`digits_efficient_kd_long`", "0", "0.090", "0.060"),
-        ("5", "0.25 (16 per batch)", "5e-5", "`digits_efficient_kd_long`", "2", "0.095", "0.090"),
-        ("10 (16,500 batches)", "0", "5e-5", "`digits_efficient_kd_long`", "0", "0.074", "0.073"),
-        ("5", "0", "5e-5", "the teacher (a copy)", "1", "0.072", "0.071"),
+    assert len(rows) == 9  # seven runs, one group of two seeds, the progressive student
+    assert [(r[2], r[4], r[5], r[6], r[9], r[10], r[12], r[14]) for r in rows[:7]] == [
+        ("5", "0.02", "0", "5e-5", "`digits_efficient_kd_long`", "0", "0.070", "0.080"),
+        ("5", "0.02", "0", "5e-5", "`digits_efficient_kd_long`", "1", "0.100", "0.084"),
+        ("5", "0.25", "0", "5e-5", "`digits_efficient_kd_long`", "1", "0.076", "0.075"),
+        ("5", "0.02", "0", "5e-5, cosine to 0", "`digits_efficient_kd_long`", "0", "0.090", "0.060"),
+        ("5", "0.02", "0.25 (16 per batch)", "5e-5", "`digits_efficient_kd_long`", "2", "0.095", "0.090"),
+        ("10 (16,500 batches)", "0.02", "0", "5e-5", "`digits_efficient_kd_long`", "0", "0.074", "0.073"),
+        ("5", "0.02", "0", "5e-5", "the teacher (a copy)", "1", "0.072", "0.071"),
     ]
-    assert rows[0][12] == "0.079 / 0.080 / 0.081"
-    assert rows[2][14] == "0, 1, 2"  # below the progressive student's 0.075 / 0.065 / 0.084 on every seed
-    assert rows[1][14] == "none"
-    assert (rows[6][9], rows[6][11], rows[6][13]) == (
+    assert rows[0][13] == "0.079 / 0.080 / 0.081"
+    assert rows[3][15] == "0, 1, 2"  # below the progressive student's 0.075 / 0.065 / 0.084 on every seed
+    assert rows[1][15] == "none"
+    assert (rows[7][10], rows[7][12], rows[7][14]) == (
         "0, 1: mean over seeds (range)",
         "0.085 (0.070 to 0.100)",
         "0.082 (0.080 to 0.084)",
     )
-    assert rows[7][0] == "progressive two-step"
+    assert rows[8][0] == "progressive two-step"
 
 
 def test_the_dmd2_sweep_refuses_a_run_folder_of_another_variant(tmp_path):
