@@ -123,6 +123,8 @@ VARIANTS = {
     # (where the critic reads inputs noised up to a quarter) the GAN's pull towards the real digits acts alone
     "0.3-gt0.25-dm0.25": {"gan_time_max": 0.25, "dm_time_min": 0.25},
     "0.3-gt0.25-dm0.5": {"gan_time_max": 0.25, "dm_time_min": 0.5},
+    "0.3-gt0.25-dm0.25-seed1": {"gan_time_max": 0.25, "dm_time_min": 0.25, "seed_everything": 1},
+    "0.3-gt0.25-dm0.25-seed2": {"gan_time_max": 0.25, "dm_time_min": 0.25, "seed_everything": 2},
 }
 STEPS = [2]
 # the config keeps a checkpoint every 1,500 batches; besides the last one's EMA student, the mean of the last four's
