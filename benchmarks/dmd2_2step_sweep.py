@@ -2,9 +2,8 @@
 some of its arguments overridden (``VARIANTS``: the generator's GAN weight and lr, the critic's GAN weight and noise
 range, the distribution-matching gradient's noise range, the generator's start and lr schedule, DMD's regression
 loss, the fake score's start, the second step's time: ``original_steps`` picks LCM's grid, 50 -> 999, 499 as
-shipped, 5 -> 999, 599, or custom ``timesteps`` on the
-grid of 50, e.g. 999, 299; and the training seed), each student
-exported (EMA) and evaluated by the protocol (configs/digits/teacher_eval.yaml: 2,000 samples x seeds 0/1/2, 2
+shipped, 5 -> 999, 599, or custom ``timesteps`` on the grid of 50, e.g. 999, 299; and the training seed), each
+student exported (EMA) and evaluated by the protocol (configs/digits/teacher_eval.yaml: 2,000 samples x seeds 0/1/2, 2
 steps), beside the shipped student (the config's settings: GAN weights 0.3 / 0.3 on inputs noised up to a quarter of
 the training times, times 999, 499) and the progressive two-step student it has to beat on every seed.
 
